@@ -1,0 +1,441 @@
+//! EVM chains: USDC's EIP-3009 `transferWithAuthorization`, verified offline with alloy, simulated
+//! with one `eth_call`, and settled by tollgate's relayer key.
+
+pub mod eip3009;
+pub mod relayer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::{Address, Bytes, B256, U256};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::client::ClientBuilder;
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
+use alloy::sol_types::{SolCall, SolError, SolEvent};
+use alloy::transports::{RpcError, TransportError};
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use eip3009::IUsdc;
+pub use eip3009::{CheckedTransfer, Domain};
+use relayer::{Relayer, SendError};
+
+use super::{Chain, ChainError, ChainStatus, Checked, Rejection, SettleOutcome};
+use crate::tenant::AmountMatch;
+use crate::x402::{reason, ExactEvmPayload, Network, Offer, PaymentPayload};
+
+/// How an EVM network is reached and settled on.
+#[derive(Debug, Clone)]
+pub struct EvmOptions {
+    pub rpc_url: String,
+    pub rpc_timeout: Duration,
+    pub gas_limit: u64,
+    pub confirmations: u64,
+    pub receipt_timeout: Duration,
+    pub receipt_poll: Duration,
+}
+
+/// One EVM network: offline checks, the RPC, and (with a key) the relayer.
+pub struct EvmChain {
+    network: Arc<Network>,
+    domain: Domain,
+    provider: RootProvider,
+    /// The RPC endpoint without path or query (which often carry API keys), for messages.
+    rpc_label: String,
+    relayer: Option<Arc<Relayer>>,
+    /// Why there is no relayer, as an instruction.
+    no_relayer: String,
+    opts: EvmOptions,
+}
+
+impl std::fmt::Debug for EvmChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvmChain")
+            .field("network", &self.network.name)
+            .field("rpc", &self.rpc_label)
+            .finish()
+    }
+}
+
+impl EvmChain {
+    /// Builds the chain without contacting it: a first run works offline.
+    /// `relayer` is `Err(what to configure)` when no key is set.
+    pub fn new(
+        network: Arc<Network>,
+        opts: EvmOptions,
+        relayer: Result<Relayer, String>,
+    ) -> Result<EvmChain, String> {
+        let asset: Address = network
+            .asset
+            .parse()
+            .map_err(|_| format!("networks.{}.usdc is not an address", network.name))?;
+        let domain = Domain::new(
+            &network.eip712_name,
+            &network.eip712_version,
+            network.chain_id,
+            asset,
+        );
+        let url: url::Url = opts
+            .rpc_url
+            .parse()
+            .map_err(|_| format!("networks.{}.rpc_url is not a URL", network.name))?;
+        let rpc_label = redact_url(&url);
+        let http = reqwest::Client::builder()
+            .timeout(opts.rpc_timeout)
+            .connect_timeout(opts.rpc_timeout.min(Duration::from_secs(3)))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| {
+                format!(
+                    "cannot build the HTTP client for networks.{}: {e}",
+                    network.name
+                )
+            })?;
+        let client = ClientBuilder::default().http_with_client(http, url);
+        let provider = RootProvider::new(client);
+        let (relayer, no_relayer) = match relayer {
+            Ok(r) => (Some(Arc::new(r)), String::new()),
+            Err(why) => (None, why),
+        };
+        Ok(EvmChain {
+            network,
+            domain,
+            provider,
+            rpc_label,
+            relayer,
+            no_relayer,
+            opts,
+        })
+    }
+
+    pub fn relayer_address(&self) -> Option<Address> {
+        self.relayer.as_ref().map(|r| r.address())
+    }
+
+    pub fn provider(&self) -> &RootProvider {
+        &self.provider
+    }
+
+    fn unreachable(&self, what: &str, e: impl std::fmt::Display) -> ChainError {
+        ChainError::Unavailable(format!(
+            "{} RPC {} failed during {what}: {e}; check networks.{}.rpc_url",
+            self.network.name, self.rpc_label, self.network.name
+        ))
+    }
+
+    fn transfer(c: &Checked) -> &CheckedTransfer {
+        match c {
+            Checked::Evm(t) => t,
+        }
+    }
+
+    async fn wait_receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, ChainError> {
+        let deadline = Instant::now() + self.opts.receipt_timeout;
+        loop {
+            if let Ok(Some(r)) = self.provider.get_transaction_receipt(hash).await {
+                if self.opts.confirmations <= 1 {
+                    return Ok(Some(r));
+                }
+                let want = r
+                    .block_number
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(self.opts.confirmations - 1);
+                if self
+                    .provider
+                    .get_block_number()
+                    .await
+                    .is_ok_and(|b| b >= want)
+                {
+                    return Ok(Some(r));
+                }
+            }
+            if Instant::now() + self.opts.receipt_poll > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(self.opts.receipt_poll).await;
+        }
+    }
+
+    /// The receipt must be a success with USDC's `Transfer(from, to, value)` in it.
+    fn check_receipt(&self, r: &TransactionReceipt, t: &CheckedTransfer) -> Result<(), Rejection> {
+        let tx = r.transaction_hash;
+        if !r.status() {
+            return Err(Rejection::new(
+                reason::UNEXPECTED_SETTLE,
+                format!("transfer transaction {tx} reverted"),
+            ));
+        }
+        let found = r.inner.logs().iter().any(|log| {
+            log.address() == self.domain.asset
+                && IUsdc::Transfer::decode_log(&log.inner).is_ok_and(|ev| {
+                    ev.from == t.auth.from && ev.to == t.auth.to && ev.value == t.auth.value
+                })
+        });
+        if !found {
+            return Err(Rejection::new(
+                reason::UNEXPECTED_SETTLE,
+                format!("transaction {tx} has no matching USDC Transfer log"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Maps a USDC revert to the x402 reason it means.
+fn revert_reason(msg: &str) -> &'static str {
+    let m = msg.to_ascii_lowercase();
+    if m.contains("exceeds balance") || m.contains("insufficient balance") {
+        reason::INSUFFICIENT_FUNDS
+    } else if m.contains("authorization is used") || m.contains("used or canceled") {
+        reason::NONCE_USED
+    } else if m.contains("invalid signature") {
+        reason::INVALID_SIGNATURE
+    } else if m.contains("not yet valid") {
+        reason::VALID_AFTER
+    } else if m.contains("authorization is expired") {
+        reason::VALID_BEFORE
+    } else if m.contains("blacklisted") {
+        reason::PAYER_BLOCKED
+    } else {
+        reason::INVALID_PAYLOAD
+    }
+}
+
+/// The revert text of a failed `eth_call`, if the node reported a revert at all.
+fn revert_text(e: &TransportError) -> Option<String> {
+    let RpcError::ErrorResp(p) = e else {
+        return None;
+    };
+    if let Some(data) = p.as_revert_data() {
+        if let Ok(r) = alloy::sol_types::Revert::abi_decode(&data) {
+            return Some(r.reason);
+        }
+    }
+    let m = p.message.to_ascii_lowercase();
+    (m.contains("revert") || p.code == 3).then(|| p.message.to_string())
+}
+
+/// `scheme://host[:port]` only: RPC URLs often carry API keys in their path or query.
+pub fn redact_url(u: &url::Url) -> String {
+    match u.port() {
+        Some(p) => format!("{}://{}:{p}", u.scheme(), u.host_str().unwrap_or("?")),
+        None => format!("{}://{}", u.scheme(), u.host_str().unwrap_or("?")),
+    }
+}
+
+#[async_trait]
+impl Chain for EvmChain {
+    fn network(&self) -> &Arc<Network> {
+        &self.network
+    }
+
+    fn check_offline(
+        &self,
+        offer: &Offer,
+        amount: AmountMatch,
+        payment: &PaymentPayload,
+        now: u64,
+    ) -> Result<Checked, Rejection> {
+        let payload: ExactEvmPayload =
+            serde_json::from_str(payment.payload.get()).map_err(|e| {
+                Rejection::new(
+                    reason::INVALID_PAYLOAD,
+                    format!("payload is not an EIP-3009 authorization with a signature: {e}"),
+                )
+            })?;
+        let pay_to: Address = offer.pay_to.parse().map_err(|_| {
+            Rejection::new(reason::UNEXPECTED_VERIFY, "route payTo is not an address")
+        })?;
+        eip3009::check(&self.domain, pay_to, offer.amount, amount, &payload, now).map(Checked::Evm)
+    }
+
+    fn from_stored(&self, stored: &str) -> Result<Checked, String> {
+        let p: ExactEvmPayload = serde_json::from_str(stored).map_err(|e| e.to_string())?;
+        let signature =
+            alloy::primitives::Signature::from_raw(&p.signature).map_err(|e| e.to_string())?;
+        Ok(Checked::Evm(CheckedTransfer {
+            auth: p.authorization,
+            signature,
+        }))
+    }
+
+    fn settle_unavailable(&self) -> Option<String> {
+        self.relayer.is_none().then(|| self.no_relayer.clone())
+    }
+
+    async fn check_onchain(&self, c: &Checked) -> Result<(), ChainError> {
+        let t = Self::transfer(c);
+        let from = self.relayer_address().unwrap_or(t.auth.to);
+        let req = TransactionRequest::default()
+            .from(from)
+            .to(self.domain.asset)
+            .input(Bytes::from(t.calldata()).into());
+        match self.provider.call(req).await {
+            Ok(_) => Ok(()),
+            Err(e) => match revert_text(&e) {
+                Some(text) => Err(Rejection::new(
+                    revert_reason(&text),
+                    format!("USDC would refuse this transfer: {text}"),
+                )
+                .into()),
+                None => Err(self.unreachable("the balance and authorization check", e)),
+            },
+        }
+    }
+
+    async fn settle(&self, c: &Checked) -> Result<SettleOutcome, ChainError> {
+        let t = Self::transfer(c);
+        let relayer = self
+            .relayer
+            .as_ref()
+            .ok_or_else(|| ChainError::Unavailable(self.no_relayer.clone()))?;
+        let hash = match relayer
+            .send(
+                &self.provider,
+                self.domain.asset,
+                t.calldata().into(),
+                self.opts.gas_limit,
+            )
+            .await
+        {
+            Ok(h) => h,
+            Err(SendError::OutOfGas { address, detail }) => {
+                tracing::error!(network = %self.network.name, relayer = %address, %detail, "relayer is out of gas: fund it with the chain's native token; paid requests get 503 until then");
+                return Err(ChainError::Unavailable(format!(
+                    "the relayer {address} has no gas on {}; the operator must fund it",
+                    self.network.name
+                )));
+            }
+            Err(SendError::Refused(why)) => {
+                return Err(Rejection::new(
+                    revert_reason(&why),
+                    format!("the node refused the transfer: {why}"),
+                )
+                .into())
+            }
+            Err(SendError::InDoubt { hash, detail }) => {
+                return Err(ChainError::InDoubt {
+                    tx: hash.to_string(),
+                    detail: self.unreachable("settlement", detail).to_string(),
+                })
+            }
+            Err(SendError::Unreachable(e)) => return Err(self.unreachable("settlement", e)),
+        };
+        match self.wait_receipt(hash).await? {
+            Some(r) => {
+                self.check_receipt(&r, t)?;
+                Ok(SettleOutcome::Settled {
+                    tx: hash.to_string(),
+                })
+            }
+            None => {
+                tracing::warn!(network = %self.network.name, tx = %hash, "no receipt within the receipt timeout; recorded as pending");
+                Ok(SettleOutcome::Pending {
+                    tx: hash.to_string(),
+                })
+            }
+        }
+    }
+
+    async fn status(
+        &self,
+        c: &Checked,
+        tx: Option<&str>,
+        now: u64,
+    ) -> Result<ChainStatus, ChainError> {
+        let t = Self::transfer(c);
+        if let Some(h) = tx.and_then(|s| s.parse::<B256>().ok()) {
+            match self.provider.get_transaction_receipt(h).await {
+                Ok(Some(r)) if self.check_receipt(&r, t).is_ok() => {
+                    return Ok(ChainStatus::Spent {
+                        tx: Some(h.to_string()),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.unreachable("reconciliation", e)),
+            }
+        }
+        let call = IUsdc::authorizationStateCall {
+            authorizer: t.auth.from,
+            nonce: t.auth.nonce,
+        };
+        let req = TransactionRequest::default()
+            .to(self.domain.asset)
+            .input(Bytes::from(call.abi_encode()).into());
+        let out = self
+            .provider
+            .call(req)
+            .await
+            .map_err(|e| self.unreachable("reconciliation", e))?;
+        let used = IUsdc::authorizationStateCall::abi_decode_returns(&out)
+            .map_err(|e| self.unreachable("reconciliation", e))?;
+        Ok(if used {
+            ChainStatus::Spent { tx: None }
+        } else if t.auth.valid_before <= now {
+            ChainStatus::Expired
+        } else {
+            ChainStatus::Unspent
+        })
+    }
+}
+
+/// Reads USDC's balance of `who` (tests, examples and the CLI use it).
+pub async fn usdc_balance(
+    p: &RootProvider,
+    asset: Address,
+    who: Address,
+) -> Result<U256, TransportError> {
+    let call = IUsdc::balanceOfCall { account: who };
+    let out = p
+        .call(
+            TransactionRequest::default()
+                .to(asset)
+                .input(Bytes::from(call.abi_encode()).into()),
+        )
+        .await?;
+    Ok(IUsdc::balanceOfCall::abi_decode_returns(&out).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usdc_reverts_map_to_x402_reasons() {
+        assert_eq!(
+            revert_reason("ERC20: transfer amount exceeds balance"),
+            reason::INSUFFICIENT_FUNDS
+        );
+        assert_eq!(
+            revert_reason("FiatTokenV2: authorization is used or canceled"),
+            reason::NONCE_USED
+        );
+        assert_eq!(
+            revert_reason("FiatTokenV2: invalid signature"),
+            reason::INVALID_SIGNATURE
+        );
+        assert_eq!(
+            revert_reason("FiatTokenV2: authorization is not yet valid"),
+            reason::VALID_AFTER
+        );
+        assert_eq!(
+            revert_reason("FiatTokenV2: authorization is expired"),
+            reason::VALID_BEFORE
+        );
+        assert_eq!(
+            revert_reason("Blacklistable: account is blacklisted"),
+            reason::PAYER_BLOCKED
+        );
+        assert_eq!(revert_reason("Pausable: paused"), reason::INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn rpc_urls_lose_their_keys_in_messages() {
+        let u: url::Url = "https://base-mainnet.g.alchemy.com/v2/SECRETKEY?x=1"
+            .parse()
+            .unwrap();
+        assert_eq!(redact_url(&u), "https://base-mainnet.g.alchemy.com");
+        let u: url::Url = "http://127.0.0.1:8545".parse().unwrap();
+        assert_eq!(redact_url(&u), "http://127.0.0.1:8545");
+    }
+}

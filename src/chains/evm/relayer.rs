@@ -1,0 +1,230 @@
+//! The relayer: one private key that sends `transferWithAuthorization` transactions and pays gas.
+//!
+//! Concurrent settlements from one key need their own nonce bookkeeping: asking the node for the
+//! pending count per transaction hands the same nonce to concurrent senders (the reference stack lost
+//! 50–80% of its payments that way). Nonces are handed out locally; a nonce whose transaction never
+//! reached the node goes back to a free list and is used next, or filled by a no-op transfer so that
+//! later transactions are not stuck behind the gap.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+use alloy::eips::eip2718::Encodable2718;
+use alloy::network::TxSignerSync;
+use alloy::primitives::{Address, Bytes, TxKind, B256, U256};
+use alloy::providers::{Provider, RootProvider};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::transports::{RpcError, TransportError};
+
+/// How long a fee estimate is reused.
+const FEE_TTL: Duration = Duration::from_secs(2);
+/// How long a released nonce may wait for a taker before a no-op fills it.
+const GAP_FILL_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a transaction could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The relayer has not enough native gas token.
+    #[error("relayer {address} cannot pay gas: {detail}")]
+    OutOfGas { address: Address, detail: String },
+    /// The node refused the transaction for a reason of its own.
+    #[error("node refused the transaction: {0}")]
+    Refused(String),
+    /// The node could not be reached; the transaction may or may not have arrived.
+    #[error("node unreachable while sending {hash}: {detail}")]
+    InDoubt { hash: B256, detail: String },
+    /// The node could not be reached before anything was sent.
+    #[error("node unreachable: {0}")]
+    Unreachable(String),
+}
+
+#[derive(Debug, Default)]
+struct Nonces {
+    next: Option<u64>,
+    free: BTreeSet<u64>,
+}
+
+/// A relayer key with its nonce and fee bookkeeping.
+pub struct Relayer {
+    signer: PrivateKeySigner,
+    chain_id: u64,
+    nonces: tokio::sync::Mutex<Nonces>,
+    fees: Mutex<Option<(Instant, u128, u128)>>,
+}
+
+impl std::fmt::Debug for Relayer {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relayer")
+            .field("address", &self.address())
+            .field("chain_id", &self.chain_id)
+            .finish()
+    }
+}
+
+impl Relayer {
+    /// Parses a hex private key. The error never contains the key.
+    pub fn from_key(key: &str, chain_id: u64) -> Result<Relayer, String> {
+        let signer: PrivateKeySigner = key
+            .trim()
+            .parse()
+            .map_err(|_| "the relayer key is not a 32-byte hex private key".to_string())?;
+        Ok(Relayer {
+            signer,
+            chain_id,
+            nonces: Default::default(),
+            fees: Mutex::new(None),
+        })
+    }
+
+    pub fn address(&self) -> Address {
+        self.signer.address()
+    }
+
+    async fn reserve_nonce(&self, p: &RootProvider) -> Result<u64, TransportError> {
+        let mut n = self.nonces.lock().await;
+        if let Some(free) = n.free.pop_first() {
+            return Ok(free);
+        }
+        let next = match n.next {
+            Some(v) => v,
+            None => p.get_transaction_count(self.address()).pending().await?,
+        };
+        n.next = Some(next + 1);
+        Ok(next)
+    }
+
+    /// Forgets local nonce state; the next reservation asks the node.
+    async fn resync(&self) {
+        let mut n = self.nonces.lock().await;
+        n.next = None;
+        n.free.clear();
+    }
+
+    async fn fees(&self, p: &RootProvider) -> Result<(u128, u128), TransportError> {
+        if let Some((at, max, prio)) = *self.fees.lock().expect("fee lock") {
+            if at.elapsed() < FEE_TTL {
+                return Ok((max, prio));
+            }
+        }
+        let est = p.estimate_eip1559_fees().await?;
+        let v = (est.max_fee_per_gas, est.max_priority_fee_per_gas);
+        *self.fees.lock().expect("fee lock") = Some((Instant::now(), v.0, v.1));
+        Ok(v)
+    }
+
+    fn sign(
+        &self,
+        nonce: u64,
+        gas_limit: u64,
+        fees: (u128, u128),
+        to: Address,
+        value: U256,
+        input: Bytes,
+    ) -> (B256, Vec<u8>) {
+        let mut tx = TxEip1559 {
+            chain_id: self.chain_id,
+            nonce,
+            gas_limit,
+            max_fee_per_gas: fees.0,
+            max_priority_fee_per_gas: fees.1,
+            to: TxKind::Call(to),
+            value,
+            access_list: Default::default(),
+            input,
+        };
+        let sig = self
+            .signer
+            .sign_transaction_sync(&mut tx)
+            .expect("local key signs");
+        let signed = tx.into_signed(sig);
+        let hash = *signed.hash();
+        (hash, TxEnvelope::from(signed).encoded_2718())
+    }
+
+    /// Signs and sends a call; returns the transaction hash once the node has accepted it.
+    pub async fn send(
+        self: &Arc<Self>,
+        p: &RootProvider,
+        to: Address,
+        input: Bytes,
+        gas_limit: u64,
+    ) -> Result<B256, SendError> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let nonce = self
+                .reserve_nonce(p)
+                .await
+                .map_err(|e| SendError::Unreachable(e.to_string()))?;
+            let fees = match self.fees(p).await {
+                Ok(f) => f,
+                Err(e) => {
+                    self.release(p, nonce).await;
+                    return Err(SendError::Unreachable(e.to_string()));
+                }
+            };
+            let (hash, raw) = self.sign(nonce, gas_limit, fees, to, U256::ZERO, input.clone());
+            match p.send_raw_transaction(&raw).await {
+                Ok(_) => return Ok(hash),
+                Err(RpcError::ErrorResp(e)) => {
+                    let msg = e.message.to_ascii_lowercase();
+                    if msg.contains("already known") || msg.contains("already imported") {
+                        return Ok(hash);
+                    }
+                    if msg.contains("nonce too low")
+                        || msg.contains("nonce is too low")
+                        || msg.contains("underpriced")
+                    {
+                        // Someone (another process with this key, or a stale local count) used it.
+                        self.resync().await;
+                        last = e.message.to_string();
+                        continue;
+                    }
+                    self.release(p, nonce).await;
+                    if msg.contains("insufficient funds") {
+                        return Err(SendError::OutOfGas {
+                            address: self.address(),
+                            detail: e.message.to_string(),
+                        });
+                    }
+                    return Err(SendError::Refused(e.message.to_string()));
+                }
+                Err(e) => {
+                    // Unknown whether it arrived: ask the node again for the next nonce.
+                    self.resync().await;
+                    return Err(SendError::InDoubt {
+                        hash,
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+        Err(SendError::Refused(format!(
+            "nonce conflicts persisted after 3 attempts: {last}"
+        )))
+    }
+
+    /// Returns an unused nonce; if no transaction takes it soon, a no-op self-transfer fills it.
+    async fn release(self: &Arc<Self>, p: &RootProvider, nonce: u64) {
+        self.nonces.lock().await.free.insert(nonce);
+        let me = self.clone();
+        let p = p.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(GAP_FILL_AFTER).await;
+            if !me.nonces.lock().await.free.remove(&nonce) {
+                return; // a settlement took it
+            }
+            let filled = async {
+                let fees = me.fees(&p).await?;
+                let (_, raw) = me.sign(nonce, 21_000, fees, me.address(), U256::ZERO, Bytes::new());
+                p.send_raw_transaction(&raw).await.map(|_| ())
+            };
+            if let Err(e) = filled.await {
+                tracing::warn!(relayer = %me.address(), nonce, error = %e, "could not fill a nonce gap; resyncing nonces from the node");
+                me.resync().await;
+            }
+        });
+    }
+}

@@ -1,0 +1,164 @@
+//! Chain families behind one trait: verify a payment offline, check it on chain, settle it.
+//!
+//! EVM (EIP-3009 USDC) is [`evm`]; Solana will plug in behind the same [`Chain`] trait.
+
+pub mod evm;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::tenant::AmountMatch;
+use crate::x402::{Network, Offer, PaymentPayload};
+
+/// A failed check: the client's payment is not acceptable. Answered with 402 and the x402 reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct Rejection {
+    /// The x402 reason string (`insufficient_funds`, …); a facilitator may send its own.
+    pub reason: std::borrow::Cow<'static, str>,
+    /// What exactly was wrong, for the client and the records.
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(
+        reason: impl Into<std::borrow::Cow<'static, str>>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Rejection {
+            reason: reason.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What can stop a chain step.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChainError {
+    /// The payment is at fault (402).
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// Tollgate cannot reach or use the chain right now (503); nothing is charged.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The node went away while a transaction was being sent: it may land. Answered with 503 and
+    /// recorded as pending under `tx`, so that reconciliation finds out.
+    #[error("{detail}")]
+    InDoubt { tx: String, detail: String },
+}
+
+/// The unique identity of a payment authorization: it may be spent once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReplayKey {
+    /// CAIP-2 network id.
+    pub network: String,
+    pub asset: String,
+    pub payer: String,
+    pub nonce: String,
+}
+
+/// A payment that passed the offline checks, in its chain family's terms.
+#[derive(Debug, Clone)]
+pub enum Checked {
+    Evm(evm::CheckedTransfer),
+}
+
+impl Checked {
+    pub fn payer(&self) -> String {
+        match self {
+            Checked::Evm(t) => t.auth.from.to_checksum(None),
+        }
+    }
+    pub fn amount(&self) -> alloy::primitives::U256 {
+        match self {
+            Checked::Evm(t) => t.auth.value,
+        }
+    }
+    pub fn replay_key(&self, network: &Network) -> ReplayKey {
+        match self {
+            Checked::Evm(t) => ReplayKey {
+                network: network.caip2.clone(),
+                asset: network.asset.to_ascii_lowercase(),
+                payer: t.auth.from.to_checksum(None).to_ascii_lowercase(),
+                nonce: t.auth.nonce.to_string(),
+            },
+        }
+    }
+    /// The last moment the authorization can be settled (unix seconds).
+    pub fn valid_before(&self) -> u64 {
+        match self {
+            Checked::Evm(t) => t.auth.valid_before,
+        }
+    }
+    /// The scheme payload as stored, so that a crash can be reconciled from the database.
+    pub fn to_stored(&self) -> String {
+        match self {
+            Checked::Evm(t) => serde_json::to_string(&t.to_payload()).expect("payload serializes"),
+        }
+    }
+}
+
+/// How a settlement ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleOutcome {
+    /// On chain, confirmed.
+    Settled { tx: String },
+    /// Sent, but no receipt within the configured time: recorded as pending, reconciled later.
+    Pending { tx: String },
+}
+
+impl SettleOutcome {
+    pub fn tx(&self) -> &str {
+        match self {
+            SettleOutcome::Settled { tx } | SettleOutcome::Pending { tx } => tx,
+        }
+    }
+}
+
+/// What the chain says about an authorization some time after it was claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainStatus {
+    /// Spent on chain (by `tx` if known).
+    Spent { tx: Option<String> },
+    /// Not spent, and can no longer be (expired).
+    Expired,
+    /// Not spent yet; could still be.
+    Unspent,
+}
+
+/// One chain family's verifier and settler for one network.
+#[async_trait]
+pub trait Chain: Send + Sync {
+    fn network(&self) -> &Arc<Network>;
+
+    /// Offline checks against the route's own offer (never the requirement the client sent back):
+    /// recipient, time window, amount, signature.
+    fn check_offline(
+        &self,
+        offer: &Offer,
+        amount: AmountMatch,
+        payment: &PaymentPayload,
+        now_secs: u64,
+    ) -> Result<Checked, Rejection>;
+
+    /// Rebuilds a checked payment from what [`Checked::to_stored`] wrote.
+    fn from_stored(&self, stored: &str) -> Result<Checked, String>;
+
+    /// `Some(what to configure)` when this process cannot settle here (no relayer key, …).
+    fn settle_unavailable(&self) -> Option<String>;
+
+    /// On-chain checks: balance and the authorization's state, in one simulation.
+    async fn check_onchain(&self, c: &Checked) -> Result<(), ChainError>;
+
+    /// Sends the transfer and waits (bounded) for its receipt.
+    async fn settle(&self, c: &Checked) -> Result<SettleOutcome, ChainError>;
+
+    /// Looks up what became of an authorization (and of `tx`, if one was sent).
+    async fn status(
+        &self,
+        c: &Checked,
+        tx: Option<&str>,
+        now_secs: u64,
+    ) -> Result<ChainStatus, ChainError>;
+}

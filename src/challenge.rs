@@ -1,0 +1,355 @@
+//! Everything tollgate answers itself, in one place: the 402 challenge, refusals (400/402/503),
+//! upstream failures (502), CORS, and the headers a forwarded request carries.
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use serde::Serialize;
+
+use crate::payment::Refusal;
+use crate::tenant::{Pricing, Tenant, Upstream};
+use crate::x402::requirements::{payment_required_v1, payment_required_v2};
+use crate::x402::{
+    encode_header, DecodeError, PaymentRequiredV1, Resource, SettleResponse, Version,
+    MAX_HEADER_BYTES,
+};
+
+/// Headers a browser must be allowed to read on priced routes.
+pub const EXPOSE_HEADERS: &str = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE";
+/// Headers a browser may send on priced routes (preflight), besides what it asks for.
+const ALLOW_HEADERS: &str = "Content-Type, Authorization, X-PAYMENT, PAYMENT-SIGNATURE";
+
+/// A whole response tollgate writes itself.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+impl Reply {
+    fn json(status: u16, body: impl Serialize, cors: Option<&str>) -> Reply {
+        let body = Bytes::from(serde_json::to_vec(&body).expect("replies serialize"));
+        let mut r = Reply {
+            status,
+            headers: vec![
+                ("content-type", "application/json".into()),
+                ("cache-control", "no-store".into()),
+            ],
+            body,
+        };
+        if let Some(o) = cors {
+            r.headers
+                .push(("access-control-allow-origin", o.to_string()));
+            r.headers
+                .push(("access-control-expose-headers", EXPOSE_HEADERS.into()));
+            if o != "*" {
+                r.headers.push(("vary", "Origin".into()));
+            }
+        }
+        r
+    }
+
+    /// The response header, with Content-Length for the body.
+    pub fn header(&self) -> pingora_core::Result<ResponseHeader> {
+        let mut h = ResponseHeader::build(self.status, Some(self.headers.len() + 1))?;
+        for (k, v) in &self.headers {
+            h.insert_header(*k, v.as_str())?;
+        }
+        h.insert_header("content-length", self.body.len().to_string())?;
+        Ok(h)
+    }
+}
+
+/// `{"error": code, "detail": message}`: the body of every non-402 refusal.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    detail: &'a str,
+}
+
+/// The v1 402 body plus a human-readable `detail` when a check failed.
+#[derive(Serialize)]
+struct ChallengeBody<'a> {
+    #[serde(flatten)]
+    v1: PaymentRequiredV1,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payer: Option<&'a str>,
+}
+
+/// The 402 for a priced route: the v1 JSON body and the v2 `PAYMENT-REQUIRED` header, one
+/// requirement per accepted network. `failure` is `(reason, detail)` when a payment was refused.
+pub fn payment_required(
+    pricing: &Pricing,
+    resource_url: &str,
+    failure: Option<(&str, &str, Option<&str>)>,
+    cors: Option<&str>,
+) -> Reply {
+    let resource = Resource {
+        url: resource_url,
+        description: &pricing.description,
+        mime_type: &pricing.mime_type,
+    };
+    let (v1_error, v2_error) = match failure {
+        Some((reason, _, _)) => (reason, reason),
+        None => (
+            "X-PAYMENT header is required",
+            "PAYMENT-SIGNATURE header is required",
+        ),
+    };
+    let v2 = payment_required_v2(&pricing.offers, &resource, v2_error);
+    let body = ChallengeBody {
+        v1: payment_required_v1(&pricing.offers, &resource, v1_error),
+        detail: failure.map(|f| f.1),
+        payer: failure.and_then(|f| f.2),
+    };
+    let mut r = Reply::json(402, body, cors);
+    r.headers.push(("payment-required", encode_header(&v2)));
+    r
+}
+
+/// A malformed payment header: 400 with the reason.
+pub fn malformed(detail: &str, cors: Option<&str>) -> Reply {
+    Reply::json(
+        400,
+        ErrorBody {
+            error: "invalid_payment_header",
+            detail,
+        },
+        cors,
+    )
+}
+
+/// The answer to a refused payment.
+pub fn refused(
+    r: &Refusal,
+    pricing: &Pricing,
+    resource_url: &str,
+    version: Version,
+    payer: Option<&str>,
+    cors: Option<&str>,
+) -> Reply {
+    match r {
+        Refusal::Malformed(m) => malformed(m, cors),
+        Refusal::Unavailable(m) => Reply::json(
+            503,
+            ErrorBody {
+                error: "payment_unavailable",
+                detail: m,
+            },
+            cors,
+        ),
+        Refusal::Rejected(rej) => {
+            let mut reply = payment_required(
+                pricing,
+                resource_url,
+                Some((&rej.reason, &rej.detail, payer)),
+                cors,
+            );
+            let network = pricing
+                .offers
+                .first()
+                .map(|o| crate::payment::network_id(version, o))
+                .unwrap_or_default();
+            let resp = SettleResponse {
+                success: false,
+                error_reason: Some(rej.reason.to_string()),
+                transaction: String::new(),
+                network,
+                payer: payer.map(str::to_string),
+            };
+            reply
+                .headers
+                .push((version.response_header_lower(), encode_header(&resp)));
+            reply
+        }
+    }
+}
+
+/// The upstream could not be reached: 502. A payment settled before forwarding still shows its tx.
+pub fn upstream_failed(
+    detail: &str,
+    settled: Option<(&'static str, String)>,
+    cors: Option<&str>,
+) -> Reply {
+    let mut r = Reply::json(
+        502,
+        ErrorBody {
+            error: "upstream_unavailable",
+            detail,
+        },
+        cors,
+    );
+    if let Some((name, value)) = settled {
+        r.headers.push((name, value));
+    }
+    r
+}
+
+/// The payment header a request carries, and in which version. `Err` when both are sent.
+pub fn payment_header(req: &RequestHeader) -> Result<Option<(Version, Vec<u8>)>, DecodeError> {
+    let v1 = req.headers.get("x-payment");
+    let v2 = req.headers.get("payment-signature");
+    match (v1, v2) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(DecodeError::BothHeaders),
+        (Some(h), None) => Ok(Some((Version::V1, h.as_bytes().to_vec()))),
+        (None, Some(h)) => Ok(Some((Version::V2, h.as_bytes().to_vec()))),
+    }
+    .and_then(|r| match r {
+        Some((v, h)) if h.len() > MAX_HEADER_BYTES => Err(DecodeError::TooLarge {
+            header: v.payment_header(),
+            len: h.len(),
+        }),
+        other => Ok(other),
+    })
+}
+
+/// The first value of a forwarding header, if it is plain printable text.
+fn forwarded<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    let v = req.headers.get(name)?.to_str().ok()?;
+    let first = v.split(',').next()?.trim();
+    (!first.is_empty() && first.bytes().all(|b| b.is_ascii_graphic())).then_some(first)
+}
+
+/// The URL the client asked for, as the 402 names it: `public_url` if configured, else
+/// X-Forwarded-Proto/Host (a proxy in front of tollgate), else the Host header.
+pub fn resource_url(req: &RequestHeader, public_url: Option<&str>) -> String {
+    let path = req.uri.path();
+    if let Some(base) = public_url {
+        return format!("{base}{path}");
+    }
+    let proto = match forwarded(req, "x-forwarded-proto") {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    let host = forwarded(req, "x-forwarded-host")
+        .or_else(|| forwarded(req, "host"))
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    format!("{proto}://{host}{path}")
+}
+
+/// The CORS origin to allow for this request, if it has an Origin the config allows.
+pub fn allowed_origin(req: &RequestHeader, allowed: &[String]) -> Option<String> {
+    if allowed.iter().any(|o| o == "*") {
+        return Some("*".into());
+    }
+    let origin = req.headers.get("origin")?.to_str().ok()?;
+    allowed
+        .iter()
+        .any(|o| o == origin)
+        .then(|| origin.to_string())
+}
+
+/// Answers a browser's CORS preflight for a priced route (a 402 would fail the preflight).
+pub fn preflight(req: &RequestHeader, tenant: &Tenant, allowed: &[String]) -> Option<Reply> {
+    if req.method != http::Method::OPTIONS {
+        return None;
+    }
+    let wanted = req
+        .headers
+        .get("access-control-request-method")?
+        .to_str()
+        .ok()?;
+    let method = http::Method::from_bytes(wanted.as_bytes()).ok()?;
+    let (_, route) = tenant.route(&method, req.uri.path())?;
+    route.pricing.as_ref()?;
+    let origin = allowed_origin(req, allowed)?;
+    let asked = req
+        .headers
+        .get("access-control-request-headers")
+        .and_then(|v| v.to_str().ok());
+    let allow_headers = match asked {
+        Some(a) if !a.is_empty() => format!("{ALLOW_HEADERS}, {a}"),
+        _ => ALLOW_HEADERS.to_string(),
+    };
+    let mut headers = vec![
+        ("access-control-allow-origin", origin.clone()),
+        ("access-control-allow-methods", format!("{method}, OPTIONS")),
+        ("access-control-allow-headers", allow_headers),
+        ("access-control-expose-headers", EXPOSE_HEADERS.into()),
+        ("access-control-max-age", "600".into()),
+    ];
+    if origin != "*" {
+        headers.push(("vary", "Origin".into()));
+    }
+    Some(Reply {
+        status: 204,
+        headers,
+        body: Bytes::new(),
+    })
+}
+
+/// Adds CORS to a forwarded response of a priced route, merging with what the upstream set.
+pub fn add_cors(resp: &mut ResponseHeader, origin: Option<&str>) -> pingora_core::Result<()> {
+    let Some(origin) = origin else { return Ok(()) };
+    if resp.headers.get("access-control-allow-origin").is_none() {
+        resp.insert_header("access-control-allow-origin", origin)?;
+    }
+    let expose = match resp
+        .headers
+        .get("access-control-expose-headers")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {EXPOSE_HEADERS}"),
+        _ => EXPOSE_HEADERS.to_string(),
+    };
+    resp.insert_header("access-control-expose-headers", expose)?;
+    Ok(())
+}
+
+/// Host, X-Forwarded-* and the upstream's path prefix on a forwarded request.
+pub fn forwarding_headers(
+    session: &Session,
+    up: &mut RequestHeader,
+    upstream: &Upstream,
+) -> pingora_core::Result<()> {
+    let original_host = up.headers.get("host").cloned();
+    if !upstream.preserve_host {
+        up.insert_header("host", upstream.authority.as_str())?;
+    }
+    if up.headers.get("x-forwarded-host").is_none() {
+        if let Some(h) = original_host {
+            up.insert_header("x-forwarded-host", h)?;
+        }
+    }
+    if up.headers.get("x-forwarded-proto").is_none() {
+        up.insert_header("x-forwarded-proto", "http")?;
+    }
+    if let Some(addr) = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string())
+    {
+        let xff = match up
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {addr}"),
+            None => addr,
+        };
+        up.insert_header(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_str(&xff).unwrap_or(HeaderValue::from_static("unknown")),
+        )?;
+    }
+    if !upstream.path_prefix.is_empty() {
+        let pq = up.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let uri: http::Uri = format!("{}{pq}", upstream.path_prefix)
+            .parse()
+            .map_err(|e| {
+                pingora_core::Error::because(
+                    pingora_core::ErrorType::InternalError,
+                    "upstream path prefix",
+                    e,
+                )
+            })?;
+        up.set_uri(uri);
+    }
+    Ok(())
+}

@@ -1,0 +1,786 @@
+//! The TOML configuration: schema, defaults, and validation whose every error names the key and the fix.
+//!
+//! Loading turns the file into the runtime model ([`Settings`] for the process, [`Tenant`] for the
+//! one tenant a drop-in config describes). Hosted mode builds the same [`Tenant`] from the database.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use alloy::primitives::{Address, U256};
+use serde::Deserialize;
+
+use crate::money::parse_price;
+use crate::routes::{MethodMatch, RouteTable};
+use crate::tenant::{AmountMatch, Pricing, Route, SettleTiming, Tenant, Upstream};
+use crate::x402::network::{builtin, Family, Network};
+use crate::x402::Offer;
+
+/// What can go wrong reading a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid TOML for tollgate:\n{source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{path} has {} problem(s):\n  - {}", .problems.len(), .problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file's shape.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address the proxy listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The API tollgate sits in front of.
+    pub upstream: Option<String>,
+    /// Keep the client's Host header instead of the upstream's (nginx: `proxy_set_header Host $host`).
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// `sqlite://path` (created on first start) or `postgres://…`.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Where payments go (EVM address).
+    #[serde(alias = "payTo")]
+    pub pay_to: Option<String>,
+    /// Base of the resource URLs in 402 answers; otherwise built from Host and X-Forwarded-*.
+    pub public_url: Option<String>,
+    /// Price every route not listed (otherwise unlisted routes are free).
+    pub default_price: Option<PriceValue>,
+    /// Worker threads for the proxy (default: the number of CPUs).
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub settlement: SettlementConfig,
+    #[serde(default)]
+    pub networks: BTreeMap<String, NetworkConfig>,
+    #[serde(default)]
+    pub cors: CorsConfig,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8402".into()
+}
+fn default_database() -> String {
+    "sqlite://tollgate.db".into()
+}
+
+/// A price: `"$0.01"`, `"10000"` (atomic units) or `10000`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PriceValue {
+    Text(String),
+    Atomic(u64),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementConfig {
+    /// `local` (tollgate's relayer key sends the transfer) or `facilitator` (an x402 facilitator does).
+    #[serde(default)]
+    pub mode: SettlementMode,
+    /// Environment variable holding the relayer's private key (hex).
+    #[serde(default = "default_relayer_env")]
+    pub relayer_key_env: String,
+    /// A file holding the relayer's private key, instead of the environment.
+    pub relayer_key_file: Option<PathBuf>,
+    /// Blocks to wait on top of the one that includes the transfer (1 = the receipt is enough).
+    #[serde(default = "default_confirmations")]
+    pub confirmations: u64,
+    /// How long to wait for a receipt before recording the payment as pending.
+    #[serde(default = "default_receipt_timeout")]
+    pub receipt_timeout_secs: u64,
+    /// How often to ask for a receipt while waiting.
+    #[serde(default = "default_receipt_poll")]
+    pub receipt_poll_ms: u64,
+    /// How often unfinished payments (pending receipts, claims left by a crash) are reconciled.
+    #[serde(default = "default_reconcile_every")]
+    pub reconcile_interval_secs: u64,
+    /// How old a claimed or pending payment must be before reconciliation judges it.
+    pub reconcile_after_secs: Option<u64>,
+    /// Facilitator mode: its base URL (`/verify` and `/settle` are appended).
+    pub facilitator_url: Option<String>,
+    /// Facilitator mode: environment variable holding a bearer token, if it wants one.
+    #[serde(default = "default_facilitator_token_env")]
+    pub facilitator_token_env: String,
+}
+
+impl Default for SettlementConfig {
+    fn default() -> Self {
+        SettlementConfig {
+            mode: SettlementMode::Local,
+            relayer_key_env: default_relayer_env(),
+            relayer_key_file: None,
+            confirmations: default_confirmations(),
+            receipt_timeout_secs: default_receipt_timeout(),
+            receipt_poll_ms: default_receipt_poll(),
+            reconcile_interval_secs: default_reconcile_every(),
+            reconcile_after_secs: None,
+            facilitator_url: None,
+            facilitator_token_env: default_facilitator_token_env(),
+        }
+    }
+}
+
+fn default_relayer_env() -> String {
+    "TOLLGATE_RELAYER_KEY".into()
+}
+fn default_confirmations() -> u64 {
+    1
+}
+fn default_receipt_timeout() -> u64 {
+    30
+}
+fn default_receipt_poll() -> u64 {
+    100
+}
+fn default_reconcile_every() -> u64 {
+    30
+}
+fn default_facilitator_token_env() -> String {
+    "TOLLGATE_FACILITATOR_TOKEN".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SettlementMode {
+    #[default]
+    Local,
+    Facilitator,
+}
+
+/// One accepted network. Every field but `rpc_url` defaults from the built-in table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub rpc_url: Option<String>,
+    pub chain_id: Option<u64>,
+    /// CAIP-2 id for a network tollgate does not know (`eip155:<chain_id>` by default).
+    pub caip2: Option<String>,
+    pub usdc: Option<String>,
+    pub eip712_name: Option<String>,
+    pub eip712_version: Option<String>,
+    /// Gas limit for `transferWithAuthorization` (it uses ~60–110k).
+    pub gas_limit: Option<u64>,
+    /// Timeout of one RPC call.
+    pub rpc_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed to call priced routes from a browser; `["*"]` allows any.
+    #[serde(default = "default_origins")]
+    pub allow_origins: Vec<String>,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            allow_origins: default_origins(),
+        }
+    }
+}
+
+fn default_origins() -> Vec<String> {
+    vec!["*".into()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `GET`, `POST`, … or `*` (the default) for any method.
+    pub method: Option<String>,
+    /// `/exact`, `/prefix/*` or `/with/{param}`.
+    pub path: String,
+    /// `"$0.01"`, atomic units, or `"free"`.
+    pub price: Option<PriceValue>,
+    /// Networks accepted on this route (default: every configured network).
+    pub networks: Option<Vec<String>>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(alias = "mimeType")]
+    pub mime_type: Option<String>,
+    #[serde(alias = "maxTimeoutSeconds")]
+    pub max_timeout_seconds: Option<u64>,
+    /// `before`: settle, then forward. `after`: forward, settle only if the upstream answered < 400.
+    #[serde(default)]
+    pub settle: SettleTiming,
+    /// `exact` (the value must equal the price) or `at_least`.
+    #[serde(default)]
+    pub amount: AmountMatch,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The runtime model.
+
+/// Process-wide settings (what is not a tenant's).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub database: String,
+    pub threads: usize,
+    pub public_url: Option<String>,
+    pub settlement: Settlement,
+    /// Reconciliation: how often, and how old an unfinished payment must be.
+    pub reconcile_every: std::time::Duration,
+    pub reconcile_after: std::time::Duration,
+    pub networks: Vec<NetworkSettings>,
+    pub cors_origins: Vec<String>,
+}
+
+/// How payments get on chain.
+#[derive(Debug, Clone)]
+pub enum Settlement {
+    Local {
+        key_source: KeySource,
+        confirmations: u64,
+        receipt_timeout_secs: u64,
+        receipt_poll_ms: u64,
+    },
+    Facilitator {
+        url: String,
+        token_env: String,
+    },
+}
+
+/// Where the relayer key comes from. The key itself never lives in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl KeySource {
+    /// Reads the key; `None` when it is not set (a newcomer's first run).
+    pub fn load(&self) -> Result<Option<String>, String> {
+        match self {
+            KeySource::Env(var) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_string())),
+                _ => Ok(None),
+            },
+            KeySource::File(path) => std::fs::read_to_string(path)
+                .map(|s| Some(s.trim().to_string()))
+                .map_err(|e| format!("settlement.relayer_key_file {}: {e}", path.display())),
+        }
+    }
+    /// How to tell a user to set it.
+    pub fn describe(&self) -> String {
+        match self {
+            KeySource::Env(var) => {
+                format!("set the environment variable {var} to the relayer's private key")
+            }
+            KeySource::File(p) => format!("put the relayer's private key in {}", p.display()),
+        }
+    }
+}
+
+/// A network as this process talks to it.
+#[derive(Debug, Clone)]
+pub struct NetworkSettings {
+    pub network: Arc<Network>,
+    pub rpc_url: String,
+    pub gas_limit: u64,
+    pub rpc_timeout_ms: u64,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<(Settings, Tenant), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let file: FileConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.into(),
+        source,
+    })?;
+    build(file).map_err(|problems| ConfigError::Invalid {
+        path: path.into(),
+        problems,
+    })
+}
+
+/// Validates a parsed config, collecting every problem rather than stopping at the first.
+pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
+    let mut problems = Vec::new();
+
+    if file.listen.parse::<std::net::SocketAddr>().is_err() {
+        problems.push(format!(
+            "listen: '{}' is not an address like '0.0.0.0:8402'",
+            file.listen
+        ));
+    }
+    if !(file.database.starts_with("sqlite:")
+        || file.database.starts_with("postgres://")
+        || file.database.starts_with("postgresql://"))
+    {
+        problems.push(format!(
+            "database: '{}' is neither 'sqlite://FILE' nor 'postgres://USER@HOST/DB'",
+            file.database
+        ));
+    }
+    let upstream = match file.upstream.as_deref() {
+        None => {
+            problems.push(
+                "upstream: missing; set it to the API to protect, like 'http://127.0.0.1:8080'"
+                    .into(),
+            );
+            None
+        }
+        Some(u) => match Upstream::parse(u, file.preserve_host) {
+            Ok(up) => Some(up),
+            Err(e) => {
+                problems.push(format!("upstream: {e}"));
+                None
+            }
+        },
+    };
+    let pay_to = match file.pay_to.as_deref() {
+        None => {
+            problems
+                .push("pay_to: missing; set it to the EVM address that receives payments".into());
+            None
+        }
+        Some(a) => match a.parse::<Address>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                problems.push(format!("pay_to: '{a}' is not an EVM address like '0x209693Bc6afc0C5328bA36FaF03C514EF312287C'"));
+                None
+            }
+        },
+    };
+    if let Some(u) = &file.public_url {
+        if url::Url::parse(u)
+            .map(|x| !matches!(x.scheme(), "http" | "https"))
+            .unwrap_or(true)
+        {
+            problems.push(format!(
+                "public_url: '{u}' is not a URL like 'https://api.example.com'"
+            ));
+        }
+    }
+    if file.threads == Some(0) {
+        problems.push("threads: must be at least 1".into());
+    }
+
+    // Settlement.
+    let s = &file.settlement;
+    let settlement = match s.mode {
+        SettlementMode::Local => {
+            if s.facilitator_url.is_some() {
+                problems.push("settlement.facilitator_url: set, but settlement.mode is 'local'; set mode = \"facilitator\" to use it".into());
+            }
+            if s.receipt_timeout_secs == 0 {
+                problems.push("settlement.receipt_timeout_secs: must be at least 1".into());
+            }
+            if s.confirmations == 0 {
+                problems.push("settlement.confirmations: must be at least 1 (1 = the block that includes the transfer)".into());
+            }
+            let key_source = match &s.relayer_key_file {
+                Some(p) => KeySource::File(p.clone()),
+                None => KeySource::Env(s.relayer_key_env.clone()),
+            };
+            Settlement::Local {
+                key_source,
+                confirmations: s.confirmations.max(1),
+                receipt_timeout_secs: s.receipt_timeout_secs.max(1),
+                receipt_poll_ms: s.receipt_poll_ms.clamp(10, 10_000),
+            }
+        }
+        SettlementMode::Facilitator => match &s.facilitator_url {
+            Some(u) if url::Url::parse(u).is_ok() => Settlement::Facilitator {
+                url: u.trim_end_matches('/').to_string(),
+                token_env: s.facilitator_token_env.clone(),
+            },
+            Some(u) => {
+                problems.push(format!("settlement.facilitator_url: '{u}' is not a URL like 'https://facilitator.example.com'"));
+                Settlement::Facilitator {
+                    url: String::new(),
+                    token_env: String::new(),
+                }
+            }
+            None => {
+                problems.push("settlement.facilitator_url: missing; facilitator mode needs the facilitator's URL".into());
+                Settlement::Facilitator {
+                    url: String::new(),
+                    token_env: String::new(),
+                }
+            }
+        },
+    };
+
+    if s.reconcile_interval_secs == 0 {
+        problems.push("settlement.reconcile_interval_secs: must be at least 1".into());
+    }
+    let reconcile_every = s.reconcile_interval_secs.max(1);
+    // Long enough that a live settlement (receipt wait included) is never judged mid-flight.
+    let reconcile_after = s
+        .reconcile_after_secs
+        .unwrap_or(s.receipt_timeout_secs + 60);
+
+    // Networks.
+    let mut networks: Vec<NetworkSettings> = Vec::new();
+    let net_cfgs: Vec<(String, NetworkConfig)> = if file.networks.is_empty() {
+        vec![("base".to_string(), NetworkConfig::default())]
+    } else {
+        file.networks.into_iter().collect()
+    };
+    for (name, nc) in net_cfgs {
+        match build_network(&name, &nc) {
+            Ok(n) => networks.push(n),
+            Err(e) => problems.push(e),
+        }
+    }
+
+    // Routes.
+    let mut routes = Vec::new();
+    let mut table = RouteTable::new();
+    let all_networks: Vec<String> = networks.iter().map(|n| n.network.name.clone()).collect();
+    let mut route_cfgs = file.routes;
+    let listed = route_cfgs.len();
+    if let Some(p) = file.default_price {
+        route_cfgs.push(RouteConfig {
+            method: None,
+            path: "/*".into(),
+            price: Some(p),
+            networks: None,
+            description: String::new(),
+            mime_type: None,
+            max_timeout_seconds: None,
+            settle: SettleTiming::default(),
+            amount: AmountMatch::default(),
+        });
+    }
+    for (i, rc) in route_cfgs.into_iter().enumerate() {
+        let key = if i < listed {
+            format!("routes[{i}]")
+        } else {
+            "default_price".into()
+        };
+        let method = match rc.method.as_deref().map(str::trim) {
+            None | Some("*") | Some("ANY") | Some("any") => MethodMatch::Any,
+            Some(m) => match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => MethodMatch::Only(m),
+                Err(_) => {
+                    problems.push(format!(
+                        "{key}.method: '{m}' is not an HTTP method like 'GET' (or '*' for any)"
+                    ));
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = table.insert(method.clone(), &rc.path, i) {
+            problems.push(format!("{key}.path: {e}"));
+            continue;
+        }
+        let pricing = match build_pricing(&key, &rc, &networks, &all_networks, pay_to) {
+            Ok(p) => p,
+            Err(mut e) => {
+                problems.append(&mut e);
+                None
+            }
+        };
+        routes.push(Route {
+            method,
+            pattern: rc.path.clone(),
+            pricing: pricing.map(Arc::new),
+        });
+    }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let settings = Settings {
+        listen: file.listen,
+        database: file.database,
+        threads: file.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),
+        settlement,
+        reconcile_every: std::time::Duration::from_secs(reconcile_every),
+        reconcile_after: std::time::Duration::from_secs(reconcile_after),
+        networks,
+        cors_origins: file.cors.allow_origins,
+    };
+    let tenant = Tenant {
+        id: "default".into(),
+        pay_to: pay_to.expect("checked above"),
+        upstream: upstream.expect("checked above"),
+        routes,
+        table,
+    };
+    Ok((settings, tenant))
+}
+
+fn build_network(name: &str, nc: &NetworkConfig) -> Result<NetworkSettings, String> {
+    let key = format!("networks.{name}");
+    let known = builtin(name);
+    if known.map(|k| k.family) == Some(Family::Solana) {
+        return Err(format!("{key}: Solana is not supported by this build yet; remove it (EVM networks: base, base-sepolia, ethereum, polygon, avalanche)"));
+    }
+    let mut net = match known {
+        Some(k) => Network::from_known(k),
+        None => {
+            let chain_id = nc.chain_id.ok_or_else(|| {
+                format!("{key}: '{name}' is not a built-in network (base, base-sepolia, ethereum, polygon, avalanche); give chain_id, usdc, eip712_name and eip712_version")
+            })?;
+            Network {
+                name: name.to_string(),
+                caip2: format!("eip155:{chain_id}"),
+                family: Family::Evm,
+                chain_id,
+                asset: String::new(),
+                eip712_name: String::new(),
+                eip712_version: "2".into(),
+                decimals: 6,
+            }
+        }
+    };
+    if let Some(c) = nc.chain_id {
+        net.chain_id = c;
+        if known.is_some_and(|k| k.chain_id != c) {
+            net.caip2 = format!("eip155:{c}");
+        }
+    }
+    if let Some(c) = &nc.caip2 {
+        net.caip2 = c.clone();
+    }
+    if let Some(u) = &nc.usdc {
+        let a: Address = u
+            .parse()
+            .map_err(|_| format!("{key}.usdc: '{u}' is not an EVM address"))?;
+        net.asset = a.to_checksum(None);
+    }
+    if net.asset.is_empty() {
+        return Err(format!(
+            "{key}.usdc: missing; give the USDC contract address on this chain"
+        ));
+    }
+    if let Some(n) = &nc.eip712_name {
+        net.eip712_name = n.clone();
+    }
+    if net.eip712_name.is_empty() {
+        return Err(format!(
+            "{key}.eip712_name: missing; read it from the USDC contract's name() (e.g. 'USD Coin')"
+        ));
+    }
+    if let Some(v) = &nc.eip712_version {
+        net.eip712_version = v.clone();
+    }
+    let rpc_url = nc
+        .rpc_url
+        .clone()
+        .or_else(|| known.map(|k| k.default_rpc.to_string()))
+        .unwrap_or_default();
+    if url::Url::parse(&rpc_url).is_err() {
+        return Err(format!(
+            "{key}.rpc_url: '{rpc_url}' is not a URL like 'http://127.0.0.1:8545'"
+        ));
+    }
+    Ok(NetworkSettings {
+        network: Arc::new(net),
+        rpc_url,
+        gas_limit: nc.gas_limit.unwrap_or(200_000),
+        rpc_timeout_ms: nc.rpc_timeout_ms.unwrap_or(5_000),
+    })
+}
+
+fn build_pricing(
+    key: &str,
+    rc: &RouteConfig,
+    networks: &[NetworkSettings],
+    all: &[String],
+    pay_to: Option<Address>,
+) -> Result<Option<Pricing>, Vec<String>> {
+    let mut problems = Vec::new();
+    let price_text = match &rc.price {
+        None => {
+            return Err(vec![format!("{key}.price: missing; give a price like \"$0.01\", atomic units like \"10000\", or \"free\"")]);
+        }
+        Some(PriceValue::Text(t)) if t.trim().eq_ignore_ascii_case("free") => return Ok(None),
+        Some(PriceValue::Text(t)) => t.clone(),
+        Some(PriceValue::Atomic(n)) => n.to_string(),
+    };
+    let wanted = rc.networks.clone().unwrap_or_else(|| all.to_vec());
+    if wanted.is_empty() {
+        problems.push(format!(
+            "{key}.networks: empty; list at least one of {all:?}"
+        ));
+    }
+    let max_timeout = rc.max_timeout_seconds.unwrap_or(60);
+    if max_timeout == 0 {
+        problems.push(format!("{key}.max_timeout_seconds: must be at least 1"));
+    }
+    let mut offers = Vec::new();
+    for (j, w) in wanted.iter().enumerate() {
+        let Some(ns) = networks.iter().find(|n| n.network.is_named(w)) else {
+            problems.push(format!("{key}.networks[{j}]: '{w}' is not configured; add [networks.{w}] or use one of {all:?}"));
+            continue;
+        };
+        let amount: U256 = match parse_price(&price_text, ns.network.decimals) {
+            Ok(a) => a,
+            Err(e) => {
+                problems.push(format!("{key}.price: {e}"));
+                break;
+            }
+        };
+        if let Some(p) = pay_to {
+            offers.push(Offer::exact(
+                ns.network.clone(),
+                amount,
+                p.to_checksum(None),
+                max_timeout,
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Some(Pricing {
+        offers,
+        description: rc.description.clone(),
+        mime_type: rc
+            .mime_type
+            .clone()
+            .unwrap_or_else(|| "application/json".into()),
+        settle: rc.settle,
+        amount: rc.amount,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        upstream = "http://127.0.0.1:8080"
+        pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+        [networks.base]
+        rpc_url = "http://127.0.0.1:8545"
+    "#;
+
+    fn problems(extra: &str) -> Vec<String> {
+        let file: FileConfig = toml::from_str(&format!("{BASE}\n{extra}")).unwrap();
+        build(file).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        let p = problems("[[routes]]\npath = \"/a\"\nprice = \"$0.01\"\n[[routes]]\npath = \"/b\"\nprice = \"$0.01\"\n[[routes]]\npath = \"/c\"\nprice = \"$0.0x\"");
+        assert_eq!(p, vec!["routes[2].price: '$0.0x' is not a USD amount like '$0.01' (at most 6 decimal places)"]);
+        let p = problems("[[routes]]\npath = \"/a\"\nprice = \"$1\"\nnetworks = [\"polygon\"]");
+        assert!(
+            p[0].starts_with(
+                "routes[0].networks[0]: 'polygon' is not configured; add [networks.polygon]"
+            ),
+            "{p:?}"
+        );
+        let p = problems("[[routes]]\npath = \"a\"\nprice = \"$1\"");
+        assert_eq!(p, vec!["routes[0].path: 'a' must start with '/'"]);
+        let p = problems("[[routes]]\nmethod = \"G T\"\npath = \"/a\"\nprice = \"$1\"");
+        assert!(
+            p[0].starts_with("routes[0].method: 'G T' is not an HTTP method"),
+            "{p:?}"
+        );
+        let p = problems("[[routes]]\npath = \"/a\"");
+        assert!(p[0].starts_with("routes[0].price: missing"), "{p:?}");
+        let p = problems(
+            "[[routes]]\npath = \"/a\"\nprice = \"$1\"\n[[routes]]\npath = \"/a\"\nprice = \"$2\"",
+        );
+        assert_eq!(p, vec!["routes[1].path: same method and path as routes[0]"]);
+    }
+
+    #[test]
+    fn collects_every_problem() {
+        let file: FileConfig =
+            toml::from_str("listen = \"nope\"\npay_to = \"0x12\"\ndatabase = \"mysql://x\"")
+                .unwrap();
+        let p = build(file).unwrap_err();
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("upstream: missing")));
+        assert!(p
+            .iter()
+            .any(|m| m.starts_with("pay_to: '0x12' is not an EVM address")));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err =
+            toml::from_str::<FileConfig>(&format!("{BASE}\n[[routes]]\npath=\"/a\"\nprize=\"$1\""))
+                .unwrap_err();
+        assert!(err.to_string().contains("unknown field `prize`"), "{err}");
+    }
+
+    #[test]
+    fn builds_offers_per_network_with_builtin_defaults() {
+        let file: FileConfig = toml::from_str(&format!(
+            "{BASE}\n[networks.base-sepolia]\n[[routes]]\nmethod=\"get\"\npath=\"/w/{{city}}\"\nprice=\"$0.01\"\nsettle=\"after\"\namount=\"at_least\"\n[[routes]]\npath=\"/free\"\nprice=\"free\""
+        ))
+        .unwrap();
+        let (settings, tenant) = build(file).unwrap();
+        assert_eq!(settings.networks.len(), 2);
+        let r = &tenant.routes[0];
+        let pricing = r.pricing.as_ref().unwrap();
+        assert_eq!(pricing.offers.len(), 2);
+        assert_eq!(pricing.offers[0].amount, U256::from(10_000u64));
+        assert_eq!(pricing.offers[1].network.eip712_name, "USDC");
+        assert_eq!(pricing.settle, SettleTiming::After);
+        assert_eq!(pricing.amount, AmountMatch::AtLeast);
+        assert!(tenant.routes[1].pricing.is_none());
+        assert_eq!(tenant.table.find(&http::Method::GET, "/w/paris"), Some(0));
+        assert_eq!(tenant.table.find(&http::Method::GET, "/other"), None);
+    }
+
+    #[test]
+    fn default_price_covers_unlisted_routes() {
+        let file: FileConfig = toml::from_str(&format!(
+            "default_price = 500\n{BASE}\n[[routes]]\npath=\"/health\"\nprice=\"free\""
+        ))
+        .unwrap();
+        let (_, tenant) = build(file).unwrap();
+        let idx = tenant
+            .table
+            .find(&http::Method::POST, "/anything/else")
+            .unwrap();
+        assert_eq!(
+            tenant.routes[idx].pricing.as_ref().unwrap().offers[0].amount,
+            U256::from(500u64)
+        );
+        let idx = tenant.table.find(&http::Method::GET, "/health").unwrap();
+        assert!(tenant.routes[idx].pricing.is_none());
+    }
+
+    #[test]
+    fn solana_is_refused_with_a_reason() {
+        let p = problems("[networks.solana]");
+        assert!(
+            p[0].contains("Solana is not supported by this build yet"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_configs_are_valid() {
+        for f in ["config/tollgate.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+            load(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+}

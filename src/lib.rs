@@ -1,0 +1,19 @@
+//! tollgate: a reverse-proxy paywall for the x402 payment protocol.
+//!
+//! A request's path through the code: [`proxy`] (pingora phases) → [`tenant`] (route) →
+//! [`challenge`] (402) or [`payment`] (decode → verify → claim → settle) → [`chains`] (EVM) →
+//! [`store`] (ledger and records).
+
+pub mod chains;
+pub mod challenge;
+pub mod clock;
+pub mod config;
+pub mod facilitator;
+pub mod money;
+pub mod payment;
+pub mod proxy;
+pub mod routes;
+pub mod serve;
+pub mod store;
+pub mod tenant;
+pub mod x402;

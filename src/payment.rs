@@ -1,0 +1,503 @@
+//! The payment pipeline, top to bottom:
+//! decode → match the route's offer → offline checks → replay claim → on-chain check → settle → record.
+//!
+//! The proxy asks this module what to do and acts on the answer; HTTP details live in `proxy`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::chains::evm::relayer::Relayer;
+use crate::chains::evm::{EvmChain, EvmOptions};
+use crate::chains::{Chain, ChainError, ChainStatus, Checked, Rejection, ReplayKey, SettleOutcome};
+use crate::clock::Clock;
+use crate::config::{Settings, Settlement};
+use crate::facilitator::FacilitatorClient;
+use crate::store::{Attempt, AttemptLog, NewClaim, Outcome, PaymentState, Store};
+use crate::tenant::{Pricing, SettleTiming, Tenant};
+use crate::x402::{
+    self, reason, DecodeError, Family, Offer, PaymentPayload, SettleResponse, Version,
+};
+
+/// Why a paid request is not forwarded. Mapped to HTTP in one place (`proxy::respond`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// The header could not be read: 400, nothing recorded as paid.
+    #[error("{0}")]
+    Malformed(String),
+    /// A check failed: 402 with the reason and the requirements again.
+    #[error(transparent)]
+    Rejected(Rejection),
+    /// Tollgate cannot take payments right now (chain RPC, relayer, database): 503, nothing charged.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<DecodeError> for Refusal {
+    fn from(e: DecodeError) -> Self {
+        Refusal::Malformed(e.to_string())
+    }
+}
+
+/// How payments reach the chain in this process.
+enum Settler {
+    Local,
+    Facilitator(FacilitatorClient),
+}
+
+/// A payment that passed verification and holds its claim; it travels with the request.
+#[derive(Debug)]
+pub struct Accepted {
+    pub version: Version,
+    pub pricing: Arc<Pricing>,
+    /// The resource URL the 402 named, for v1 facilitators.
+    pub resource_url: String,
+    pub offer: Offer,
+    pub payment: PaymentPayload,
+    pub checked: Checked,
+    pub key: ReplayKey,
+    pub settle: SettleTiming,
+    /// The settlement, once there is one.
+    pub outcome: Option<SettleOutcome>,
+}
+
+impl Accepted {
+    pub fn payer(&self) -> String {
+        self.checked.payer()
+    }
+
+    /// The `X-PAYMENT-RESPONSE` / `PAYMENT-RESPONSE` value for this payment.
+    pub fn settle_response(&self) -> SettleResponse {
+        SettleResponse {
+            success: self.outcome.is_some(),
+            error_reason: None,
+            transaction: self
+                .outcome
+                .as_ref()
+                .map(|o| o.tx().to_string())
+                .unwrap_or_default(),
+            network: network_id(self.version, &self.offer),
+            payer: Some(self.payer()),
+        }
+    }
+}
+
+/// The network id in the words of the version the client paid in.
+pub fn network_id(version: Version, offer: &Offer) -> String {
+    match version {
+        Version::V1 => offer.network.name.clone(),
+        Version::V2 => offer.network.caip2.clone(),
+    }
+}
+
+/// The payment side of the gateway: one per process, shared by every request.
+pub struct Gateway {
+    pub settings: Settings,
+    pub tenant: Arc<Tenant>,
+    chains: HashMap<String, Arc<dyn Chain>>,
+    settler: Settler,
+    pub store: Store,
+    attempts: AttemptLog,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Gateway {
+    /// Wires chains, settlement and storage. Contacts no chain: a first run works offline.
+    pub fn new(
+        settings: Settings,
+        tenant: Tenant,
+        store: Store,
+        attempts: AttemptLog,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Gateway, String> {
+        let (settler, key, key_hint, receipt) = match &settings.settlement {
+            Settlement::Local {
+                key_source,
+                confirmations,
+                receipt_timeout_secs,
+                receipt_poll_ms,
+            } => {
+                let key = key_source.load()?;
+                let hint = format!(
+                    "no relayer key: {} (or use settlement.mode = \"facilitator\")",
+                    key_source.describe()
+                );
+                (
+                    Settler::Local,
+                    key,
+                    hint,
+                    (*confirmations, *receipt_timeout_secs, *receipt_poll_ms),
+                )
+            }
+            Settlement::Facilitator { url, token_env } => {
+                let token = std::env::var(token_env).ok().filter(|t| !t.is_empty());
+                let f = FacilitatorClient::new(url, token, Duration::from_secs(30))?;
+                (
+                    Settler::Facilitator(f),
+                    None,
+                    "facilitator mode settles through the facilitator".into(),
+                    (1, 30, 100),
+                )
+            }
+        };
+        let mut chains: HashMap<String, Arc<dyn Chain>> = HashMap::new();
+        for ns in &settings.networks {
+            let net = ns.network.clone();
+            match net.family {
+                Family::Evm => {
+                    let relayer = match &key {
+                        Some(k) => Ok(Relayer::from_key(k, net.chain_id)?),
+                        None => Err(key_hint.clone()),
+                    };
+                    let opts = EvmOptions {
+                        rpc_url: ns.rpc_url.clone(),
+                        rpc_timeout: Duration::from_millis(ns.rpc_timeout_ms),
+                        gas_limit: ns.gas_limit,
+                        confirmations: receipt.0,
+                        receipt_timeout: Duration::from_secs(receipt.1),
+                        receipt_poll: Duration::from_millis(receipt.2),
+                    };
+                    let chain = EvmChain::new(net.clone(), opts, relayer)?;
+                    if let Some(a) = chain.relayer_address() {
+                        tracing::info!(network = %net.name, relayer = %a, "relayer ready");
+                    }
+                    chains.insert(net.name.clone(), Arc::new(chain));
+                }
+                Family::Solana => {
+                    return Err(format!(
+                        "networks.{}: Solana is not supported by this build yet",
+                        net.name
+                    ))
+                }
+            }
+        }
+        Ok(Gateway {
+            settings,
+            tenant: Arc::new(tenant),
+            chains,
+            settler,
+            store,
+            attempts,
+            clock,
+        })
+    }
+
+    pub fn chain(&self, network: &str) -> Option<&Arc<dyn Chain>> {
+        self.chains.get(network)
+    }
+
+    /// Queues an attempt record.
+    pub fn record(&self, a: Attempt) {
+        self.attempts.record(a);
+    }
+
+    /// Verifies a payment header for a priced route and claims it; with `settle = "before"` it also
+    /// settles. On success the request may be forwarded.
+    pub async fn accept(
+        &self,
+        pricing: &Arc<Pricing>,
+        route: &str,
+        resource_url: &str,
+        version: Version,
+        header: &[u8],
+        rec: &mut Attempt,
+    ) -> Result<Accepted, Refusal> {
+        let started = Instant::now();
+        rec.x402_version = version.number();
+        rec.settle_mode = pricing.settle.as_str();
+        let payment = x402::decode_payment(version, header)?;
+        rec.network = Some(payment.network().to_string());
+
+        // The route's own offer for the network the client chose; never the client's copy of it.
+        let offer = select_offer(pricing, &payment)?.clone();
+        let chain = self.chains.get(&offer.network.name).ok_or_else(|| {
+            Refusal::Unavailable(format!(
+                "network {} is offered but not configured in this process",
+                offer.network.name
+            ))
+        })?;
+        let now = self.clock.now_secs();
+        let checked = chain
+            .check_offline(&offer, pricing.amount, &payment, now)
+            .map_err(Refusal::Rejected)?;
+        rec.payer = Some(checked.payer());
+        rec.amount = Some(checked.amount().to_string());
+        let key = checked.replay_key(&offer.network);
+        rec.nonce = Some(key.nonce.clone());
+
+        if let Settler::Local = self.settler {
+            if let Some(why) = chain.settle_unavailable() {
+                return Err(Refusal::Unavailable(why));
+            }
+        }
+
+        // Replay guard: the database's primary key lets exactly one request hold this authorization.
+        let claim = NewClaim {
+            key: &key,
+            tenant: &self.tenant.id,
+            route,
+            pay_to: &offer.pay_to,
+            amount: checked.amount().to_string(),
+            payload: checked.to_stored(),
+            valid_before: checked.valid_before(),
+            now_ms: self.clock.now_ms(),
+        };
+        let claimed = self.store.claim(&claim).await.map_err(|e| {
+            tracing::error!(error = %e, "replay guard unavailable");
+            Refusal::Unavailable(format!("the payment database is unavailable: {e}"))
+        })?;
+        if !claimed {
+            return Err(Refusal::Rejected(Rejection::new(
+                reason::DUPLICATE,
+                "this authorization was already used (or is being used right now); sign a new one",
+            )));
+        }
+
+        let mut accepted = Accepted {
+            version,
+            pricing: pricing.clone(),
+            resource_url: resource_url.to_string(),
+            offer,
+            payment,
+            checked,
+            key,
+            settle: pricing.settle,
+            outcome: None,
+        };
+        let verified = match &self.settler {
+            Settler::Local => chain.check_onchain(&accepted.checked).await,
+            Settler::Facilitator(f) => self.facilitator_verify(f, &accepted).await,
+        };
+        if let Err(e) = verified {
+            self.release(&accepted.key).await;
+            return Err(chain_refusal(e));
+        }
+        rec.verify_us = Some(started.elapsed().as_micros() as u64);
+
+        if pricing.settle == SettleTiming::Before {
+            self.settle(&mut accepted, rec).await?;
+        }
+        Ok(accepted)
+    }
+
+    /// Settles an accepted payment and records the result in the ledger.
+    pub async fn settle(&self, a: &mut Accepted, rec: &mut Attempt) -> Result<(), Refusal> {
+        let started = Instant::now();
+        let result = match &self.settler {
+            Settler::Local => match self.chains.get(&a.offer.network.name) {
+                Some(chain) => chain.settle(&a.checked).await,
+                None => Err(ChainError::Unavailable(format!(
+                    "network {} is not configured",
+                    a.offer.network.name
+                ))),
+            },
+            Settler::Facilitator(f) => self
+                .facilitator_settle(f, a)
+                .await
+                .map(|tx| SettleOutcome::Settled { tx }),
+        };
+        rec.settle_us = Some(started.elapsed().as_micros() as u64);
+        let now = self.clock.now_ms();
+        match result {
+            Ok(outcome) => {
+                let state = match outcome {
+                    SettleOutcome::Settled { .. } => PaymentState::Settled,
+                    SettleOutcome::Pending { .. } => PaymentState::Pending,
+                };
+                rec.tx_hash = Some(outcome.tx().to_string());
+                if let Err(e) = self
+                    .store
+                    .set_state(&a.key, state, Some(outcome.tx()), now)
+                    .await
+                {
+                    // The transfer happened; the ledger row stays 'claimed' and reconciliation finds it.
+                    tracing::error!(error = %e, tx = outcome.tx(), "could not record a settlement; reconciliation will");
+                }
+                a.outcome = Some(outcome);
+                Ok(())
+            }
+            Err(ChainError::InDoubt { tx, detail }) => {
+                rec.tx_hash = Some(tx.clone());
+                if let Err(e) = self
+                    .store
+                    .set_state(&a.key, PaymentState::Pending, Some(&tx), now)
+                    .await
+                {
+                    tracing::error!(error = %e, %tx, "could not record an in-doubt settlement; reconciliation will");
+                }
+                Err(Refusal::Unavailable(detail))
+            }
+            Err(e) => {
+                self.release(&a.key).await;
+                Err(chain_refusal(e))
+            }
+        }
+    }
+
+    /// Gives the claim back: nothing was charged.
+    pub async fn release(&self, key: &ReplayKey) {
+        if let Err(e) = self.store.release(key).await {
+            // Left claimed, reconciliation releases it later; the client can sign a new one meanwhile.
+            tracing::error!(error = %e, "could not release a payment claim");
+        }
+    }
+
+    async fn facilitator_verify(
+        &self,
+        f: &FacilitatorClient,
+        a: &Accepted,
+    ) -> Result<(), ChainError> {
+        match a.version {
+            Version::V1 => {
+                f.verify(&a.payment, &a.offer.to_v1(&self.v1_resource(a)))
+                    .await
+            }
+            Version::V2 => f.verify(&a.payment, &a.offer.to_v2()).await,
+        }
+    }
+
+    async fn facilitator_settle(
+        &self,
+        f: &FacilitatorClient,
+        a: &Accepted,
+    ) -> Result<String, ChainError> {
+        match a.version {
+            Version::V1 => {
+                f.settle(&a.payment, &a.offer.to_v1(&self.v1_resource(a)))
+                    .await
+            }
+            Version::V2 => f.settle(&a.payment, &a.offer.to_v2()).await,
+        }
+    }
+
+    fn v1_resource<'a>(&self, a: &'a Accepted) -> x402::Resource<'a> {
+        x402::Resource {
+            url: &a.resource_url,
+            description: &a.pricing.description,
+            mime_type: &a.pricing.mime_type,
+        }
+    }
+
+    /// One reconciliation pass over claims and pending payments older than `stale_after`.
+    pub async fn reconcile_once(&self, stale_after: Duration) -> Result<usize, String> {
+        let now_ms = self.clock.now_ms();
+        let rows = self
+            .store
+            .unfinished(now_ms.saturating_sub(stale_after.as_millis() as u64), 500)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut resolved = 0;
+        for row in rows {
+            let Some(chain) = self
+                .chains
+                .values()
+                .find(|c| c.network().caip2 == row.key.network)
+            else {
+                continue;
+            };
+            let checked = match chain.from_stored(&row.payload) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable payment in the ledger");
+                    continue;
+                }
+            };
+            let status = match chain
+                .status(&checked, row.tx_hash.as_deref(), self.clock.now_secs())
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciliation: chain unavailable; will retry");
+                    break;
+                }
+            };
+            let (outcome, tx) = match status {
+                ChainStatus::Spent { tx } => {
+                    let tx = tx.or(row.tx_hash.clone());
+                    self.store
+                        .set_state(&row.key, PaymentState::Settled, tx.as_deref(), now_ms)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    tracing::info!(payer = %row.key.payer, tx = tx.as_deref().unwrap_or("?"), "reconciled: payment is on chain");
+                    (Outcome::Settled, tx)
+                }
+                ChainStatus::Expired | ChainStatus::Unspent => {
+                    self.store
+                        .forget_unlanded(&row.key)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    tracing::info!(payer = %row.key.payer, state = row.state.as_str(), "reconciled: payment never landed; released, nothing charged");
+                    (Outcome::Released, row.tx_hash.clone())
+                }
+            };
+            self.record(Attempt {
+                at_ms: now_ms,
+                tenant: row.tenant.clone(),
+                route: row.route.clone(),
+                method: "-".into(),
+                path: "(reconciliation)".into(),
+                x402_version: 0,
+                network: Some(row.key.network.clone()),
+                payer: Some(row.key.payer.clone()),
+                amount: Some(row.amount.clone()),
+                nonce: Some(row.key.nonce.clone()),
+                tx_hash: tx,
+                outcome: Some(outcome),
+                reason: Some(format!("reconciled from {}", row.state.as_str())),
+                settle_mode: "-",
+                ..Default::default()
+            });
+            resolved += 1;
+        }
+        Ok(resolved)
+    }
+}
+
+/// The route's offer for the scheme and network the client chose.
+fn select_offer<'p>(pricing: &'p Pricing, payment: &PaymentPayload) -> Result<&'p Offer, Refusal> {
+    let offered: Vec<&str> = pricing
+        .offers
+        .iter()
+        .map(|o| o.network.name.as_str())
+        .collect();
+    if payment.scheme() != "exact" {
+        return Err(Refusal::Rejected(Rejection::new(
+            reason::INVALID_SCHEME,
+            format!(
+                "scheme '{}' is not offered here; use 'exact'",
+                payment.scheme()
+            ),
+        )));
+    }
+    pricing.offer_for(payment.network()).ok_or_else(|| {
+        Refusal::Rejected(Rejection::new(
+            reason::INVALID_NETWORK,
+            format!(
+                "network '{}' is not accepted on this route; accepted: {}",
+                payment.network(),
+                offered.join(", ")
+            ),
+        ))
+    })
+}
+
+fn chain_refusal(e: ChainError) -> Refusal {
+    match e {
+        ChainError::Rejected(r) => Refusal::Rejected(r),
+        ChainError::Unavailable(m) => Refusal::Unavailable(m),
+        ChainError::InDoubt { detail, .. } => Refusal::Unavailable(detail),
+    }
+}
+
+/// The outcome to record for a refusal.
+pub fn refusal_outcome(r: &Refusal) -> (Outcome, String) {
+    match r {
+        Refusal::Malformed(m) => (Outcome::Rejected, format!("malformed: {m}")),
+        Refusal::Rejected(rej) if rej.reason == reason::DUPLICATE => {
+            (Outcome::Duplicate, rej.reason.to_string())
+        }
+        Refusal::Rejected(rej) => (Outcome::Rejected, rej.reason.to_string()),
+        Refusal::Unavailable(m) => (Outcome::Unavailable, m.clone()),
+    }
+}

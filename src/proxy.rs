@@ -1,0 +1,314 @@
+//! The pingora `ProxyHttp` implementation: route, challenge, pay, forward.
+//!
+//! Each phase method is short: it asks [`crate::payment`] or [`crate::challenge`] and acts on the answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorSource, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::challenge::{self, Reply};
+use crate::payment::{refusal_outcome, Accepted, Gateway, Refusal};
+use crate::store::{Attempt, Outcome};
+use crate::tenant::{Pricing, SettleTiming};
+use crate::x402::reason;
+
+/// Request headers a client may not set itself: tollgate sets them for the upstream.
+const TOLLGATE_HEADERS: [&str; 3] = ["x-tollgate-payer", "x-tollgate-tx", "x-tollgate-network"];
+
+/// The proxy: one per process.
+pub struct Proxy {
+    gw: Arc<Gateway>,
+}
+
+impl Proxy {
+    pub fn new(gw: Arc<Gateway>) -> Self {
+        Proxy { gw }
+    }
+}
+
+/// What one request carries between phases.
+pub struct Ctx {
+    started: Instant,
+    route: String,
+    pricing: Option<Arc<Pricing>>,
+    accepted: Option<Accepted>,
+    attempt: Option<Attempt>,
+    /// Set when the upstream's answer is replaced (settle-after failed): the body to send instead.
+    replace_body: Option<Bytes>,
+    replacing: bool,
+    /// The CORS origin to allow on this response, when the route is priced.
+    cors: Option<String>,
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            route: String::new(),
+            pricing: None,
+            accepted: None,
+            attempt: None,
+            replace_body: None,
+            replacing: false,
+            cors: None,
+        }
+    }
+
+    /// Matches the route; unpaid → 402, malformed → 400, paid → verify (and settle, if before).
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let tenant = &self.gw.tenant;
+        if let Some(reply) = challenge::preflight(req, tenant, &self.gw.settings.cors_origins) {
+            return send(session, reply).await;
+        }
+        let Some((_, route)) = tenant.route(&req.method, req.uri.path()) else {
+            return Ok(false);
+        };
+        let Some(pricing) = route.pricing.clone() else {
+            return Ok(false);
+        };
+        ctx.route = route.label();
+        ctx.cors = challenge::allowed_origin(req, &self.gw.settings.cors_origins);
+        let resource = challenge::resource_url(req, self.gw.settings.public_url.as_deref());
+
+        let (version, header) = match challenge::payment_header(req) {
+            Ok(Some(h)) => h,
+            Ok(None) => {
+                return send(
+                    session,
+                    challenge::payment_required(&pricing, &resource, None, ctx.cors.as_deref()),
+                )
+                .await
+            }
+            Err(e) => {
+                return send(
+                    session,
+                    challenge::malformed(&e.to_string(), ctx.cors.as_deref()),
+                )
+                .await
+            }
+        };
+        let mut rec = new_attempt(&self.gw, &ctx.route, req);
+        match self
+            .gw
+            .accept(&pricing, &ctx.route, &resource, version, &header, &mut rec)
+            .await
+        {
+            Ok(accepted) => {
+                ctx.accepted = Some(accepted);
+                ctx.attempt = Some(rec);
+                ctx.pricing = Some(pricing);
+                Ok(false)
+            }
+            Err(refusal) => {
+                let reply = challenge::refused(
+                    &refusal,
+                    &pricing,
+                    &resource,
+                    version,
+                    rec.payer.as_deref(),
+                    ctx.cors.as_deref(),
+                );
+                if !matches!(refusal, Refusal::Malformed(_)) {
+                    let (outcome, why) = refusal_outcome(&refusal);
+                    rec.outcome = Some(outcome);
+                    rec.reason = Some(why);
+                    ctx.attempt = Some(rec);
+                }
+                send(session, reply).await
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let up = &self.gw.tenant.upstream;
+        Ok(Box::new(HttpPeer::new(up.addr, up.tls, up.host.clone())))
+    }
+
+    /// Strips payment headers, says who paid, and points the request at the upstream.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        up.remove_header("x-payment");
+        up.remove_header("payment-signature");
+        for h in TOLLGATE_HEADERS {
+            up.remove_header(h);
+        }
+        if let Some(a) = &ctx.accepted {
+            up.insert_header("x-tollgate-payer", a.payer())?;
+            up.insert_header("x-tollgate-network", a.offer.network.caip2.as_str())?;
+            if let Some(o) = &a.outcome {
+                up.insert_header("x-tollgate-tx", o.tx())?;
+            }
+        }
+        challenge::forwarding_headers(session, up, &self.gw.tenant.upstream)
+    }
+
+    /// Settle-after happens here, once the upstream's status is known; then the payment response header.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(a) = ctx.accepted.as_mut() {
+            let rec = ctx.attempt.get_or_insert_with(Attempt::default);
+            if a.settle == SettleTiming::After && a.outcome.is_none() {
+                if resp.status.as_u16() < 400 {
+                    if let Err(refusal) = self.gw.settle(a, rec).await {
+                        // The upstream answered but the payment did not go through: the client gets
+                        // the refusal, not the content.
+                        let pricing = ctx.pricing.clone().expect("priced");
+                        let reply = challenge::refused(
+                            &refusal,
+                            &pricing,
+                            &a.resource_url,
+                            a.version,
+                            rec.payer.as_deref(),
+                            ctx.cors.as_deref(),
+                        );
+                        let (outcome, why) = refusal_outcome(&refusal);
+                        rec.outcome = Some(outcome);
+                        rec.reason = Some(why);
+                        *resp = reply.header()?;
+                        ctx.replace_body = Some(reply.body);
+                        ctx.replacing = true;
+                        return Ok(());
+                    }
+                } else {
+                    self.gw.release(&a.key).await;
+                    rec.outcome = Some(Outcome::Released);
+                    rec.reason = Some(format!(
+                        "upstream answered {}; not charged",
+                        resp.status.as_u16()
+                    ));
+                }
+            }
+            if a.outcome.is_some() {
+                resp.insert_header(
+                    a.version.response_header(),
+                    crate::x402::encode_header(&a.settle_response()),
+                )?;
+            }
+        }
+        if ctx.pricing.is_some() {
+            challenge::add_cors(resp, ctx.cors.as_deref())?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        _eos: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.replacing {
+            *body = ctx.replace_body.take();
+        }
+        Ok(None)
+    }
+
+    /// The upstream failed: 502, and an unsettled (after-mode) payment is released, not charged.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if *e.esource() != ErrorSource::Upstream {
+            return default_fail(session, e).await;
+        }
+        let mut settled_header = None;
+        if let Some(a) = &ctx.accepted {
+            let rec = ctx.attempt.get_or_insert_with(Attempt::default);
+            if a.outcome.is_none() {
+                self.gw.release(&a.key).await;
+                rec.outcome = Some(Outcome::Released);
+                rec.reason = Some(format!("{}: {e}; not charged", reason::UPSTREAM_FAILED));
+            } else {
+                rec.reason = Some(format!(
+                    "{}: {e}; settled before forwarding",
+                    reason::UPSTREAM_FAILED
+                ));
+                settled_header = Some((
+                    a.version.response_header(),
+                    crate::x402::encode_header(&a.settle_response()),
+                ));
+            }
+        }
+        let reply = challenge::upstream_failed(&e.to_string(), settled_header, ctx.cors.as_deref());
+        let code = reply.status;
+        if send(session, reply).await.is_err() {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// The request is over: write its attempt record.
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let Some(mut rec) = ctx.attempt.take() else {
+            return;
+        };
+        if rec.outcome.is_none() {
+            rec.outcome = Some(
+                match ctx.accepted.as_ref().and_then(|a| a.outcome.as_ref()) {
+                    Some(crate::chains::SettleOutcome::Settled { .. }) => Outcome::Settled,
+                    Some(crate::chains::SettleOutcome::Pending { .. }) => Outcome::Pending,
+                    None => Outcome::Error,
+                },
+            );
+        }
+        rec.total_us = ctx.started.elapsed().as_micros() as u64;
+        self.gw.record(rec);
+    }
+}
+
+fn new_attempt(gw: &Gateway, route: &str, req: &RequestHeader) -> Attempt {
+    Attempt {
+        at_ms: gw.clock.now_ms(),
+        tenant: gw.tenant.id.clone(),
+        route: route.to_string(),
+        method: req.method.to_string(),
+        path: req.uri.path().to_string(),
+        ..Default::default()
+    }
+}
+
+/// Writes a whole reply and ends the request (`Ok(true)` tells pingora not to forward).
+async fn send(session: &mut Session, reply: Reply) -> Result<bool> {
+    let header = reply.header()?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(reply.body), true).await?;
+    Ok(true)
+}
+
+async fn default_fail(session: &mut Session, e: &Error) -> FailToProxy {
+    let code = match e.esource() {
+        ErrorSource::Downstream => 0,
+        _ => 500,
+    };
+    if code > 0 {
+        let _ = session.respond_error(code).await;
+    }
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    }
+}

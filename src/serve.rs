@@ -1,0 +1,94 @@
+//! Process wiring: the core runtime that owns shared I/O, the pingora server, background tasks.
+//!
+//! pingora runs each service on its own tokio runtime. The database pool, HTTP clients and background
+//! tasks live on one long-lived "core" runtime created first, so they outlive and are shared by every
+//! service runtime (an I/O resource stays bound to the runtime that created it).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server};
+
+use crate::clock::SystemClock;
+use crate::config;
+use crate::payment::Gateway;
+use crate::proxy::Proxy;
+use crate::store::{AttemptLog, Store};
+
+/// Runs the gateway until a shutdown signal.
+pub fn serve(config_path: &Path) -> Result<(), String> {
+    let (settings, tenant) = config::load(config_path).map_err(|e| e.to_string())?;
+    let core = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tollgate-core")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+
+    let listen = settings.listen.clone();
+    let threads = settings.threads;
+    let (gw, writer) = core.block_on(async {
+        let store = Store::connect(&settings.database)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (log, writer) = AttemptLog::start(store.clone());
+        let gw = Gateway::new(settings, tenant, store, log, Arc::new(SystemClock))?;
+        Ok::<_, String>((Arc::new(gw), writer))
+    })?;
+    describe(&gw);
+
+    let reconciler = core.spawn(reconcile_forever(gw.clone()));
+
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy =
+        pingora_proxy::http_proxy_service(&server.configuration, Proxy::new(gw.clone()));
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+    tracing::info!(%listen, threads, "tollgate listening");
+    server.run(RunArgs::default());
+
+    // Shutting down: stop reconciling, write the last attempt records.
+    reconciler.abort();
+    drop(gw);
+    core.block_on(async {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    });
+    Ok(())
+}
+
+fn describe(gw: &Gateway) {
+    let t = &gw.tenant;
+    let priced = t.routes.iter().filter(|r| r.pricing.is_some()).count();
+    tracing::info!(
+        upstream = %t.upstream.addr,
+        pay_to = %t.pay_to,
+        routes = t.routes.len(),
+        priced,
+        networks = ?gw.settings.networks.iter().map(|n| n.network.name.as_str()).collect::<Vec<_>>(),
+        "tollgate configured"
+    );
+    if t.pay_to.is_zero() {
+        tracing::warn!("pay_to is the zero address: USDC refuses transfers to it, so every payment will fail; set pay_to to your own address");
+    }
+}
+
+async fn reconcile_forever(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(gw.settings.reconcile_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match gw.reconcile_once(gw.settings.reconcile_after).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(resolved = n, "reconciliation pass"),
+            Err(e) => tracing::warn!(error = %e, "reconciliation pass failed; will retry"),
+        }
+    }
+}

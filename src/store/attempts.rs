@@ -1,0 +1,169 @@
+//! The attempt log: one row per verification attempt, written in batches off the request path.
+//!
+//! The ledger ([`super::payments`]) is written synchronously because money depends on it; the attempt
+//! log is the audit trail and is batched. A crash loses at most the last batch window of attempt rows
+//! (tens of milliseconds), never a payment.
+
+use std::time::Duration;
+
+use sqlx::Row;
+use tokio::sync::mpsc;
+
+use super::{Store, StoreError};
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Settled,
+    Pending,
+    Rejected,
+    Duplicate,
+    Unavailable,
+    /// Verified, but the upstream failed (settle = after) or the transfer was refused: not charged.
+    Released,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Settled => "settled",
+            Outcome::Pending => "pending",
+            Outcome::Rejected => "rejected",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Unavailable => "unavailable",
+            Outcome::Released => "released",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// One attempt's row.
+#[derive(Debug, Clone, Default)]
+pub struct Attempt {
+    pub at_ms: u64,
+    pub tenant: String,
+    pub route: String,
+    pub method: String,
+    pub path: String,
+    pub x402_version: u8,
+    pub network: Option<String>,
+    pub payer: Option<String>,
+    pub amount: Option<String>,
+    pub nonce: Option<String>,
+    pub tx_hash: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub reason: Option<String>,
+    pub settle_mode: &'static str,
+    pub verify_us: Option<u64>,
+    pub settle_us: Option<u64>,
+    pub total_us: u64,
+}
+
+const COLS: usize = 18;
+const BATCH: usize = 256;
+
+fn new_id() -> String {
+    let b: [u8; 16] = rand::random();
+    alloy::hex::encode(b)
+}
+
+impl Store {
+    /// Writes attempts in one statement.
+    pub async fn insert_attempts(&self, batch: &[Attempt]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut sql = String::from(
+            "INSERT INTO attempts (id, at_ms, tenant, route, method, path, x402_version, network, payer, amount, nonce, tx_hash, outcome, reason, settle_mode, verify_us, settle_us, total_us) VALUES ",
+        );
+        for i in 0..batch.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for c in 0..COLS {
+                if c > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("${}", i * COLS + c + 1));
+            }
+            sql.push(')');
+        }
+        let mut q = sqlx::query(&sql);
+        for a in batch {
+            q = q
+                .bind(new_id())
+                .bind(a.at_ms as i64)
+                .bind(a.tenant.clone())
+                .bind(a.route.clone())
+                .bind(a.method.clone())
+                .bind(a.path.clone())
+                .bind(a.x402_version as i32)
+                .bind(a.network.clone())
+                .bind(a.payer.clone())
+                .bind(a.amount.clone())
+                .bind(a.nonce.clone())
+                .bind(a.tx_hash.clone())
+                .bind(a.outcome.unwrap_or(Outcome::Error).as_str())
+                .bind(a.reason.clone())
+                .bind(a.settle_mode)
+                .bind(a.verify_us.map(|v| v as i64))
+                .bind(a.settle_us.map(|v| v as i64))
+                .bind(a.total_us as i64);
+        }
+        q.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Counts attempts with `outcome` (tests and the CLI).
+    pub async fn count_attempts(&self, outcome: Outcome) -> Result<i64, StoreError> {
+        let r = sqlx::query("SELECT COUNT(*) AS n FROM attempts WHERE outcome = $1")
+            .bind(outcome.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(r.try_get::<i64, _>("n")?)
+    }
+}
+
+/// The sending side of the batched attempt writer.
+#[derive(Debug, Clone)]
+pub struct AttemptLog {
+    tx: mpsc::Sender<Attempt>,
+}
+
+impl AttemptLog {
+    /// Starts the writer on the current runtime. The returned handle finishes once every sender is
+    /// dropped and the last batch is written.
+    pub fn start(store: Store) -> (AttemptLog, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<Attempt>(16_384);
+        let handle = tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(BATCH);
+            while let Some(first) = rx.recv().await {
+                buf.push(first);
+                // Gather what arrives within a short window into one statement.
+                let window = tokio::time::sleep(Duration::from_millis(20));
+                tokio::pin!(window);
+                while buf.len() < BATCH {
+                    tokio::select! {
+                        a = rx.recv() => match a { Some(a) => buf.push(a), None => break },
+                        _ = &mut window => break,
+                    }
+                }
+                if let Err(e) = store.insert_attempts(&buf).await {
+                    tracing::error!(error = %e, rows = buf.len(), "could not write attempt records");
+                }
+                buf.clear();
+            }
+        });
+        (AttemptLog { tx }, handle)
+    }
+
+    /// Queues an attempt; never blocks the request. If the writer is far behind, the row is dropped
+    /// with a warning rather than slowing payments down.
+    pub fn record(&self, a: Attempt) {
+        if let Err(e) = self.tx.try_send(a) {
+            tracing::warn!(error = %e, "attempt log is full; an attempt record was dropped");
+        }
+    }
+}

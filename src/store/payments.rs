@@ -1,0 +1,200 @@
+//! The payment ledger: claim an authorization once, then record how it ended.
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+use crate::chains::ReplayKey;
+
+/// Where a claimed payment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentState {
+    /// Verified and held by one request; not on chain yet.
+    Claimed,
+    /// Sent, but not confirmed yet (receipt timeout, or the node went away mid-send).
+    Pending,
+    /// On chain.
+    Settled,
+}
+
+impl PaymentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentState::Claimed => "claimed",
+            PaymentState::Pending => "pending",
+            PaymentState::Settled => "settled",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "claimed" => Some(PaymentState::Claimed),
+            "pending" => Some(PaymentState::Pending),
+            "settled" => Some(PaymentState::Settled),
+            _ => None,
+        }
+    }
+}
+
+/// What is written when a request claims an authorization.
+#[derive(Debug, Clone)]
+pub struct NewClaim<'a> {
+    pub key: &'a ReplayKey,
+    pub tenant: &'a str,
+    pub route: &'a str,
+    pub pay_to: &'a str,
+    pub amount: String,
+    pub payload: String,
+    pub valid_before: u64,
+    pub now_ms: u64,
+}
+
+/// A ledger row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRow {
+    pub key: ReplayKey,
+    pub tenant: String,
+    pub route: String,
+    pub amount: String,
+    pub state: PaymentState,
+    pub tx_hash: Option<String>,
+    pub payload: String,
+    pub valid_before: u64,
+    pub claimed_at: u64,
+    pub updated_at: u64,
+}
+
+const KEY_WHERE: &str = "network = $1 AND asset = $2 AND payer = $3 AND nonce = $4";
+
+fn row_to_claim(r: &sqlx::any::AnyRow) -> Result<ClaimRow, sqlx::Error> {
+    let state: String = r.try_get("state")?;
+    Ok(ClaimRow {
+        key: ReplayKey {
+            network: r.try_get("network")?,
+            asset: r.try_get("asset")?,
+            payer: r.try_get("payer")?,
+            nonce: r.try_get("nonce")?,
+        },
+        tenant: r.try_get("tenant")?,
+        route: r.try_get("route")?,
+        amount: r.try_get("amount")?,
+        state: PaymentState::parse(&state).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown payment state '{state}'").into())
+        })?,
+        tx_hash: r.try_get("tx_hash")?,
+        payload: r.try_get("payload")?,
+        valid_before: r.try_get::<i64, _>("valid_before")? as u64,
+        claimed_at: r.try_get::<i64, _>("claimed_at")? as u64,
+        updated_at: r.try_get::<i64, _>("updated_at")? as u64,
+    })
+}
+
+impl Store {
+    /// Claims an authorization for one request. `false` when it is already claimed or spent —
+    /// by this gateway or by any other sharing the database (the primary key decides).
+    pub async fn claim(&self, c: &NewClaim<'_>) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO payments (network, asset, payer, nonce, tenant, route, pay_to, amount, state, tx_hash, payload, valid_before, claimed_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'claimed', NULL, $9, $10, $11, $11) \
+             ON CONFLICT (network, asset, payer, nonce) DO NOTHING",
+        )
+        .bind(&c.key.network)
+        .bind(&c.key.asset)
+        .bind(&c.key.payer)
+        .bind(&c.key.nonce)
+        .bind(c.tenant)
+        .bind(c.route)
+        .bind(c.pay_to)
+        .bind(&c.amount)
+        .bind(&c.payload)
+        .bind(c.valid_before as i64)
+        .bind(c.now_ms as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Moves a claim to `state`, with the transaction that carries it.
+    pub async fn set_state(
+        &self,
+        key: &ReplayKey,
+        state: PaymentState,
+        tx: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&format!("UPDATE payments SET state = $5, tx_hash = COALESCE($6, tx_hash), updated_at = $7 WHERE {KEY_WHERE}"))
+            .bind(&key.network)
+            .bind(&key.asset)
+            .bind(&key.payer)
+            .bind(&key.nonce)
+            .bind(state.as_str())
+            .bind(tx)
+            .bind(now_ms as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Gives a claim up: nothing was charged, and the client may use the authorization again.
+    /// Only a claim that is still `claimed` is released; a pending or settled payment stays.
+    pub async fn release(&self, key: &ReplayKey) -> Result<bool, StoreError> {
+        let done = sqlx::query(&format!(
+            "DELETE FROM payments WHERE {KEY_WHERE} AND state = 'claimed'"
+        ))
+        .bind(&key.network)
+        .bind(&key.asset)
+        .bind(&key.payer)
+        .bind(&key.nonce)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes a pending payment that reconciliation found never landed.
+    pub async fn forget_unlanded(&self, key: &ReplayKey) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "DELETE FROM payments WHERE {KEY_WHERE} AND state <> 'settled'"
+        ))
+        .bind(&key.network)
+        .bind(&key.asset)
+        .bind(&key.payer)
+        .bind(&key.nonce)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn payment(&self, key: &ReplayKey) -> Result<Option<ClaimRow>, StoreError> {
+        let row = sqlx::query(&format!("SELECT * FROM payments WHERE {KEY_WHERE}"))
+            .bind(&key.network)
+            .bind(&key.asset)
+            .bind(&key.payer)
+            .bind(&key.nonce)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(row_to_claim).transpose()?)
+    }
+
+    /// Claims and pending payments untouched since `before_ms`: for reconciliation.
+    pub async fn unfinished(
+        &self,
+        before_ms: u64,
+        limit: i64,
+    ) -> Result<Vec<ClaimRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM payments WHERE state IN ('claimed', 'pending') AND updated_at < $1 ORDER BY updated_at LIMIT $2",
+        )
+        .bind(before_ms as i64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(row_to_claim).collect::<Result<_, _>>()?)
+    }
+
+    /// Counts ledger rows per state (tests and the CLI).
+    pub async fn count_payments(&self, state: PaymentState) -> Result<i64, StoreError> {
+        let r = sqlx::query("SELECT COUNT(*) AS n FROM payments WHERE state = $1")
+            .bind(state.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(r.try_get::<i64, _>("n")?)
+    }
+}

@@ -1,0 +1,180 @@
+//! A tenant: who gets paid, for which routes, in front of which upstream.
+//!
+//! The drop-in config describes exactly one tenant; hosted mode will load many from the database into
+//! these same structures.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use alloy::primitives::Address;
+use serde::Deserialize;
+
+use crate::routes::{MethodMatch, RouteTable};
+use crate::x402::Offer;
+
+/// When the payment is settled relative to forwarding.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SettleTiming {
+    /// Settle on chain, then forward: the upstream only ever sees paid requests.
+    #[default]
+    Before,
+    /// Verify, forward, and settle only if the upstream answered < 400; otherwise charge nothing.
+    After,
+}
+
+impl SettleTiming {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettleTiming::Before => "before",
+            SettleTiming::After => "after",
+        }
+    }
+}
+
+/// How the signed value is compared with the price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AmountMatch {
+    /// The value must equal the price (what the current reference implementations require).
+    #[default]
+    Exact,
+    /// The value may exceed the price (the v1 spec's `maxAmountRequired` reading).
+    AtLeast,
+}
+
+/// What a priced route costs and how it is paid.
+#[derive(Debug, Clone)]
+pub struct Pricing {
+    /// One offer per accepted network, in the order they are advertised.
+    pub offers: Vec<Offer>,
+    pub description: String,
+    pub mime_type: String,
+    pub settle: SettleTiming,
+    pub amount: AmountMatch,
+}
+
+impl Pricing {
+    /// The offer for the network a client named (by v1 name or CAIP-2 id).
+    pub fn offer_for(&self, network: &str) -> Option<&Offer> {
+        self.offers.iter().find(|o| o.network.is_named(network))
+    }
+}
+
+/// One configured route; `pricing` is `None` for a free route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub method: MethodMatch,
+    pub pattern: String,
+    pub pricing: Option<Arc<Pricing>>,
+}
+
+impl Route {
+    /// A short name for records and metrics: `GET /api/*`.
+    pub fn label(&self) -> String {
+        match &self.method {
+            MethodMatch::Any => format!("* {}", self.pattern),
+            MethodMatch::Only(m) => format!("{m} {}", self.pattern),
+        }
+    }
+}
+
+/// The API behind the paywall.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    /// Host name for SNI and the Host header.
+    pub host: String,
+    /// `host[:port]` as the Host header should carry it.
+    pub authority: String,
+    /// A path the upstream URL carried (`http://api/v1` → `/v1`), prefixed to forwarded paths.
+    pub path_prefix: String,
+    pub preserve_host: bool,
+}
+
+impl Upstream {
+    /// Parses `http(s)://host[:port][/prefix]` and resolves the host once.
+    pub fn parse(s: &str, preserve_host: bool) -> Result<Upstream, String> {
+        let u = url::Url::parse(s)
+            .map_err(|e| format!("'{s}' is not a URL like 'http://127.0.0.1:8080' ({e})"))?;
+        let tls = match u.scheme() {
+            "http" => false,
+            "https" => true,
+            other => return Err(format!("'{s}': scheme '{other}' is not http or https")),
+        };
+        let host = u
+            .host_str()
+            .ok_or_else(|| format!("'{s}' names no host"))?
+            .to_string();
+        let port = u
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
+        let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("'{s}': cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("'{s}': {host} resolves to no address"))?;
+        let authority = match u.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
+        };
+        let path_prefix = u.path().trim_end_matches('/').to_string();
+        Ok(Upstream {
+            addr,
+            tls,
+            host,
+            authority,
+            path_prefix,
+            preserve_host,
+        })
+    }
+}
+
+/// A tenant's whole paywall.
+#[derive(Debug)]
+pub struct Tenant {
+    pub id: String,
+    pub pay_to: Address,
+    pub upstream: Upstream,
+    pub routes: Vec<Route>,
+    pub table: RouteTable,
+}
+
+impl Tenant {
+    /// The route a request falls under, if any.
+    pub fn route(&self, method: &http::Method, path: &str) -> Option<(usize, &Route)> {
+        self.table.find(method, path).map(|i| (i, &self.routes[i]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let u = Upstream::parse("http://127.0.0.1:8080/v1/", false).unwrap();
+        assert_eq!(u.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            (u.tls, u.path_prefix.as_str(), u.authority.as_str()),
+            (false, "/v1", "127.0.0.1:8080")
+        );
+        let u = Upstream::parse("https://localhost", false).unwrap();
+        assert_eq!(
+            (
+                u.tls,
+                u.addr.port(),
+                u.authority.as_str(),
+                u.path_prefix.as_str()
+            ),
+            (true, 443, "localhost", "")
+        );
+        assert!(Upstream::parse("ftp://x", false)
+            .unwrap_err()
+            .contains("not http or https"));
+        assert!(Upstream::parse("nope", false)
+            .unwrap_err()
+            .contains("is not a URL"));
+    }
+}
