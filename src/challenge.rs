@@ -10,10 +10,7 @@ use serde::Serialize;
 use crate::payment::Refusal;
 use crate::tenant::{Pricing, Tenant, Upstream};
 use crate::x402::requirements::{payment_required_v1, payment_required_v2};
-use crate::x402::{
-    encode_header, DecodeError, PaymentRequiredV1, Resource, SettleResponse, Version,
-    MAX_HEADER_BYTES,
-};
+use crate::x402::{encode_header, DecodeError, PaymentRequiredV1, Resource, SettleResponse, Version, MAX_HEADER_BYTES};
 
 /// Headers a browser must be allowed to read on priced routes.
 pub const EXPOSE_HEADERS: &str = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE";
@@ -40,10 +37,8 @@ impl Reply {
             body,
         };
         if let Some(o) = cors {
-            r.headers
-                .push(("access-control-allow-origin", o.to_string()));
-            r.headers
-                .push(("access-control-expose-headers", EXPOSE_HEADERS.into()));
+            r.headers.push(("access-control-allow-origin", o.to_string()));
+            r.headers.push(("access-control-expose-headers", EXPOSE_HEADERS.into()));
             if o != "*" {
                 r.headers.push(("vary", "Origin".into()));
             }
@@ -95,10 +90,7 @@ pub fn payment_required(
     };
     let (v1_error, v2_error) = match failure {
         Some((reason, _, _)) => (reason, reason),
-        None => (
-            "X-PAYMENT header is required",
-            "PAYMENT-SIGNATURE header is required",
-        ),
+        None => ("X-PAYMENT header is required", "PAYMENT-SIGNATURE header is required"),
     };
     let v2 = payment_required_v2(&pricing.offers, &resource, v2_error);
     let body = ChallengeBody {
@@ -143,12 +135,7 @@ pub fn refused(
             cors,
         ),
         Refusal::Rejected(rej) => {
-            let mut reply = payment_required(
-                pricing,
-                resource_url,
-                Some((&rej.reason, &rej.detail, payer)),
-                cors,
-            );
+            let mut reply = payment_required(pricing, resource_url, Some((&rej.reason, &rej.detail, payer)), cors);
             let network = pricing
                 .offers
                 .first()
@@ -170,11 +157,7 @@ pub fn refused(
 }
 
 /// The upstream could not be reached: 502. A payment settled before forwarding still shows its tx.
-pub fn upstream_failed(
-    detail: &str,
-    settled: Option<(&'static str, String)>,
-    cors: Option<&str>,
-) -> Reply {
+pub fn upstream_failed(detail: &str, settled: Option<(&'static str, String)>, cors: Option<&str>) -> Reply {
     let mut r = Reply::json(
         502,
         ErrorBody {
@@ -239,10 +222,7 @@ pub fn allowed_origin(req: &RequestHeader, allowed: &[String]) -> Option<String>
         return Some("*".into());
     }
     let origin = req.headers.get("origin")?.to_str().ok()?;
-    allowed
-        .iter()
-        .any(|o| o == origin)
-        .then(|| origin.to_string())
+    allowed.iter().any(|o| o == origin).then(|| origin.to_string())
 }
 
 /// Answers a browser's CORS preflight for a priced route (a 402 would fail the preflight).
@@ -250,11 +230,7 @@ pub fn preflight(req: &RequestHeader, tenant: &Tenant, allowed: &[String]) -> Op
     if req.method != http::Method::OPTIONS {
         return None;
     }
-    let wanted = req
-        .headers
-        .get("access-control-request-method")?
-        .to_str()
-        .ok()?;
+    let wanted = req.headers.get("access-control-request-method")?.to_str().ok()?;
     let method = http::Method::from_bytes(wanted.as_bytes()).ok()?;
     let (_, route) = tenant.route(&method, req.uri.path())?;
     route.pricing.as_ref()?;
@@ -303,11 +279,7 @@ pub fn add_cors(resp: &mut ResponseHeader, origin: Option<&str>) -> pingora_core
 }
 
 /// Host, X-Forwarded-* and the upstream's path prefix on a forwarded request.
-pub fn forwarding_headers(
-    session: &Session,
-    up: &mut RequestHeader,
-    upstream: &Upstream,
-) -> pingora_core::Result<()> {
+pub fn forwarding_headers(session: &Session, up: &mut RequestHeader, upstream: &Upstream) -> pingora_core::Result<()> {
     let original_host = up.headers.get("host").cloned();
     if !upstream.preserve_host {
         up.insert_header("host", upstream.authority.as_str())?;
@@ -325,11 +297,7 @@ pub fn forwarding_headers(
         .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_string())
     {
-        let xff = match up
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
+        let xff = match up.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {addr}"),
             None => addr,
         };
@@ -340,15 +308,9 @@ pub fn forwarding_headers(
     }
     if !upstream.path_prefix.is_empty() {
         let pq = up.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let uri: http::Uri = format!("{}{pq}", upstream.path_prefix)
-            .parse()
-            .map_err(|e| {
-                pingora_core::Error::because(
-                    pingora_core::ErrorType::InternalError,
-                    "upstream path prefix",
-                    e,
-                )
-            })?;
+        let uri: http::Uri = format!("{}{pq}", upstream.path_prefix).parse().map_err(|e| {
+            pingora_core::Error::because(pingora_core::ErrorType::InternalError, "upstream path prefix", e)
+        })?;
         up.set_uri(uri);
     }
     Ok(())

@@ -20,20 +20,11 @@ use crate::x402::Offer;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not valid TOML for tollgate:\n{source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("{path} has {} problem(s):\n  - {}", .problems.len(), .problems.join("\n  - "))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<String>,
-    },
+    Invalid { path: PathBuf, problems: Vec<String> },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -335,10 +326,7 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
     }
     let upstream = match file.upstream.as_deref() {
         None => {
-            problems.push(
-                "upstream: missing; set it to the API to protect, like 'http://127.0.0.1:8080'"
-                    .into(),
-            );
+            problems.push("upstream: missing; set it to the API to protect, like 'http://127.0.0.1:8080'".into());
             None
         }
         Some(u) => match Upstream::parse(u, file.preserve_host) {
@@ -351,14 +339,15 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
     };
     let pay_to = match file.pay_to.as_deref() {
         None => {
-            problems
-                .push("pay_to: missing; set it to the EVM address that receives payments".into());
+            problems.push("pay_to: missing; set it to the EVM address that receives payments".into());
             None
         }
         Some(a) => match a.parse::<Address>() {
             Ok(addr) => Some(addr),
             Err(_) => {
-                problems.push(format!("pay_to: '{a}' is not an EVM address like '0x209693Bc6afc0C5328bA36FaF03C514EF312287C'"));
+                problems.push(format!(
+                    "pay_to: '{a}' is not an EVM address like '0x209693Bc6afc0C5328bA36FaF03C514EF312287C'"
+                ));
                 None
             }
         },
@@ -368,9 +357,7 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
             .map(|x| !matches!(x.scheme(), "http" | "https"))
             .unwrap_or(true)
         {
-            problems.push(format!(
-                "public_url: '{u}' is not a URL like 'https://api.example.com'"
-            ));
+            problems.push(format!("public_url: '{u}' is not a URL like 'https://api.example.com'"));
         }
     }
     if file.threads == Some(0) {
@@ -388,7 +375,9 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
                 problems.push("settlement.receipt_timeout_secs: must be at least 1".into());
             }
             if s.confirmations == 0 {
-                problems.push("settlement.confirmations: must be at least 1 (1 = the block that includes the transfer)".into());
+                problems.push(
+                    "settlement.confirmations: must be at least 1 (1 = the block that includes the transfer)".into(),
+                );
             }
             let key_source = match &s.relayer_key_file {
                 Some(p) => KeySource::File(p.clone()),
@@ -407,14 +396,17 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
                 token_env: s.facilitator_token_env.clone(),
             },
             Some(u) => {
-                problems.push(format!("settlement.facilitator_url: '{u}' is not a URL like 'https://facilitator.example.com'"));
+                problems.push(format!(
+                    "settlement.facilitator_url: '{u}' is not a URL like 'https://facilitator.example.com'"
+                ));
                 Settlement::Facilitator {
                     url: String::new(),
                     token_env: String::new(),
                 }
             }
             None => {
-                problems.push("settlement.facilitator_url: missing; facilitator mode needs the facilitator's URL".into());
+                problems
+                    .push("settlement.facilitator_url: missing; facilitator mode needs the facilitator's URL".into());
                 Settlement::Facilitator {
                     url: String::new(),
                     token_env: String::new(),
@@ -428,9 +420,7 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
     }
     let reconcile_every = s.reconcile_interval_secs.max(1);
     // Long enough that a live settlement (receipt wait included) is never judged mid-flight.
-    let reconcile_after = s
-        .reconcile_after_secs
-        .unwrap_or(s.receipt_timeout_secs + 60);
+    let reconcile_after = s.reconcile_after_secs.unwrap_or(s.receipt_timeout_secs + 60);
 
     // Networks.
     let mut networks: Vec<NetworkSettings> = Vec::new();
@@ -507,11 +497,9 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
     let settings = Settings {
         listen: file.listen,
         database: file.database,
-        threads: file.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        }),
+        threads: file
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),
         settlement,
         reconcile_every: std::time::Duration::from_secs(reconcile_every),
@@ -612,7 +600,9 @@ fn build_pricing(
     let mut problems = Vec::new();
     let price_text = match &rc.price {
         None => {
-            return Err(vec![format!("{key}.price: missing; give a price like \"$0.01\", atomic units like \"10000\", or \"free\"")]);
+            return Err(vec![format!(
+                "{key}.price: missing; give a price like \"$0.01\", atomic units like \"10000\", or \"free\""
+            )]);
         }
         Some(PriceValue::Text(t)) if t.trim().eq_ignore_ascii_case("free") => return Ok(None),
         Some(PriceValue::Text(t)) => t.clone(),
@@ -620,9 +610,7 @@ fn build_pricing(
     };
     let wanted = rc.networks.clone().unwrap_or_else(|| all.to_vec());
     if wanted.is_empty() {
-        problems.push(format!(
-            "{key}.networks: empty; list at least one of {all:?}"
-        ));
+        problems.push(format!("{key}.networks: empty; list at least one of {all:?}"));
     }
     let max_timeout = rc.max_timeout_seconds.unwrap_or(60);
     if max_timeout == 0 {
@@ -631,7 +619,9 @@ fn build_pricing(
     let mut offers = Vec::new();
     for (j, w) in wanted.iter().enumerate() {
         let Some(ns) = networks.iter().find(|n| n.network.is_named(w)) else {
-            problems.push(format!("{key}.networks[{j}]: '{w}' is not configured; add [networks.{w}] or use one of {all:?}"));
+            problems.push(format!(
+                "{key}.networks[{j}]: '{w}' is not configured; add [networks.{w}] or use one of {all:?}"
+            ));
             continue;
         };
         let amount: U256 = match parse_price(&price_text, ns.network.decimals) {
@@ -656,10 +646,7 @@ fn build_pricing(
     Ok(Some(Pricing {
         offers,
         description: rc.description.clone(),
-        mime_type: rc
-            .mime_type
-            .clone()
-            .unwrap_or_else(|| "application/json".into()),
+        mime_type: rc.mime_type.clone().unwrap_or_else(|| "application/json".into()),
         settle: rc.settle,
         amount: rc.amount,
     }))
@@ -684,12 +671,13 @@ mod tests {
     #[test]
     fn errors_name_the_key_and_the_fix() {
         let p = problems("[[routes]]\npath = \"/a\"\nprice = \"$0.01\"\n[[routes]]\npath = \"/b\"\nprice = \"$0.01\"\n[[routes]]\npath = \"/c\"\nprice = \"$0.0x\"");
-        assert_eq!(p, vec!["routes[2].price: '$0.0x' is not a USD amount like '$0.01' (at most 6 decimal places)"]);
+        assert_eq!(
+            p,
+            vec!["routes[2].price: '$0.0x' is not a USD amount like '$0.01' (at most 6 decimal places)"]
+        );
         let p = problems("[[routes]]\npath = \"/a\"\nprice = \"$1\"\nnetworks = [\"polygon\"]");
         assert!(
-            p[0].starts_with(
-                "routes[0].networks[0]: 'polygon' is not configured; add [networks.polygon]"
-            ),
+            p[0].starts_with("routes[0].networks[0]: 'polygon' is not configured; add [networks.polygon]"),
             "{p:?}"
         );
         let p = problems("[[routes]]\npath = \"a\"\nprice = \"$1\"");
@@ -701,30 +689,23 @@ mod tests {
         );
         let p = problems("[[routes]]\npath = \"/a\"");
         assert!(p[0].starts_with("routes[0].price: missing"), "{p:?}");
-        let p = problems(
-            "[[routes]]\npath = \"/a\"\nprice = \"$1\"\n[[routes]]\npath = \"/a\"\nprice = \"$2\"",
-        );
+        let p = problems("[[routes]]\npath = \"/a\"\nprice = \"$1\"\n[[routes]]\npath = \"/a\"\nprice = \"$2\"");
         assert_eq!(p, vec!["routes[1].path: same method and path as routes[0]"]);
     }
 
     #[test]
     fn collects_every_problem() {
         let file: FileConfig =
-            toml::from_str("listen = \"nope\"\npay_to = \"0x12\"\ndatabase = \"mysql://x\"")
-                .unwrap();
+            toml::from_str("listen = \"nope\"\npay_to = \"0x12\"\ndatabase = \"mysql://x\"").unwrap();
         let p = build(file).unwrap_err();
         assert_eq!(p.len(), 4, "{p:?}");
         assert!(p.iter().any(|m| m.starts_with("upstream: missing")));
-        assert!(p
-            .iter()
-            .any(|m| m.starts_with("pay_to: '0x12' is not an EVM address")));
+        assert!(p.iter().any(|m| m.starts_with("pay_to: '0x12' is not an EVM address")));
     }
 
     #[test]
     fn unknown_keys_are_refused_by_name() {
-        let err =
-            toml::from_str::<FileConfig>(&format!("{BASE}\n[[routes]]\npath=\"/a\"\nprize=\"$1\""))
-                .unwrap_err();
+        let err = toml::from_str::<FileConfig>(&format!("{BASE}\n[[routes]]\npath=\"/a\"\nprize=\"$1\"")).unwrap_err();
         assert!(err.to_string().contains("unknown field `prize`"), "{err}");
     }
 
@@ -755,10 +736,7 @@ mod tests {
         ))
         .unwrap();
         let (_, tenant) = build(file).unwrap();
-        let idx = tenant
-            .table
-            .find(&http::Method::POST, "/anything/else")
-            .unwrap();
+        let idx = tenant.table.find(&http::Method::POST, "/anything/else").unwrap();
         assert_eq!(
             tenant.routes[idx].pricing.as_ref().unwrap().offers[0].amount,
             U256::from(500u64)
@@ -770,10 +748,7 @@ mod tests {
     #[test]
     fn solana_is_refused_with_a_reason() {
         let p = problems("[networks.solana]");
-        assert!(
-            p[0].contains("Solana is not supported by this build yet"),
-            "{p:?}"
-        );
+        assert!(p[0].contains("Solana is not supported by this build yet"), "{p:?}");
     }
 
     #[test]

@@ -52,9 +52,10 @@ impl FacilitatorClient {
             ))
         })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| {
-            ChainError::Unavailable(format!("facilitator {}{path}: {e}", self.base))
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ChainError::Unavailable(format!("facilitator {}{path}: {e}", self.base)))?;
         // Facilitators answer refusals with 400 and a well-formed body; parse whatever came back.
         match serde_json::from_slice::<T>(&bytes) {
             Ok(v) => Ok(v),
@@ -70,11 +71,7 @@ impl FacilitatorClient {
     }
 
     /// Asks the facilitator whether the payment is good; a refusal is a [`Rejection`].
-    pub async fn verify<R: Serialize>(
-        &self,
-        payload: &PaymentPayload,
-        requirements: &R,
-    ) -> Result<(), ChainError> {
+    pub async fn verify<R: Serialize>(&self, payload: &PaymentPayload, requirements: &R) -> Result<(), ChainError> {
         let v: VerifyResponse = self.post("/verify", payload, requirements).await?;
         if v.is_valid {
             Ok(())
@@ -82,32 +79,18 @@ impl FacilitatorClient {
             let why = v
                 .invalid_reason
                 .unwrap_or_else(|| reason::UNEXPECTED_VERIFY.to_string());
-            Err(Rejection::new(
-                why.clone(),
-                format!("the facilitator refused the payment: {why}"),
-            )
-            .into())
+            Err(Rejection::new(why.clone(), format!("the facilitator refused the payment: {why}")).into())
         }
     }
 
     /// Asks the facilitator to settle; returns the transaction.
-    pub async fn settle<R: Serialize>(
-        &self,
-        payload: &PaymentPayload,
-        requirements: &R,
-    ) -> Result<String, ChainError> {
+    pub async fn settle<R: Serialize>(&self, payload: &PaymentPayload, requirements: &R) -> Result<String, ChainError> {
         let s: SettleResponse = self.post("/settle", payload, requirements).await?;
         if s.success && !s.transaction.is_empty() {
             Ok(s.transaction)
         } else {
-            let why = s
-                .error_reason
-                .unwrap_or_else(|| reason::UNEXPECTED_SETTLE.to_string());
-            Err(Rejection::new(
-                why.clone(),
-                format!("the facilitator could not settle: {why}"),
-            )
-            .into())
+            let why = s.error_reason.unwrap_or_else(|| reason::UNEXPECTED_SETTLE.to_string());
+            Err(Rejection::new(why.clone(), format!("the facilitator could not settle: {why}")).into())
         }
     }
 }

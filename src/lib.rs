@@ -6,6 +6,7 @@
 
 pub mod chains;
 pub mod challenge;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod facilitator;

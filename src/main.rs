@@ -21,12 +21,7 @@ enum Command {
     /// Run the gateway.
     Serve {
         /// The TOML config.
-        #[arg(
-            long,
-            short,
-            default_value = "config/tollgate.toml",
-            env = "TOLLGATE_CONFIG"
-        )]
+        #[arg(long, short, default_value = "config/tollgate.toml", env = "TOLLGATE_CONFIG")]
         config: PathBuf,
     },
     /// Validate a config without serving; every problem is named with its key and fix.
@@ -37,12 +32,7 @@ enum Command {
     },
     /// Create or upgrade the database schema (serve does this too, at start).
     Migrate {
-        #[arg(
-            long,
-            short,
-            default_value = "config/tollgate.toml",
-            env = "TOLLGATE_CONFIG"
-        )]
+        #[arg(long, short, default_value = "config/tollgate.toml", env = "TOLLGATE_CONFIG")]
         config: PathBuf,
     },
 }
@@ -51,9 +41,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(
-                    "info,pingora_core=warn,pingora_proxy=warn,sqlx=warn",
-                )
+                tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,sqlx=warn")
             }),
         )
         .with_writer(std::io::stderr)

@@ -9,9 +9,8 @@ use alloy::primitives::U256;
 pub fn parse_price(s: &str, decimals: u8) -> Result<U256, String> {
     let s = s.trim();
     let amount = if let Some(usd) = s.strip_prefix('$') {
-        parse_usd(usd, decimals).ok_or_else(|| {
-            format!("'{s}' is not a USD amount like '$0.01' (at most {decimals} decimal places)")
-        })?
+        parse_usd(usd, decimals)
+            .ok_or_else(|| format!("'{s}' is not a USD amount like '$0.01' (at most {decimals} decimal places)"))?
     } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         U256::from_str_radix(s, 10).map_err(|_| format!("'{s}' is too large"))?
     } else {
@@ -30,11 +29,7 @@ pub fn parse_price(s: &str, decimals: u8) -> Result<U256, String> {
 fn parse_usd(s: &str, decimals: u8) -> Option<U256> {
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
     let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-    if (whole.is_empty() && frac.is_empty())
-        || !digits(whole)
-        || !digits(frac)
-        || frac.len() > decimals as usize
-    {
+    if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) || frac.len() > decimals as usize {
         return None;
     }
     if s.ends_with('.') {

@@ -15,9 +15,7 @@ use crate::config::{Settings, Settlement};
 use crate::facilitator::FacilitatorClient;
 use crate::store::{Attempt, AttemptLog, NewClaim, Outcome, PaymentState, Store};
 use crate::tenant::{Pricing, SettleTiming, Tenant};
-use crate::x402::{
-    self, reason, DecodeError, Family, Offer, PaymentPayload, SettleResponse, Version,
-};
+use crate::x402::{self, reason, DecodeError, Family, Offer, PaymentPayload, SettleResponse, Version};
 
 /// Why a paid request is not forwarded. Mapped to HTTP in one place (`proxy::respond`).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,11 +69,7 @@ impl Accepted {
         SettleResponse {
             success: self.outcome.is_some(),
             error_reason: None,
-            transaction: self
-                .outcome
-                .as_ref()
-                .map(|o| o.tx().to_string())
-                .unwrap_or_default(),
+            transaction: self.outcome.as_ref().map(|o| o.tx().to_string()).unwrap_or_default(),
             network: network_id(self.version, &self.offer),
             payer: Some(self.payer()),
         }
@@ -219,7 +213,10 @@ impl Gateway {
         let now = self.clock.now_secs();
         let checked = chain
             .check_offline(&offer, pricing.amount, &payment, now)
-            .map_err(Refusal::Rejected)?;
+            .map_err(|r| {
+                rec.payer = r.payer.clone();
+                Refusal::Rejected(r)
+            })?;
         rec.payer = Some(checked.payer());
         rec.amount = Some(checked.amount().to_string());
         let key = checked.replay_key(&offer.network);
@@ -305,11 +302,7 @@ impl Gateway {
                     SettleOutcome::Pending { .. } => PaymentState::Pending,
                 };
                 rec.tx_hash = Some(outcome.tx().to_string());
-                if let Err(e) = self
-                    .store
-                    .set_state(&a.key, state, Some(outcome.tx()), now)
-                    .await
-                {
+                if let Err(e) = self.store.set_state(&a.key, state, Some(outcome.tx()), now).await {
                     // The transfer happened; the ledger row stays 'claimed' and reconciliation finds it.
                     tracing::error!(error = %e, tx = outcome.tx(), "could not record a settlement; reconciliation will");
                 }
@@ -342,30 +335,16 @@ impl Gateway {
         }
     }
 
-    async fn facilitator_verify(
-        &self,
-        f: &FacilitatorClient,
-        a: &Accepted,
-    ) -> Result<(), ChainError> {
+    async fn facilitator_verify(&self, f: &FacilitatorClient, a: &Accepted) -> Result<(), ChainError> {
         match a.version {
-            Version::V1 => {
-                f.verify(&a.payment, &a.offer.to_v1(&self.v1_resource(a)))
-                    .await
-            }
+            Version::V1 => f.verify(&a.payment, &a.offer.to_v1(&self.v1_resource(a))).await,
             Version::V2 => f.verify(&a.payment, &a.offer.to_v2()).await,
         }
     }
 
-    async fn facilitator_settle(
-        &self,
-        f: &FacilitatorClient,
-        a: &Accepted,
-    ) -> Result<String, ChainError> {
+    async fn facilitator_settle(&self, f: &FacilitatorClient, a: &Accepted) -> Result<String, ChainError> {
         match a.version {
-            Version::V1 => {
-                f.settle(&a.payment, &a.offer.to_v1(&self.v1_resource(a)))
-                    .await
-            }
+            Version::V1 => f.settle(&a.payment, &a.offer.to_v1(&self.v1_resource(a))).await,
             Version::V2 => f.settle(&a.payment, &a.offer.to_v2()).await,
         }
     }
@@ -388,11 +367,7 @@ impl Gateway {
             .map_err(|e| e.to_string())?;
         let mut resolved = 0;
         for row in rows {
-            let Some(chain) = self
-                .chains
-                .values()
-                .find(|c| c.network().caip2 == row.key.network)
-            else {
+            let Some(chain) = self.chains.values().find(|c| c.network().caip2 == row.key.network) else {
                 continue;
             };
             let checked = match chain.from_stored(&row.payload) {
@@ -423,10 +398,7 @@ impl Gateway {
                     (Outcome::Settled, tx)
                 }
                 ChainStatus::Expired | ChainStatus::Unspent => {
-                    self.store
-                        .forget_unlanded(&row.key)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    self.store.forget_unlanded(&row.key).await.map_err(|e| e.to_string())?;
                     tracing::info!(payer = %row.key.payer, state = row.state.as_str(), "reconciled: payment never landed; released, nothing charged");
                     (Outcome::Released, row.tx_hash.clone())
                 }
@@ -456,18 +428,11 @@ impl Gateway {
 
 /// The route's offer for the scheme and network the client chose.
 fn select_offer<'p>(pricing: &'p Pricing, payment: &PaymentPayload) -> Result<&'p Offer, Refusal> {
-    let offered: Vec<&str> = pricing
-        .offers
-        .iter()
-        .map(|o| o.network.name.as_str())
-        .collect();
+    let offered: Vec<&str> = pricing.offers.iter().map(|o| o.network.name.as_str()).collect();
     if payment.scheme() != "exact" {
         return Err(Refusal::Rejected(Rejection::new(
             reason::INVALID_SCHEME,
-            format!(
-                "scheme '{}' is not offered here; use 'exact'",
-                payment.scheme()
-            ),
+            format!("scheme '{}' is not offered here; use 'exact'", payment.scheme()),
         )));
     }
     pricing.offer_for(payment.network()).ok_or_else(|| {
@@ -494,9 +459,7 @@ fn chain_refusal(e: ChainError) -> Refusal {
 pub fn refusal_outcome(r: &Refusal) -> (Outcome, String) {
     match r {
         Refusal::Malformed(m) => (Outcome::Rejected, format!("malformed: {m}")),
-        Refusal::Rejected(rej) if rej.reason == reason::DUPLICATE => {
-            (Outcome::Duplicate, rej.reason.to_string())
-        }
+        Refusal::Rejected(rej) if rej.reason == reason::DUPLICATE => (Outcome::Duplicate, rej.reason.to_string()),
         Refusal::Rejected(rej) => (Outcome::Rejected, rej.reason.to_string()),
         Refusal::Unavailable(m) => (Outcome::Unavailable, m.clone()),
     }

@@ -89,13 +89,7 @@ impl ProxyHttp for Proxy {
                 )
                 .await
             }
-            Err(e) => {
-                return send(
-                    session,
-                    challenge::malformed(&e.to_string(), ctx.cors.as_deref()),
-                )
-                .await
-            }
+            Err(e) => return send(session, challenge::malformed(&e.to_string(), ctx.cors.as_deref())).await,
         };
         let mut rec = new_attempt(&self.gw, &ctx.route, req);
         match self
@@ -157,12 +151,7 @@ impl ProxyHttp for Proxy {
     }
 
     /// Settle-after happens here, once the upstream's status is known; then the payment response header.
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         if let Some(a) = ctx.accepted.as_mut() {
             let rec = ctx.attempt.get_or_insert_with(Attempt::default);
             if a.settle == SettleTiming::After && a.outcome.is_none() {
@@ -190,10 +179,7 @@ impl ProxyHttp for Proxy {
                 } else {
                     self.gw.release(&a.key).await;
                     rec.outcome = Some(Outcome::Released);
-                    rec.reason = Some(format!(
-                        "upstream answered {}; not charged",
-                        resp.status.as_u16()
-                    ));
+                    rec.reason = Some(format!("upstream answered {}; not charged", resp.status.as_u16()));
                 }
             }
             if a.outcome.is_some() {
@@ -235,10 +221,7 @@ impl ProxyHttp for Proxy {
                 rec.outcome = Some(Outcome::Released);
                 rec.reason = Some(format!("{}: {e}; not charged", reason::UPSTREAM_FAILED));
             } else {
-                rec.reason = Some(format!(
-                    "{}: {e}; settled before forwarding",
-                    reason::UPSTREAM_FAILED
-                ));
+                rec.reason = Some(format!("{}: {e}; settled before forwarding", reason::UPSTREAM_FAILED));
                 settled_header = Some((
                     a.version.response_header(),
                     crate::x402::encode_header(&a.settle_response()),
@@ -265,13 +248,11 @@ impl ProxyHttp for Proxy {
             return;
         };
         if rec.outcome.is_none() {
-            rec.outcome = Some(
-                match ctx.accepted.as_ref().and_then(|a| a.outcome.as_ref()) {
-                    Some(crate::chains::SettleOutcome::Settled { .. }) => Outcome::Settled,
-                    Some(crate::chains::SettleOutcome::Pending { .. }) => Outcome::Pending,
-                    None => Outcome::Error,
-                },
-            );
+            rec.outcome = Some(match ctx.accepted.as_ref().and_then(|a| a.outcome.as_ref()) {
+                Some(crate::chains::SettleOutcome::Settled { .. }) => Outcome::Settled,
+                Some(crate::chains::SettleOutcome::Pending { .. }) => Outcome::Pending,
+                None => Outcome::Error,
+            });
         }
         rec.total_us = ctx.started.elapsed().as_micros() as u64;
         self.gw.record(rec);
@@ -292,9 +273,7 @@ fn new_attempt(gw: &Gateway, route: &str, req: &RequestHeader) -> Attempt {
 /// Writes a whole reply and ends the request (`Ok(true)` tells pingora not to forward).
 async fn send(session: &mut Session, reply: Reply) -> Result<bool> {
     let header = reply.header()?;
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
+    session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(reply.body), true).await?;
     Ok(true)
 }

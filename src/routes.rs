@@ -99,19 +99,11 @@ impl RouteTable {
     }
 
     /// Adds a route under `index` (the caller's index into its own list of routes).
-    pub fn insert(
-        &mut self,
-        method: MethodMatch,
-        pattern: &str,
-        index: usize,
-    ) -> Result<(), PatternError> {
+    pub fn insert(&mut self, method: MethodMatch, pattern: &str, index: usize) -> Result<(), PatternError> {
         if !pattern.starts_with('/') {
             return Err(PatternError::NoLeadingSlash(pattern.to_string()));
         }
-        let segs: Vec<&str> = pattern
-            .split('/')
-            .filter(|s| !s.is_empty() && *s != ".")
-            .collect();
+        let segs: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
         let mut node = &mut self.root;
         for (i, seg) in segs.iter().enumerate() {
             let last = i + 1 == segs.len();
@@ -119,9 +111,7 @@ impl RouteTable {
                 if !last {
                     return Err(PatternError::BadWildcard(pattern.to_string()));
                 }
-                node.prefix
-                    .insert(&method, index)
-                    .map_err(PatternError::Duplicate)?;
+                node.prefix.insert(&method, index).map_err(PatternError::Duplicate)?;
                 self.len += 1;
                 return Ok(());
             }
@@ -131,10 +121,7 @@ impl RouteTable {
             if seg.starts_with('{') || seg.ends_with('}') || seg.contains('{') {
                 let name = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'));
                 match name {
-                    Some(n)
-                        if !n.is_empty()
-                            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
-                    {
+                    Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
                         node = node.param.get_or_insert_with(Default::default);
                     }
                     _ => return Err(PatternError::BadParam(pattern.to_string())),
@@ -143,9 +130,7 @@ impl RouteTable {
                 node = node.children.entry((*seg).into()).or_default();
             }
         }
-        node.here
-            .insert(&method, index)
-            .map_err(PatternError::Duplicate)?;
+        node.here.insert(&method, index).map_err(PatternError::Duplicate)?;
         self.len += 1;
         Ok(())
     }
@@ -297,11 +282,7 @@ mod tests {
             "/api/%2570remium",
             "/api\\premium",
         ] {
-            assert_eq!(
-                t.find(&Method::GET, p),
-                Some(0),
-                "{p} walked around the paywall"
-            );
+            assert_eq!(t.find(&Method::GET, p), Some(0), "{p} walked around the paywall");
         }
     }
 
@@ -328,14 +309,12 @@ mod tests {
             t.insert(MethodMatch::Any, "/a/{}", 0),
             Err(PatternError::BadParam(_))
         ));
-        t.insert(MethodMatch::Only(Method::GET), "/a/{id}", 0)
-            .unwrap();
+        t.insert(MethodMatch::Only(Method::GET), "/a/{id}", 0).unwrap();
         assert_eq!(
             t.insert(MethodMatch::Only(Method::GET), "/a/{other}", 1),
             Err(PatternError::Duplicate(0))
         );
-        t.insert(MethodMatch::Only(Method::POST), "/a/{other}", 2)
-            .unwrap();
+        t.insert(MethodMatch::Only(Method::POST), "/a/{other}", 2).unwrap();
     }
 
     #[test]

@@ -29,9 +29,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     let listen = settings.listen.clone();
     let threads = settings.threads;
     let (gw, writer) = core.block_on(async {
-        let store = Store::connect(&settings.database)
-            .await
-            .map_err(|e| e.to_string())?;
+        let store = Store::connect(&settings.database).await.map_err(|e| e.to_string())?;
         let (log, writer) = AttemptLog::start(store.clone());
         let gw = Gateway::new(settings, tenant, store, log, Arc::new(SystemClock))?;
         Ok::<_, String>((Arc::new(gw), writer))
@@ -48,8 +46,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy =
-        pingora_proxy::http_proxy_service(&server.configuration, Proxy::new(gw.clone()));
+    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Proxy::new(gw.clone()));
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     tracing::info!(%listen, threads, "tollgate listening");

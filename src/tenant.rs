@@ -96,20 +96,14 @@ pub struct Upstream {
 impl Upstream {
     /// Parses `http(s)://host[:port][/prefix]` and resolves the host once.
     pub fn parse(s: &str, preserve_host: bool) -> Result<Upstream, String> {
-        let u = url::Url::parse(s)
-            .map_err(|e| format!("'{s}' is not a URL like 'http://127.0.0.1:8080' ({e})"))?;
+        let u = url::Url::parse(s).map_err(|e| format!("'{s}' is not a URL like 'http://127.0.0.1:8080' ({e})"))?;
         let tls = match u.scheme() {
             "http" => false,
             "https" => true,
             other => return Err(format!("'{s}': scheme '{other}' is not http or https")),
         };
-        let host = u
-            .host_str()
-            .ok_or_else(|| format!("'{s}' names no host"))?
-            .to_string();
-        let port = u
-            .port_or_known_default()
-            .unwrap_or(if tls { 443 } else { 80 });
+        let host = u.host_str().ok_or_else(|| format!("'{s}' names no host"))?.to_string();
+        let port = u.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
         let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
             .to_socket_addrs()
             .map_err(|e| format!("'{s}': cannot resolve {host}: {e}"))?
@@ -162,19 +156,12 @@ mod tests {
         );
         let u = Upstream::parse("https://localhost", false).unwrap();
         assert_eq!(
-            (
-                u.tls,
-                u.addr.port(),
-                u.authority.as_str(),
-                u.path_prefix.as_str()
-            ),
+            (u.tls, u.addr.port(), u.authority.as_str(), u.path_prefix.as_str()),
             (true, 443, "localhost", "")
         );
         assert!(Upstream::parse("ftp://x", false)
             .unwrap_err()
             .contains("not http or https"));
-        assert!(Upstream::parse("nope", false)
-            .unwrap_err()
-            .contains("is not a URL"));
+        assert!(Upstream::parse("nope", false).unwrap_err().contains("is not a URL"));
     }
 }

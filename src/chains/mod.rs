@@ -19,17 +19,23 @@ pub struct Rejection {
     pub reason: std::borrow::Cow<'static, str>,
     /// What exactly was wrong, for the client and the records.
     pub detail: String,
+    /// Who the payment claims to be from, when that could be read.
+    pub payer: Option<String>,
 }
 
 impl Rejection {
-    pub fn new(
-        reason: impl Into<std::borrow::Cow<'static, str>>,
-        detail: impl Into<String>,
-    ) -> Self {
+    pub fn new(reason: impl Into<std::borrow::Cow<'static, str>>, detail: impl Into<String>) -> Self {
         Rejection {
             reason: reason.into(),
             detail: detail.into(),
+            payer: None,
         }
+    }
+
+    /// Names the payer the payment claims (`authorization.from`), as x402 answers do.
+    pub fn with_payer(mut self, payer: String) -> Self {
+        self.payer = Some(payer);
+        self
     }
 }
 
@@ -155,10 +161,5 @@ pub trait Chain: Send + Sync {
     async fn settle(&self, c: &Checked) -> Result<SettleOutcome, ChainError>;
 
     /// Looks up what became of an authorization (and of `tx`, if one was sent).
-    async fn status(
-        &self,
-        c: &Checked,
-        tx: Option<&str>,
-        now_secs: u64,
-    ) -> Result<ChainStatus, ChainError>;
+    async fn status(&self, c: &Checked, tx: Option<&str>, now_secs: u64) -> Result<ChainStatus, ChainError>;
 }

@@ -82,15 +82,20 @@ impl Store {
                     if kind == DbKind::Sqlite {
                         // WAL lets readers run beside the one writer; busy_timeout makes writers queue
                         // instead of failing; NORMAL sync is durable across process crashes in WAL mode.
-                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;")
-                            .await?;
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;",
+                        )
+                        .await?;
                     }
                     Ok(())
                 })
             })
             .connect_with(opts)
             .await
-            .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+            .map_err(|source| StoreError::Connect {
+                url: redact(url),
+                source,
+            })?;
         MIGRATOR.run(&pool).await?;
         Ok(Store { pool, kind })
     }
@@ -112,10 +117,7 @@ impl Store {
 mod tests {
     #[test]
     fn passwords_stay_out_of_messages() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
-        );
+        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
     }
 }

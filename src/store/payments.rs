@@ -76,9 +76,8 @@ fn row_to_claim(r: &sqlx::any::AnyRow) -> Result<ClaimRow, sqlx::Error> {
         tenant: r.try_get("tenant")?,
         route: r.try_get("route")?,
         amount: r.try_get("amount")?,
-        state: PaymentState::parse(&state).ok_or_else(|| {
-            sqlx::Error::Decode(format!("unknown payment state '{state}'").into())
-        })?,
+        state: PaymentState::parse(&state)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown payment state '{state}'").into()))?,
         tx_hash: r.try_get("tx_hash")?,
         payload: r.try_get("payload")?,
         valid_before: r.try_get::<i64, _>("valid_before")? as u64,
@@ -120,31 +119,31 @@ impl Store {
         tx: Option<&str>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        sqlx::query(&format!("UPDATE payments SET state = $5, tx_hash = COALESCE($6, tx_hash), updated_at = $7 WHERE {KEY_WHERE}"))
-            .bind(&key.network)
-            .bind(&key.asset)
-            .bind(&key.payer)
-            .bind(&key.nonce)
-            .bind(state.as_str())
-            .bind(tx)
-            .bind(now_ms as i64)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(&format!(
+            "UPDATE payments SET state = $5, tx_hash = COALESCE($6, tx_hash), updated_at = $7 WHERE {KEY_WHERE}"
+        ))
+        .bind(&key.network)
+        .bind(&key.asset)
+        .bind(&key.payer)
+        .bind(&key.nonce)
+        .bind(state.as_str())
+        .bind(tx)
+        .bind(now_ms as i64)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Gives a claim up: nothing was charged, and the client may use the authorization again.
     /// Only a claim that is still `claimed` is released; a pending or settled payment stays.
     pub async fn release(&self, key: &ReplayKey) -> Result<bool, StoreError> {
-        let done = sqlx::query(&format!(
-            "DELETE FROM payments WHERE {KEY_WHERE} AND state = 'claimed'"
-        ))
-        .bind(&key.network)
-        .bind(&key.asset)
-        .bind(&key.payer)
-        .bind(&key.nonce)
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query(&format!("DELETE FROM payments WHERE {KEY_WHERE} AND state = 'claimed'"))
+            .bind(&key.network)
+            .bind(&key.asset)
+            .bind(&key.payer)
+            .bind(&key.nonce)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -174,11 +173,7 @@ impl Store {
     }
 
     /// Claims and pending payments untouched since `before_ms`: for reconciliation.
-    pub async fn unfinished(
-        &self,
-        before_ms: u64,
-        limit: i64,
-    ) -> Result<Vec<ClaimRow>, StoreError> {
+    pub async fn unfinished(&self, before_ms: u64, limit: i64) -> Result<Vec<ClaimRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM payments WHERE state IN ('claimed', 'pending') AND updated_at < $1 ORDER BY updated_at LIMIT $2",
         )

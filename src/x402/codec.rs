@@ -24,18 +24,10 @@ pub enum DecodeError {
     #[error("{header} is empty; send base64-encoded JSON PaymentPayload")]
     Empty { header: &'static str },
     #[error("{header} is not valid base64 (standard or URL-safe): {detail}")]
-    Base64 {
-        header: &'static str,
-        detail: String,
-    },
+    Base64 { header: &'static str, detail: String },
     #[error("{header} is not a valid x402 PaymentPayload: {detail}")]
-    Json {
-        header: &'static str,
-        detail: String,
-    },
-    #[error(
-        "{header} carries x402Version {found}; {header} takes version {expected} payloads{hint}"
-    )]
+    Json { header: &'static str, detail: String },
+    #[error("{header} carries x402Version {found}; {header} takes version {expected} payloads{hint}")]
     Version {
         header: &'static str,
         found: u8,
@@ -74,10 +66,7 @@ pub fn encode_header<T: Serialize>(v: &T) -> String {
 pub fn decode_payment(version: Version, raw: &[u8]) -> Result<PaymentPayload, DecodeError> {
     let header = version.payment_header();
     if raw.len() > MAX_HEADER_BYTES {
-        return Err(DecodeError::TooLarge {
-            header,
-            len: raw.len(),
-        });
+        return Err(DecodeError::TooLarge { header, len: raw.len() });
     }
     let trimmed = raw.trim_ascii();
     if trimmed.is_empty() {
@@ -140,8 +129,7 @@ mod tests {
     use super::*;
     use base64::engine::general_purpose::{STANDARD as STD, URL_SAFE_NO_PAD};
 
-    const V1: &str =
-        r#"{"x402Version":1,"scheme":"exact","network":"base","payload":{"a":"??>>"}}"#;
+    const V1: &str = r#"{"x402Version":1,"scheme":"exact","network":"base","payload":{"a":"??>>"}}"#;
 
     #[test]
     fn accepts_standard_and_url_safe_with_or_without_padding() {

@@ -6,9 +6,7 @@ use alloy::primitives::U256;
 use serde_json::json;
 
 use super::network::{Family, Network};
-use super::types::{
-    PaymentRequiredV1, PaymentRequiredV2, RequirementsV1, RequirementsV2, ResourceInfo,
-};
+use super::types::{PaymentRequiredV1, PaymentRequiredV2, RequirementsV1, RequirementsV2, ResourceInfo};
 
 /// One way to pay for a route: a price on a network, to the tenant's address. Built once at load.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,12 +24,7 @@ pub struct Offer {
 
 impl Offer {
     /// The EVM `exact` offer for `network`, with the USDC domain the client signs under.
-    pub fn exact(
-        network: Arc<Network>,
-        amount: U256,
-        pay_to: String,
-        max_timeout_seconds: u64,
-    ) -> Offer {
+    pub fn exact(network: Arc<Network>, amount: U256, pay_to: String, max_timeout_seconds: u64) -> Offer {
         let extra = match network.family {
             Family::Evm => json!({"name": network.eip712_name, "version": network.eip712_version}),
             Family::Solana => json!({}),
@@ -84,11 +77,7 @@ pub struct Resource<'a> {
 }
 
 /// The v1 402 body for these offers.
-pub fn payment_required_v1(
-    offers: &[Offer],
-    resource: &Resource<'_>,
-    error: &str,
-) -> PaymentRequiredV1 {
+pub fn payment_required_v1(offers: &[Offer], resource: &Resource<'_>, error: &str) -> PaymentRequiredV1 {
     PaymentRequiredV1 {
         x402_version: 1,
         error: error.to_string(),
@@ -97,11 +86,7 @@ pub fn payment_required_v1(
 }
 
 /// The v2 `PAYMENT-REQUIRED` value for these offers (before base64).
-pub fn payment_required_v2(
-    offers: &[Offer],
-    resource: &Resource<'_>,
-    error: &str,
-) -> PaymentRequiredV2 {
+pub fn payment_required_v2(offers: &[Offer], resource: &Resource<'_>, error: &str) -> PaymentRequiredV2 {
     PaymentRequiredV2 {
         x402_version: 2,
         error: Some(error.to_string()),
@@ -150,10 +135,7 @@ mod tests {
         let v2 = serde_json::to_value(payment_required_v2(&[offer], &res, "e")).unwrap();
         assert_eq!(v2["accepts"][0]["network"], "eip155:84532");
         assert_eq!(v2["accepts"][0]["amount"], "10000");
-        assert_eq!(
-            v2["resource"]["url"],
-            "https://api.example.com/premium-data"
-        );
+        assert_eq!(v2["resource"]["url"], "https://api.example.com/premium-data");
         assert!(v2["accepts"][0].get("resource").is_none());
     }
 }

@@ -235,8 +235,9 @@ mod decimal_u256 {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<U256, D::Error> {
         match StrOrNum::deserialize(d)? {
-            StrOrNum::S(s) => parse_decimal(&s)
-                .ok_or_else(|| serde::de::Error::custom(format!("'{s}' is not a decimal integer"))),
+            StrOrNum::S(s) => {
+                parse_decimal(&s).ok_or_else(|| serde::de::Error::custom(format!("'{s}' is not a decimal integer")))
+            }
             StrOrNum::N(n) => Ok(U256::from(n)),
         }
     }
@@ -283,10 +284,7 @@ mod tests {
         assert_eq!(p.authorization.valid_before, 1740672154);
         for bad in ["\"-1\"", "\"1e6\"", "\" 1\"", "\"\"", "\"0x10\"", "1.5"] {
             let s = ok.replace("\"10000\"", bad);
-            assert!(
-                serde_json::from_str::<ExactEvmPayload>(&s).is_err(),
-                "{bad} accepted"
-            );
+            assert!(serde_json::from_str::<ExactEvmPayload>(&s).is_err(), "{bad} accepted");
         }
         let no_prefix = ok.replace("\"0x0102\"", "\"0102\"");
         assert!(serde_json::from_str::<ExactEvmPayload>(&no_prefix).is_err());
@@ -317,10 +315,8 @@ mod tests {
 
     #[test]
     fn payload_names_scheme_and_network_in_both_versions() {
-        let v1: PaymentPayload = serde_json::from_str(
-            r#"{"x402Version":1,"scheme":"exact","network":"base","payload":{}}"#,
-        )
-        .unwrap();
+        let v1: PaymentPayload =
+            serde_json::from_str(r#"{"x402Version":1,"scheme":"exact","network":"base","payload":{}}"#).unwrap();
         assert_eq!((v1.scheme(), v1.network()), ("exact", "base"));
         let v2: PaymentPayload = serde_json::from_str(
             r#"{"x402Version":2,"accepted":{"scheme":"exact","network":"eip155:8453","amount":"1","asset":"0x","payTo":"0x","maxTimeoutSeconds":60},"payload":{}}"#,

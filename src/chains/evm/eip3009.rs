@@ -134,19 +134,13 @@ pub fn check(
     if a.to != pay_to {
         return Err(Rejection::new(
             reason::RECIPIENT,
-            format!(
-                "authorization pays {}, this route's payTo is {pay_to}",
-                a.to
-            ),
+            format!("authorization pays {}, this route's payTo is {pay_to}", a.to),
         ));
     }
     if a.valid_after > now {
         return Err(Rejection::new(
             reason::VALID_AFTER,
-            format!(
-                "authorization is valid only after {} (now is {now})",
-                a.valid_after
-            ),
+            format!("authorization is valid only after {} (now is {now})", a.valid_after),
         ));
     }
     if a.valid_before < now + VALIDITY_MARGIN_SECS {
@@ -169,10 +163,7 @@ pub fn check(
         };
         return Err(Rejection::new(
             reason::VALUE,
-            format!(
-                "authorization value {} is not {want} the price {price}",
-                a.value
-            ),
+            format!("authorization value {} is not {want} the price {price}", a.value),
         ));
     }
     let signature = recover_check(domain, payload)?;
@@ -194,12 +185,8 @@ fn recover_check(domain: &Domain, payload: &ExactEvmPayload) -> Result<Signature
             ),
         ));
     }
-    let sig = Signature::from_raw(bytes).map_err(|e| {
-        Rejection::new(
-            reason::INVALID_SIGNATURE,
-            format!("signature is malformed: {e}"),
-        )
-    })?;
+    let sig = Signature::from_raw(bytes)
+        .map_err(|e| Rejection::new(reason::INVALID_SIGNATURE, format!("signature is malformed: {e}")))?;
     if sig.s() > HALF_N {
         return Err(Rejection::new(
             reason::INVALID_SIGNATURE,
@@ -208,12 +195,7 @@ fn recover_check(domain: &Domain, payload: &ExactEvmPayload) -> Result<Signature
     }
     let signer = sig
         .recover_address_from_prehash(&domain.digest(&payload.authorization))
-        .map_err(|e| {
-            Rejection::new(
-                reason::INVALID_SIGNATURE,
-                format!("signature does not recover: {e}"),
-            )
-        })?;
+        .map_err(|e| Rejection::new(reason::INVALID_SIGNATURE, format!("signature does not recover: {e}")))?;
     if signer != payload.authorization.from {
         return Err(Rejection::new(
             reason::INVALID_SIGNATURE,
@@ -259,29 +241,10 @@ mod tests {
         let d = Domain::new("USDC", "2", 84532, SEPOLIA_USDC);
         let p = vector();
         // Inside its window the signature is good...
-        let c = check(
-            &d,
-            PAY_TO,
-            U256::from(10000u64),
-            AmountMatch::Exact,
-            &p,
-            1740672100,
-        )
-        .unwrap();
-        assert_eq!(
-            c.auth.from,
-            address!("857b06519E91e3A54538791bDbb0E22373e36b66")
-        );
+        let c = check(&d, PAY_TO, U256::from(10000u64), AmountMatch::Exact, &p, 1740672100).unwrap();
+        assert_eq!(c.auth.from, address!("857b06519E91e3A54538791bDbb0E22373e36b66"));
         // ...today it has expired, and that is the answer.
-        let e = check(
-            &d,
-            PAY_TO,
-            U256::from(10000u64),
-            AmountMatch::Exact,
-            &p,
-            1_790_000_000,
-        )
-        .unwrap_err();
+        let e = check(&d, PAY_TO, U256::from(10000u64), AmountMatch::Exact, &p, 1_790_000_000).unwrap_err();
         assert_eq!(e.reason, reason::VALID_BEFORE);
     }
 
@@ -331,9 +294,7 @@ mod tests {
             nonce: B256::repeat_byte(7),
         };
         let price = U256::from(1000u64);
-        let run = |auth: Authorization, amount| {
-            check(&d, PAY_TO, price, amount, &signed(&key, &d, auth), now)
-        };
+        let run = |auth: Authorization, amount| check(&d, PAY_TO, price, amount, &signed(&key, &d, auth), now);
         assert!(run(good.clone(), AmountMatch::Exact).is_ok());
         let r = |res: Result<CheckedTransfer, Rejection>| res.unwrap_err().reason;
         assert_eq!(

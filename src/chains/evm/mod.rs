@@ -60,21 +60,12 @@ impl std::fmt::Debug for EvmChain {
 impl EvmChain {
     /// Builds the chain without contacting it: a first run works offline.
     /// `relayer` is `Err(what to configure)` when no key is set.
-    pub fn new(
-        network: Arc<Network>,
-        opts: EvmOptions,
-        relayer: Result<Relayer, String>,
-    ) -> Result<EvmChain, String> {
+    pub fn new(network: Arc<Network>, opts: EvmOptions, relayer: Result<Relayer, String>) -> Result<EvmChain, String> {
         let asset: Address = network
             .asset
             .parse()
             .map_err(|_| format!("networks.{}.usdc is not an address", network.name))?;
-        let domain = Domain::new(
-            &network.eip712_name,
-            &network.eip712_version,
-            network.chain_id,
-            asset,
-        );
+        let domain = Domain::new(&network.eip712_name, &network.eip712_version, network.chain_id, asset);
         let url: url::Url = opts
             .rpc_url
             .parse()
@@ -85,12 +76,7 @@ impl EvmChain {
             .connect_timeout(opts.rpc_timeout.min(Duration::from_secs(3)))
             .pool_max_idle_per_host(64)
             .build()
-            .map_err(|e| {
-                format!(
-                    "cannot build the HTTP client for networks.{}: {e}",
-                    network.name
-                )
-            })?;
+            .map_err(|e| format!("cannot build the HTTP client for networks.{}: {e}", network.name))?;
         let client = ClientBuilder::default().http_with_client(http, url);
         let provider = RootProvider::new(client);
         let (relayer, no_relayer) = match relayer {
@@ -140,12 +126,7 @@ impl EvmChain {
                     .block_number
                     .unwrap_or(u64::MAX)
                     .saturating_add(self.opts.confirmations - 1);
-                if self
-                    .provider
-                    .get_block_number()
-                    .await
-                    .is_ok_and(|b| b >= want)
-                {
+                if self.provider.get_block_number().await.is_ok_and(|b| b >= want) {
                     return Ok(Some(r));
                 }
             }
@@ -167,9 +148,8 @@ impl EvmChain {
         }
         let found = r.inner.logs().iter().any(|log| {
             log.address() == self.domain.asset
-                && IUsdc::Transfer::decode_log(&log.inner).is_ok_and(|ev| {
-                    ev.from == t.auth.from && ev.to == t.auth.to && ev.value == t.auth.value
-                })
+                && IUsdc::Transfer::decode_log(&log.inner)
+                    .is_ok_and(|ev| ev.from == t.auth.from && ev.to == t.auth.to && ev.value == t.auth.value)
         });
         if !found {
             return Err(Rejection::new(
@@ -236,23 +216,24 @@ impl Chain for EvmChain {
         payment: &PaymentPayload,
         now: u64,
     ) -> Result<Checked, Rejection> {
-        let payload: ExactEvmPayload =
-            serde_json::from_str(payment.payload.get()).map_err(|e| {
-                Rejection::new(
-                    reason::INVALID_PAYLOAD,
-                    format!("payload is not an EIP-3009 authorization with a signature: {e}"),
-                )
-            })?;
-        let pay_to: Address = offer.pay_to.parse().map_err(|_| {
-            Rejection::new(reason::UNEXPECTED_VERIFY, "route payTo is not an address")
+        let payload: ExactEvmPayload = serde_json::from_str(payment.payload.get()).map_err(|e| {
+            Rejection::new(
+                reason::INVALID_PAYLOAD,
+                format!("payload is not an EIP-3009 authorization with a signature: {e}"),
+            )
         })?;
-        eip3009::check(&self.domain, pay_to, offer.amount, amount, &payload, now).map(Checked::Evm)
+        let pay_to: Address = offer
+            .pay_to
+            .parse()
+            .map_err(|_| Rejection::new(reason::UNEXPECTED_VERIFY, "route payTo is not an address"))?;
+        eip3009::check(&self.domain, pay_to, offer.amount, amount, &payload, now)
+            .map(Checked::Evm)
+            .map_err(|r| r.with_payer(payload.authorization.from.to_checksum(None)))
     }
 
     fn from_stored(&self, stored: &str) -> Result<Checked, String> {
         let p: ExactEvmPayload = serde_json::from_str(stored).map_err(|e| e.to_string())?;
-        let signature =
-            alloy::primitives::Signature::from_raw(&p.signature).map_err(|e| e.to_string())?;
+        let signature = alloy::primitives::Signature::from_raw(&p.signature).map_err(|e| e.to_string())?;
         Ok(Checked::Evm(CheckedTransfer {
             auth: p.authorization,
             signature,
@@ -273,11 +254,9 @@ impl Chain for EvmChain {
         match self.provider.call(req).await {
             Ok(_) => Ok(()),
             Err(e) => match revert_text(&e) {
-                Some(text) => Err(Rejection::new(
-                    revert_reason(&text),
-                    format!("USDC would refuse this transfer: {text}"),
-                )
-                .into()),
+                Some(text) => {
+                    Err(Rejection::new(revert_reason(&text), format!("USDC would refuse this transfer: {text}")).into())
+                }
                 None => Err(self.unreachable("the balance and authorization check", e)),
             },
         }
@@ -307,11 +286,7 @@ impl Chain for EvmChain {
                 )));
             }
             Err(SendError::Refused(why)) => {
-                return Err(Rejection::new(
-                    revert_reason(&why),
-                    format!("the node refused the transfer: {why}"),
-                )
-                .into())
+                return Err(Rejection::new(revert_reason(&why), format!("the node refused the transfer: {why}")).into())
             }
             Err(SendError::InDoubt { hash, detail }) => {
                 return Err(ChainError::InDoubt {
@@ -324,25 +299,16 @@ impl Chain for EvmChain {
         match self.wait_receipt(hash).await? {
             Some(r) => {
                 self.check_receipt(&r, t)?;
-                Ok(SettleOutcome::Settled {
-                    tx: hash.to_string(),
-                })
+                Ok(SettleOutcome::Settled { tx: hash.to_string() })
             }
             None => {
                 tracing::warn!(network = %self.network.name, tx = %hash, "no receipt within the receipt timeout; recorded as pending");
-                Ok(SettleOutcome::Pending {
-                    tx: hash.to_string(),
-                })
+                Ok(SettleOutcome::Pending { tx: hash.to_string() })
             }
         }
     }
 
-    async fn status(
-        &self,
-        c: &Checked,
-        tx: Option<&str>,
-        now: u64,
-    ) -> Result<ChainStatus, ChainError> {
+    async fn status(&self, c: &Checked, tx: Option<&str>, now: u64) -> Result<ChainStatus, ChainError> {
         let t = Self::transfer(c);
         if let Some(h) = tx.and_then(|s| s.parse::<B256>().ok()) {
             match self.provider.get_transaction_receipt(h).await {
@@ -380,11 +346,7 @@ impl Chain for EvmChain {
 }
 
 /// Reads USDC's balance of `who` (tests, examples and the CLI use it).
-pub async fn usdc_balance(
-    p: &RootProvider,
-    asset: Address,
-    who: Address,
-) -> Result<U256, TransportError> {
+pub async fn usdc_balance(p: &RootProvider, asset: Address, who: Address) -> Result<U256, TransportError> {
     let call = IUsdc::balanceOfCall { account: who };
     let out = p
         .call(
@@ -431,9 +393,7 @@ mod tests {
 
     #[test]
     fn rpc_urls_lose_their_keys_in_messages() {
-        let u: url::Url = "https://base-mainnet.g.alchemy.com/v2/SECRETKEY?x=1"
-            .parse()
-            .unwrap();
+        let u: url::Url = "https://base-mainnet.g.alchemy.com/v2/SECRETKEY?x=1".parse().unwrap();
         assert_eq!(redact_url(&u), "https://base-mainnet.g.alchemy.com");
         let u: url::Url = "http://127.0.0.1:8545".parse().unwrap();
         assert_eq!(redact_url(&u), "http://127.0.0.1:8545");

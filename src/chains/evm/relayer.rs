@@ -135,10 +135,7 @@ impl Relayer {
             access_list: Default::default(),
             input,
         };
-        let sig = self
-            .signer
-            .sign_transaction_sync(&mut tx)
-            .expect("local key signs");
+        let sig = self.signer.sign_transaction_sync(&mut tx).expect("local key signs");
         let signed = tx.into_signed(sig);
         let hash = *signed.hash();
         (hash, TxEnvelope::from(signed).encoded_2718())
@@ -173,9 +170,7 @@ impl Relayer {
                     if msg.contains("already known") || msg.contains("already imported") {
                         return Ok(hash);
                     }
-                    if msg.contains("nonce too low")
-                        || msg.contains("nonce is too low")
-                        || msg.contains("underpriced")
+                    if msg.contains("nonce too low") || msg.contains("nonce is too low") || msg.contains("underpriced")
                     {
                         // Someone (another process with this key, or a stale local count) used it.
                         self.resync().await;

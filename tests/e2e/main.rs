@@ -1,0 +1,6 @@
+//! End-to-end tests: the real tollgate binary on loopback, in front of a real upstream, settling real
+//! USDC on a real anvil, with SQLite and PostgreSQL.
+
+mod common;
+mod gateway;
+mod upstream;
