@@ -17,6 +17,13 @@ pub const EXPOSE_HEADERS: &str = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-
 /// Headers a browser may send on priced routes (preflight), besides what it asks for.
 const ALLOW_HEADERS: &str = "Content-Type, Authorization, X-PAYMENT, PAYMENT-SIGNATURE";
 
+/// What a client asked for: the resource URL as 402s name it, and the method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    pub url: String,
+    pub method: String,
+}
+
 /// A whole response tollgate writes itself.
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -79,12 +86,13 @@ struct ChallengeBody<'a> {
 /// requirement per accepted network. `failure` is `(reason, detail)` when a payment was refused.
 pub fn payment_required(
     pricing: &Pricing,
-    resource_url: &str,
+    asked: &Asked,
     failure: Option<(&str, &str, Option<&str>)>,
     cors: Option<&str>,
 ) -> Reply {
     let resource = Resource {
-        url: resource_url,
+        url: &asked.url,
+        method: &asked.method,
         description: &pricing.description,
         mime_type: &pricing.mime_type,
     };
@@ -119,7 +127,7 @@ pub fn malformed(detail: &str, cors: Option<&str>) -> Reply {
 pub fn refused(
     r: &Refusal,
     pricing: &Pricing,
-    resource_url: &str,
+    asked: &Asked,
     version: Version,
     payer: Option<&str>,
     cors: Option<&str>,
@@ -135,7 +143,7 @@ pub fn refused(
             cors,
         ),
         Refusal::Rejected(rej) => {
-            let mut reply = payment_required(pricing, resource_url, Some((&rej.reason, &rej.detail, payer)), cors);
+            let mut reply = payment_required(pricing, asked, Some((&rej.reason, &rej.detail, payer)), cors);
             let network = pricing
                 .offers
                 .first()
@@ -200,7 +208,14 @@ fn forwarded<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 
 /// The URL the client asked for, as the 402 names it: `public_url` if configured, else
 /// X-Forwarded-Proto/Host (a proxy in front of tollgate), else the Host header.
-pub fn resource_url(req: &RequestHeader, public_url: Option<&str>) -> String {
+pub fn asked(req: &RequestHeader, public_url: Option<&str>) -> Asked {
+    Asked {
+        url: resource_url(req, public_url),
+        method: req.method.to_string(),
+    }
+}
+
+fn resource_url(req: &RequestHeader, public_url: Option<&str>) -> String {
     let path = req.uri.path();
     if let Some(base) = public_url {
         return format!("{base}{path}");

@@ -49,7 +49,7 @@ pub struct Accepted {
     pub version: Version,
     pub pricing: Arc<Pricing>,
     /// The resource URL the 402 named, for v1 facilitators.
-    pub resource_url: String,
+    pub asked: crate::challenge::Asked,
     pub offer: Offer,
     pub payment: PaymentPayload,
     pub checked: Checked,
@@ -191,7 +191,7 @@ impl Gateway {
         &self,
         pricing: &Arc<Pricing>,
         route: &str,
-        resource_url: &str,
+        asked: &crate::challenge::Asked,
         version: Version,
         header: &[u8],
         rec: &mut Attempt,
@@ -253,7 +253,7 @@ impl Gateway {
         let mut accepted = Accepted {
             version,
             pricing: pricing.clone(),
-            resource_url: resource_url.to_string(),
+            asked: asked.clone(),
             offer,
             payment,
             checked,
@@ -351,7 +351,8 @@ impl Gateway {
 
     fn v1_resource<'a>(&self, a: &'a Accepted) -> x402::Resource<'a> {
         x402::Resource {
-            url: &a.resource_url,
+            url: &a.asked.url,
+            method: &a.asked.method,
             description: &a.pricing.description,
             mime_type: &a.pricing.mime_type,
         }

@@ -78,14 +78,14 @@ impl ProxyHttp for Proxy {
         };
         ctx.route = route.label();
         ctx.cors = challenge::allowed_origin(req, &self.gw.settings.cors_origins);
-        let resource = challenge::resource_url(req, self.gw.settings.public_url.as_deref());
+        let asked = challenge::asked(req, self.gw.settings.public_url.as_deref());
 
         let (version, header) = match challenge::payment_header(req) {
             Ok(Some(h)) => h,
             Ok(None) => {
                 return send(
                     session,
-                    challenge::payment_required(&pricing, &resource, None, ctx.cors.as_deref()),
+                    challenge::payment_required(&pricing, &asked, None, ctx.cors.as_deref()),
                 )
                 .await
             }
@@ -94,7 +94,7 @@ impl ProxyHttp for Proxy {
         let mut rec = new_attempt(&self.gw, &ctx.route, req);
         match self
             .gw
-            .accept(&pricing, &ctx.route, &resource, version, &header, &mut rec)
+            .accept(&pricing, &ctx.route, &asked, version, &header, &mut rec)
             .await
         {
             Ok(accepted) => {
@@ -107,7 +107,7 @@ impl ProxyHttp for Proxy {
                 let reply = challenge::refused(
                     &refusal,
                     &pricing,
-                    &resource,
+                    &asked,
                     version,
                     rec.payer.as_deref(),
                     ctx.cors.as_deref(),
@@ -163,7 +163,7 @@ impl ProxyHttp for Proxy {
                         let reply = challenge::refused(
                             &refusal,
                             &pricing,
-                            &a.resource_url,
+                            &a.asked,
                             a.version,
                             rec.payer.as_deref(),
                             ctx.cors.as_deref(),

@@ -49,7 +49,8 @@ impl Offer {
             resource: resource.url.to_string(),
             description: resource.description.to_string(),
             mime_type: resource.mime_type.to_string(),
-            output_schema: None,
+            // The v1 reference middleware describes the call here; its clients refuse `null`.
+            output_schema: Some(json!({"input": {"type": "http", "method": resource.method, "discoverable": true}})),
             max_timeout_seconds: self.max_timeout_seconds,
             extra: Some(self.extra.clone()),
         }
@@ -72,6 +73,8 @@ impl Offer {
 #[derive(Debug, Clone, Copy)]
 pub struct Resource<'a> {
     pub url: &'a str,
+    /// The HTTP method the client used (v1 describes it in `outputSchema.input`).
+    pub method: &'a str,
     pub description: &'a str,
     pub mime_type: &'a str,
 }
@@ -115,6 +118,7 @@ mod tests {
         );
         let res = Resource {
             url: "https://api.example.com/premium-data",
+            method: "GET",
             description: "d",
             mime_type: "application/json",
         };
@@ -130,7 +134,7 @@ mod tests {
                 "scheme":"exact","network":"base-sepolia","maxAmountRequired":"10000",
                 "asset":"0x036CbD53842c5426634e7929541eC2318f3dCF7e","payTo":"0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
                 "resource":"https://api.example.com/premium-data","description":"d","mimeType":"application/json",
-                "outputSchema":null,"maxTimeoutSeconds":60,"extra":{"name":"USDC","version":"2"}}]})
+                "outputSchema":{"input":{"type":"http","method":"GET","discoverable":true}},"maxTimeoutSeconds":60,"extra":{"name":"USDC","version":"2"}}]})
         );
         let v2 = serde_json::to_value(payment_required_v2(&[offer], &res, "e")).unwrap();
         assert_eq!(v2["accepts"][0]["network"], "eip155:84532");

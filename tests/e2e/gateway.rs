@@ -69,7 +69,10 @@ async fn unpaid_request_gets_both_v1_and_v2_challenges() {
     assert_eq!(a["resource"], "https://api.example.com/paid/report");
     assert_eq!(a["description"], "paid data");
     assert_eq!(a["mimeType"], "application/json");
-    assert!(a["outputSchema"].is_null() && a.as_object().unwrap().contains_key("outputSchema"));
+    assert_eq!(
+        a["outputSchema"],
+        serde_json::json!({"input": {"type": "http", "method": "GET", "discoverable": true}})
+    );
     assert_eq!(a["maxTimeoutSeconds"], 60);
     // The EIP-712 domain offered is the one the contract on chain really has.
     let (name, version) = s.anvil.usdc_domain().await;

@@ -3,4 +3,5 @@
 
 mod common;
 mod gateway;
+mod interop;
 mod upstream;
