@@ -4,4 +4,5 @@
 mod common;
 mod gateway;
 mod interop;
+mod store;
 mod upstream;

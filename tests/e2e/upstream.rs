@@ -1,3 +1,5 @@
+#![allow(dead_code)]
+
 //! A small HTTP/1.1 upstream for tests and the example: answers JSON, records what it received.
 //!
 //! `GET /status/{code}` answers with that status; `/slow/{ms}` waits first; anything else is 200.

@@ -1,0 +1,244 @@
+//! The ledger and attempt log on both databases, and reconciliation against a real chain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::U256;
+
+use crate::common::*;
+use tollgate::chains::{ReplayKey, SettleOutcome};
+use tollgate::store::{Attempt, AttemptLog, NewClaim, Outcome, PaymentState, Store};
+
+fn key(n: u8) -> ReplayKey {
+    ReplayKey {
+        network: "eip155:8453".into(),
+        asset: "0x833589fcd6edb6e08f4c7c32d4f71b54bda02913".into(),
+        payer: "0x70997970c51812dc3a010c7d01b50e0d17dc79c8".into(),
+        nonce: format!("0x{:064x}", n),
+    }
+}
+
+fn claim<'a>(k: &'a ReplayKey, now_ms: u64) -> NewClaim<'a> {
+    NewClaim {
+        key: k,
+        tenant: "default",
+        route: "GET /paid/*",
+        pay_to: "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
+        amount: "1000".into(),
+        payload: "{}".into(),
+        valid_before: 4_000_000_000,
+        now_ms,
+    }
+}
+
+#[tokio::test]
+async fn an_authorization_is_claimed_once_on_both_databases() {
+    for db in Db::both().await {
+        let store = Store::connect(&db.url).await.unwrap();
+        // Migrations are idempotent: a second process connecting finds the schema current.
+        let again = Store::connect(&db.url).await.unwrap();
+        let k = key(1);
+        assert!(store.claim(&claim(&k, 1)).await.unwrap(), "{}", db.url);
+        assert!(!store.claim(&claim(&k, 2)).await.unwrap());
+        assert!(
+            !again.claim(&claim(&k, 3)).await.unwrap(),
+            "a second pool sees the same claim"
+        );
+        let row = store.payment(&k).await.unwrap().unwrap();
+        assert_eq!(
+            (row.state, row.claimed_at, row.amount.as_str()),
+            (PaymentState::Claimed, 1, "1000")
+        );
+
+        // Released claims may be claimed again; settled ones are never released.
+        assert!(store.release(&k).await.unwrap());
+        assert!(store.claim(&claim(&k, 4)).await.unwrap());
+        store
+            .set_state(&k, PaymentState::Settled, Some("0xabc"), 5)
+            .await
+            .unwrap();
+        assert!(!store.release(&k).await.unwrap());
+        store.forget_unlanded(&k).await.unwrap();
+        let row = store.payment(&k).await.unwrap().unwrap();
+        assert_eq!(
+            (row.state, row.tx_hash.as_deref(), row.updated_at),
+            (PaymentState::Settled, Some("0xabc"), 5)
+        );
+        assert!(!store.claim(&claim(&k, 6)).await.unwrap());
+
+        // Pending keeps its tx when the state moves on without one.
+        let k2 = key(2);
+        store.claim(&claim(&k2, 10)).await.unwrap();
+        store
+            .set_state(&k2, PaymentState::Pending, Some("0xdef"), 11)
+            .await
+            .unwrap();
+        store.set_state(&k2, PaymentState::Settled, None, 12).await.unwrap();
+        assert_eq!(
+            store.payment(&k2).await.unwrap().unwrap().tx_hash.as_deref(),
+            Some("0xdef")
+        );
+
+        // Reconciliation sees only unfinished rows older than its cut-off.
+        let k3 = key(3);
+        store.claim(&claim(&k3, 100)).await.unwrap();
+        let old = store.unfinished(101, 10).await.unwrap();
+        assert_eq!(old.iter().map(|r| r.key.clone()).collect::<Vec<_>>(), vec![k3.clone()]);
+        assert!(store.unfinished(100, 10).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn concurrent_claims_from_many_pools_let_exactly_one_through() {
+    for db in Db::both().await {
+        let mut stores = Vec::new();
+        for _ in 0..4 {
+            stores.push(Store::connect(&db.url).await.unwrap());
+        }
+        let k = key(9);
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let (s, k) = (stores[i % 4].clone(), k.clone());
+            tasks.push(tokio::spawn(
+                async move { s.claim(&claim(&k, i as u64)).await.unwrap() },
+            ));
+        }
+        let mut won = 0;
+        for t in tasks {
+            won += usize::from(t.await.unwrap());
+        }
+        assert_eq!(won, 1, "{}", db.url);
+    }
+}
+
+#[tokio::test]
+async fn attempts_are_written_in_batches_on_both_databases() {
+    for db in Db::both().await {
+        let store = Store::connect(&db.url).await.unwrap();
+        let (log, writer) = AttemptLog::start(store.clone());
+        for i in 0..300u64 {
+            log.record(Attempt {
+                at_ms: i,
+                tenant: "default".into(),
+                route: "GET /paid/*".into(),
+                method: "GET".into(),
+                path: "/paid/x".into(),
+                x402_version: 2,
+                outcome: Some(if i % 3 == 0 {
+                    Outcome::Settled
+                } else {
+                    Outcome::Rejected
+                }),
+                settle_mode: "before",
+                total_us: 5,
+                ..Default::default()
+            });
+        }
+        drop(log);
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.count_attempts(Outcome::Settled).await.unwrap(), 100, "{}", db.url);
+        assert_eq!(store.count_attempts(Outcome::Rejected).await.unwrap(), 200);
+    }
+}
+
+/// A gateway in this process, on `db`, against `anvil`.
+async fn gateway(anvil: &Anvil, db: &Db) -> Arc<tollgate::payment::Gateway> {
+    let toml = format!(
+        "upstream = \"http://127.0.0.1:9\"\ndatabase = \"{}\"\npay_to = \"{PAYEE}\"\n[networks.base]\nrpc_url = \"{}\"\n[[routes]]\npath = \"/paid/*\"\nprice = \"$0.001\"",
+        db.url, anvil.url
+    );
+    std::env::set_var("TOLLGATE_RELAYER_KEY", RELAYER_KEY);
+    let (settings, tenant) = tollgate::config::build(toml::from_str(&toml).unwrap()).unwrap();
+    let store = Store::connect(&db.url).await.unwrap();
+    let (log, _) = AttemptLog::start(store.clone());
+    Arc::new(
+        tollgate::payment::Gateway::new(settings, tenant, store, log, Arc::new(tollgate::clock::SystemClock)).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn reconciliation_finishes_what_a_crash_left_on_both_databases() {
+    for db in Db::both().await {
+        let anvil = Anvil::start().await;
+        let gw = gateway(&anvil, &db).await;
+        let chain = gw.chain("base").unwrap().clone();
+        let offer = gw.tenant.routes[0].pricing.as_ref().unwrap().offers[0].clone();
+        let o = offers_of(&offer);
+        let payee0 = anvil.usdc_balance(PAYEE).await;
+
+        // 1. Crashed after sending, before recording: claimed in the ledger, spent on chain.
+        let spent = chain_checked(&*chain, &o, now() + 600);
+        let k1 = spent.replay_key(&offer.network);
+        gw.store.claim(&ledger_row(&k1, &spent)).await.unwrap();
+        match chain.settle(&spent).await.unwrap() {
+            SettleOutcome::Settled { .. } => {}
+            other => panic!("{other:?}"),
+        }
+        // 2. Crashed before sending, and the authorization has since expired.
+        let expired = chain_checked(&*chain, &o, now() + 7);
+        let k2 = expired.replay_key(&offer.network);
+        gw.store.claim(&ledger_row(&k2, &expired)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+
+        let resolved = gw.reconcile_once(Duration::ZERO).await.unwrap();
+        assert_eq!(resolved, 2, "{}", db.url);
+        let row = gw.store.payment(&k1).await.unwrap().unwrap();
+        assert_eq!(
+            row.state,
+            PaymentState::Settled,
+            "found on chain by its authorization state"
+        );
+        assert!(
+            gw.store.payment(&k2).await.unwrap().is_none(),
+            "expired and never sent: released"
+        );
+        assert_eq!(
+            anvil.usdc_balance(PAYEE).await,
+            payee0 + U256::from(1000u64),
+            "charged once"
+        );
+    }
+}
+
+fn offers_of(offer: &tollgate::x402::Offer) -> tollgate::client::Offered {
+    tollgate::client::Offered {
+        version: tollgate::x402::Version::V2,
+        scheme: "exact".into(),
+        network: offer.network.caip2.clone(),
+        chain_id: offer.network.chain_id,
+        amount: offer.amount,
+        asset: offer.network.asset.parse().unwrap(),
+        pay_to: offer.pay_to.parse().unwrap(),
+        max_timeout_seconds: 60,
+        eip712_name: offer.network.eip712_name.clone(),
+        eip712_version: offer.network.eip712_version.clone(),
+        v2: Some(offer.to_v2()),
+    }
+}
+
+fn chain_checked(
+    chain: &dyn tollgate::chains::Chain,
+    o: &tollgate::client::Offered,
+    valid_before: u64,
+) -> tollgate::chains::Checked {
+    let mut p = tollgate::client::authorize(o, &payer(), now());
+    p.authorization.valid_before = valid_before;
+    let p = tollgate::client::sign(o, &payer(), p.authorization);
+    chain.from_stored(&serde_json::to_string(&p).unwrap()).unwrap()
+}
+
+fn ledger_row<'a>(k: &'a ReplayKey, c: &tollgate::chains::Checked) -> NewClaim<'a> {
+    NewClaim {
+        key: k,
+        tenant: "default",
+        route: "* /paid/*",
+        pay_to: "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
+        amount: c.amount().to_string(),
+        payload: c.to_stored(),
+        valid_before: c.valid_before(),
+        now_ms: 0,
+    }
+}
