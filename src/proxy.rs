@@ -21,6 +21,9 @@ use crate::x402::reason;
 /// Request headers a client may not set itself: tollgate sets them for the upstream.
 const TOLLGATE_HEADERS: [&str; 3] = ["x-tollgate-payer", "x-tollgate-tx", "x-tollgate-network"];
 
+const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const UPSTREAM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The proxy: one per process.
 pub struct Proxy {
     gw: Arc<Gateway>,
@@ -125,7 +128,12 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let up = &self.gw.tenant.upstream;
-        Ok(Box::new(HttpPeer::new(up.addr, up.tls, up.host.clone())))
+        let mut peer = HttpPeer::new(up.addr, up.tls, up.host.clone());
+        // A hung upstream must not hold a paid request (and its claim) forever.
+        peer.options.connection_timeout = Some(UPSTREAM_CONNECT_TIMEOUT);
+        peer.options.read_timeout = Some(UPSTREAM_READ_TIMEOUT);
+        peer.options.write_timeout = Some(UPSTREAM_READ_TIMEOUT);
+        Ok(Box::new(peer))
     }
 
     /// Strips payment headers, says who paid, and points the request at the upstream.
@@ -247,6 +255,15 @@ impl ProxyHttp for Proxy {
         let Some(mut rec) = ctx.attempt.take() else {
             return;
         };
+        // A verified payment that never settled (client gone, request failed) is given back now
+        // rather than at the next reconciliation.
+        if let Some(a) = ctx.accepted.as_ref().filter(|a| a.outcome.is_none()) {
+            if rec.outcome.is_none() {
+                self.gw.release(&a.key).await;
+                rec.outcome = Some(Outcome::Released);
+                rec.reason.get_or_insert_with(|| "request ended before settlement; not charged".into());
+            }
+        }
         if rec.outcome.is_none() {
             rec.outcome = Some(match ctx.accepted.as_ref().and_then(|a| a.outcome.as_ref()) {
                 Some(crate::chains::SettleOutcome::Settled { .. }) => Outcome::Settled,
