@@ -261,7 +261,8 @@ impl ProxyHttp for Proxy {
             if rec.outcome.is_none() {
                 self.gw.release(&a.key).await;
                 rec.outcome = Some(Outcome::Released);
-                rec.reason.get_or_insert_with(|| "request ended before settlement; not charged".into());
+                rec.reason
+                    .get_or_insert_with(|| "request ended before settlement; not charged".into());
             }
         }
         if rec.outcome.is_none() {
