@@ -693,3 +693,64 @@ async fn two_gateways_sharing_postgres_accept_one_header_once() {
     drop((a, b));
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn a_chain_rpc_that_never_answers_is_503_within_the_rpc_timeout() {
+    // Accepts connections and never answers: a hung node, not a dead one.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rpc = format!("http://{}", hung.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s);
+        }
+    });
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let db = Db::sqlite();
+    let tg = Tollgate::start(&GatewaySpec::new(up.url(), rpc, &db.url)).await;
+    let url = format!("{}/paid/x", tg.url);
+    let (name, value) = signed_header(&url, true).await;
+    let t0 = std::time::Instant::now();
+    let r = http().get(&url).header(name, &value).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(t0.elapsed() < Duration::from_secs(10), "bounded by rpc_timeout_ms");
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn check_config_names_every_problem_and_passes_the_shipped_config() {
+    let bin = env!("CARGO_BIN_EXE_tollgate");
+    let ok = std::process::Command::new(bin)
+        .args([
+            "check-config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("GET /api/weather/{city}"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "upstream = \"http://127.0.0.1:8080\"\npay_to = \"0x209693Bc6afc0C5328bA36FaF03C514EF312287C\"\n\
+         [[routes]]\npath = \"/a\"\nprice = \"$0.01\"\n[[routes]]\npath = \"/b\"\nprice = \"$0.01\"\n\
+         [[routes]]\npath = \"/c\"\nprice = \"$0.0x\"\n[[routes]]\npath = \"/d\"\nprice = \"$1\"\nnetworks = [\"polygon\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("routes[2].price: '$0.0x' is not a USD amount like '$0.01'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[3].networks[0]: 'polygon' is not configured"),
+        "{err}"
+    );
+}
