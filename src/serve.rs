@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 
@@ -38,18 +39,28 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
 
     let reconciler = core.spawn(reconcile_forever(gw.clone()));
 
+    // One single-threaded proxy service per thread, each with its own SO_REUSEPORT listener, the way
+    // nginx runs workers. pingora's default (one listener, connections spread over the threads) hands
+    // each accepted socket to another runtime than the one whose reactor owns it, so every request
+    // paid a cross-thread wake-up: measured 48 vs 60-67 µs CPU per proxied request (README, Performance).
     let conf = ServerConf {
-        threads,
+        threads: 1,
+        work_stealing: false,
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(5),
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Proxy::new(gw.clone()));
-    proxy.add_tcp(&listen);
-    server.add_service(proxy);
-    tracing::info!(%listen, threads, "tollgate listening");
+    for _ in 0..threads {
+        let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Proxy::new(gw.clone()));
+        let mut sock = TcpSocketOptions::default();
+        sock.so_reuseport = Some(true);
+        proxy.add_tcp_with_settings(&listen, sock);
+        proxy.threads = Some(1);
+        server.add_service(proxy);
+    }
+    tracing::info!(%listen, workers = threads, "tollgate listening");
     server.run(RunArgs::default());
 
     // Shutting down: stop reconciling, write the last attempt records.

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The load harness: in one run, on this machine, loopback only, bounded in count and time:
+#   peers   — ../shared/bench: nginx (upstream, proxy_pass, static 402) and the reference x402 stack
+#             (@x402/express + a local facilitator paying real USDC on anvil);
+#   tollgate — in front of the same nginx upstream and the same anvil: free route, 402, paid
+#             (the same pre-signed payments, c8 and c32, settle before and after), CPU per payment,
+#             resident memory idle and at 1,000 keep-alive connections.
+# Prints one table and writes it to benches/results/latest.md (raw data beside it).
+#
+# Knobs: REPS=3  WRK_ARGS="-t2 -c64 -d10s"  N=300  CONCS="8 32"  MODES="before after"
+#        PEERS=1 (0: skip the peer scripts and reuse benches/results/peers/)  NM_VARIANTS=1  LOAD_MAX=1
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
+OUT=$ROOT/benches/results
+export REPS=${REPS:-3} N=${N:-300} WARMUP=${WARMUP:-20}
+CONCS=${CONCS:-"8 32"}; MODES=${MODES:-"before after"}
+export NM_VARIANTS=${NM_VARIANTS:-1}
+TG_PORT=18402
+mkdir -p "$OUT/peers" "$OUT/raw"
+
+# A writable copy of the peer side (shared/ is read-only).
+B=${BENCH_DIR:-/var/tmp/tollgate-bench}
+mkdir -p "$B"; cp -r "$SHARED/." "$B/"; chmod -R u+w "$B"
+cd "$B"
+./setup.sh > "$OUT/raw/setup.log" 2>&1 || { cat "$OUT/raw/setup.log"; exit 1; }
+. lib/measure.sh
+
+echo "== build tollgate (release)"
+(cd "$ROOT" && cargo build --release --bin tollgate 2>&1 | tail -1)
+TARGET=${CARGO_TARGET_DIR:-$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import sys,json;print(json.load(sys.stdin)["target_directory"])')}
+TOLLGATE=$TARGET/release/tollgate
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; ./chain.sh stop >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+# The saved chain state every paid run restarts from.
+./chain.sh stop >/dev/null 2>&1 || true
+[ -f run/usdc-state.json ] || { FRESH_STATE=1 ./chain.sh start > /dev/null; ./chain.sh stop > /dev/null; }
+
+if [ "${PEERS:-1}" = 1 ]; then
+  echo "== peers: nginx"
+  ./bench-nginx.sh 2>&1 | tail -12
+  echo "== peers: reference x402"
+  ./bench-x402ref.sh 2>&1 | tail -8
+  cp results/nginx.tsv results/x402ref-wrk.tsv results/x402ref-paid.jsonl "$OUT/peers/"
+fi
+
+echo "== tollgate"
+RESULTS=$OUT/raw/tollgate-wrk.tsv; LOG=$OUT/raw/tollgate-wrk.log; PAID=$OUT/raw/tollgate-paid.jsonl
+printf "label\trep\trps\tp50_ms\tp99_ms\trequests\tnon2xx\tsocket_errors\tload1\tcpu_busy_pct\n" > "$RESULTS"; : > "$LOG"; : > "$PAID"
+mkdir -p run/tg nginx/tmp
+# The same upstream as the peers: nginx, one worker, return 200 {"ok":true}.
+cat > nginx/tg-upstream.conf <<CONF
+worker_processes 1;
+pid $B/nginx/tg-upstream.pid;
+error_log $B/nginx/tg-upstream.error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $B/nginx/tmp/body; proxy_temp_path $B/nginx/tmp/proxy;
+  fastcgi_temp_path $B/nginx/tmp/fcgi; uwsgi_temp_path $B/nginx/tmp/uwsgi; scgi_temp_path $B/nginx/tmp/scgi;
+  keepalive_requests 1000000;
+  default_type application/json;
+  server { listen 127.0.0.1:18080; location / { return 200 '{"ok":true}'; } }
+}
+CONF
+nginx -p "$B/nginx" -c "$B/nginx/tg-upstream.conf" -g 'daemon off;' > run/tg/nginx.out 2>&1 & PIDS+=($!)
+for i in $(seq 1 50); do curl -s -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.1; done
+
+TG_PID=""
+start_tollgate() { # start_tollgate MODE
+  [ -n "$TG_PID" ] && { kill "$TG_PID"; wait "$TG_PID" 2>/dev/null || true; }
+  rm -f run/tg/tollgate.db*
+  cat > run/tg/tollgate.toml <<CONF
+listen = "127.0.0.1:$TG_PORT"
+upstream = "http://127.0.0.1:18080"
+database = "sqlite://$B/run/tg/tollgate.db"
+pay_to = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
+[networks.base]
+rpc_url = "http://127.0.0.1:18545"
+[[routes]]
+method = "GET"
+path = "/paid"
+price = "\$0.001"
+max_timeout_seconds = 600
+description = "paid JSON"
+settle = "$1"
+CONF
+  TOLLGATE_RELAYER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a TOLLGATE_LOG=warn \
+    "$TOLLGATE" serve --config run/tg/tollgate.toml > run/tg/tollgate-$1.log 2>&1 &
+  TG_PID=$!; PIDS+=($TG_PID)
+  for i in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:$TG_PORT/ && return 0; sleep 0.1; done
+  echo "tollgate did not start"; cat run/tg/tollgate-$1.log; exit 1
+}
+rss_kb() { awk '/VmRSS/ {print $2}' /proc/$1/status; }
+ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+payee_bal() { curl -s -X POST -H 'content-type: application/json' --data \
+  '{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{"to":"0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913","data":"0x70a0823100000000000000000000000090F79bf6EB2c4f870365E785982E1f101E93b906"},"latest"]}' \
+  http://127.0.0.1:18545 | python3 -c 'import sys,json; print(int(json.load(sys.stdin)["result"],16))'; }
+
+./chain.sh start > /dev/null
+start_tollgate before
+sleep 1
+RSS_IDLE=$(rss_kb $TG_PID)
+run_wrk "t_tollgate_free" http://127.0.0.1:$TG_PORT/
+run_wrk "t_tollgate_402" http://127.0.0.1:$TG_PORT/paid
+ulimit -n 8192 2>/dev/null || true
+RSS_BEFORE_CONNS=$(rss_kb $TG_PID)
+python3 "$ROOT/benches/load/conns.py" $TG_PORT 1000 4 / > run/tg/conns.out &
+CP=$!; sleep 3; RSS_1000=$(rss_kb $TG_PID); wait $CP || true
+echo "rss: idle ${RSS_IDLE} kB, after wrk ${RSS_BEFORE_CONNS} kB, 1000 keep-alive connections ${RSS_1000} kB ($(cat run/tg/conns.out))"
+printf '{"rss_idle_kb":%s,"rss_after_wrk_kb":%s,"rss_1000_conns_kb":%s,"conns":"%s"}\n' "$RSS_IDLE" "$RSS_BEFORE_CONNS" "$RSS_1000" "$(cat run/tg/conns.out)" > "$OUT/raw/tollgate-rss.json"
+
+for MODE in $MODES; do
+  for C in $CONCS; do
+    for r in $(seq 1 "$REPS"); do
+      # Fresh chain from the saved state (anvil slows as its chain grows), fresh gateway, warm-up.
+      ./chain.sh stop > /dev/null; ./chain.sh start > /dev/null; ANVIL_PID=$(cat run/anvil.pid)
+      start_tollgate $MODE
+      SRV_PORT=$TG_PORT node x402ref/pregen.mjs $WARMUP run/tg/h-warm.json > /dev/null
+      SRV_PORT=$TG_PORT node x402ref/fire.mjs run/tg/h-warm.json 8 warmup > /dev/null
+      SRV_PORT=$TG_PORT node x402ref/pregen.mjs $N run/tg/h.json > /dev/null
+      wait_quiet
+      echo "[tollgate paid $MODE c$C rep $r] uptime: $(uptime)"
+      B0=$(payee_bal); A0=$(ticks $ANVIL_PID); G0=$(ticks $TG_PID)
+      OUT_JSON=$(SRV_PORT=$TG_PORT node x402ref/fire.mjs run/tg/h.json $C "t_paid_${MODE}_c$C")
+      A1=$(ticks $ANVIL_PID); G1=$(ticks $TG_PID); B1=$(payee_bal)
+      echo "$OUT_JSON" | python3 -c '
+import sys, json
+d = json.loads(sys.stdin.read()); a = sys.argv
+d.update(rep=int(a[1]), landed_onchain=(int(a[3]) - int(a[2])) // 1000, load1=float(a[4]), cpu_busy_pct=int(a[5]),
+         anvil_cpu_s=(int(a[7]) - int(a[6])) / 100, gateway_cpu_s=(int(a[9]) - int(a[8])) / 100)
+print(json.dumps(d))' "$r" "$B0" "$B1" "$LAST_LOAD" "$LAST_BUSY" "$A0" "$A1" "$G0" "$G1" | tee -a "$PAID"
+    done
+  done
+done
+
+python3 "$ROOT/benches/load/summary.py" "$OUT" | tee "$OUT/latest.md"

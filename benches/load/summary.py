@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Turns the load harness's raw results into one markdown table (medians over repetitions)."""
+import collections, datetime, json, os, platform, statistics as st, sys
+
+out = sys.argv[1]
+
+def tsv(path):
+    rows = collections.OrderedDict()
+    if not os.path.exists(path):
+        return rows
+    for line in open(path):
+        if line.startswith("label"):
+            continue
+        f = line.rstrip("\n").split("\t")
+        rows.setdefault(f[0], []).append({"rps": float(f[2]), "p50": float(f[3]), "p99": float(f[4]), "non2xx": int(f[6])})
+    return rows
+
+def jsonl(path):
+    rows = collections.OrderedDict()
+    if not os.path.exists(path):
+        return rows
+    for line in open(path):
+        d = json.loads(line)
+        rows.setdefault(d["label"], []).append(d)
+    return rows
+
+def med(rows, key):
+    return st.median(r[key] for r in rows) if rows else float("nan")
+
+peers = tsv(f"{out}/peers/nginx.tsv")
+peers.update(tsv(f"{out}/peers/x402ref-wrk.tsv"))
+ref_paid = jsonl(f"{out}/peers/x402ref-paid.jsonl")
+tg = tsv(f"{out}/raw/tollgate-wrk.tsv")
+tg_paid = jsonl(f"{out}/raw/tollgate-paid.jsonl")
+rss = json.load(open(f"{out}/raw/tollgate-rss.json")) if os.path.exists(f"{out}/raw/tollgate-rss.json") else {}
+
+cpu = open("/proc/cpuinfo").read()
+model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("model name")), "?")
+print(f"Measured {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {os.cpu_count()} × {model}, "
+      f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, {platform.platform()}. "
+      f"wrk and every server share the same cores; medians of {max((len(v) for v in tg.values()), default=0)} runs.\n")
+
+print("| what | tollgate | peer | ratio | target |")
+print("|---|---|---|---|---|")
+def row(name, t, p, target=None, peer_name=""):
+    if not t or not p:
+        return
+    ratio = med(t, "rps") / med(p, "rps")
+    ok = "" if target is None else (" ✓" if ratio >= target else " ✗")
+    print(f"| {name} | {med(t,'rps'):,.0f} rps, p50 {med(t,'p50'):.2f} / p99 {med(t,'p99'):.2f} ms "
+          f"| {peer_name}: {med(p,'rps'):,.0f} rps, p50 {med(p,'p50'):.2f} / p99 {med(p,'p99'):.2f} ms "
+          f"| {ratio:.2f}× | {'' if target is None else f'≥ {target}×'}{ok} |")
+row("free route (proxied to the nginx upstream)", tg.get("t_tollgate_free"), peers.get("b_nginx_proxy_pass_w1"), 0.9, "nginx proxy_pass")
+row("unpaid → 402 (v1 body + v2 header)", tg.get("t_tollgate_402"), peers.get("c_nginx_return402_w1"), 0.8, "nginx static 402")
+row("unpaid → 402", tg.get("t_tollgate_402"), peers.get("e_express_unpaid_402"), None, "reference x402 402")
+row("free route", tg.get("t_tollgate_free"), peers.get("d_express_free"), None, "reference x402 free")
+
+print()
+print("| paid (N pre-signed payments) | paid/s | p50 / p99 ms | settled on chain per run | gateway CPU ms/payment | anvil CPU ms/payment | vs reference (c same) |")
+print("|---|---|---|---|---|---|---|")
+def per_pay(ds, key):
+    return st.median(d[key] / max(d["landed_onchain"], 1) * 1000 for d in ds)
+for label, ds in list(tg_paid.items()) + list(ref_paid.items()):
+    c = ds[0]["conc"]
+    ref = ref_paid.get(f"f_paid_nm1_c{c}")
+    vs = f"{med(ds,'paid_rps') / med(ref,'paid_rps'):.1f}×" + (" (target ≥ 10× at c32)" if c == 32 else "") if ref and label.startswith("t_") else ""
+    gw = per_pay(ds, "gateway_cpu_s") if "gateway_cpu_s" in ds[0] else per_pay(ds, "facilitator_cpu_s") + per_pay(ds, "server_cpu_s")
+    print(f"| {label} | {med(ds,'paid_rps'):.1f} | {med(ds,'p50_ms'):.0f} / {med(ds,'p99_ms'):.0f} "
+          f"| {', '.join(str(d['landed_onchain']) + '/' + str(d['n']) for d in ds)} | {gw:.2f} | {per_pay(ds,'anvil_cpu_s'):.2f} | {vs} |")
+print("\n(reference rows `f_paid_nm1_*`: gateway CPU = facilitator + express server.)")
+if rss:
+    print(f"\nResident memory of the gateway: idle {rss['rss_idle_kb']/1024:.1f} MB, after the wrk runs "
+          f"{rss['rss_after_wrk_kb']/1024:.1f} MB, holding 1,000 keep-alive connections "
+          f"{rss['rss_1000_conns_kb']/1024:.1f} MB ({rss['conns']}); target < 100 MB.")

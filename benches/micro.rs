@@ -1,0 +1,139 @@
+//! Micro benchmarks of the per-request work: header decode, EIP-712 digest and recovery, the whole
+//! offline verification, 402 rendering and route matching at 10 / 1,000 / 100,000 routes.
+//!
+//! `cargo bench --bench micro` (under `cargo test` each runs once, as a check).
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use alloy::primitives::U256;
+use alloy::signers::local::PrivateKeySigner;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+use tollgate::chains::evm::{EvmChain, EvmOptions};
+use tollgate::chains::Chain;
+use tollgate::challenge::{self, Asked};
+use tollgate::client::{self, Offered};
+use tollgate::routes::{MethodMatch, RouteTable};
+use tollgate::tenant::{AmountMatch, Pricing, SettleTiming};
+use tollgate::x402::network::{builtin, Network};
+use tollgate::x402::{decode_payment, Offer, Version};
+
+const NOW: u64 = 1_800_000_000;
+
+fn offer() -> Offer {
+    let net = Arc::new(Network::from_known(builtin("base").unwrap()));
+    Offer::exact(net, U256::from(1000u64), "0x90F79bf6EB2c4f870365E785982E1f101E93b906".into(), 60)
+}
+
+fn offered(o: &Offer, version: Version) -> Offered {
+    Offered {
+        version,
+        scheme: "exact".into(),
+        network: match version {
+            Version::V1 => o.network.name.clone(),
+            Version::V2 => o.network.caip2.clone(),
+        },
+        chain_id: o.network.chain_id,
+        amount: o.amount,
+        asset: o.network.asset.parse().unwrap(),
+        pay_to: o.pay_to.parse().unwrap(),
+        max_timeout_seconds: 60,
+        eip712_name: o.network.eip712_name.clone(),
+        eip712_version: o.network.eip712_version.clone(),
+        v2: Some(o.to_v2()),
+    }
+}
+
+fn header(version: Version) -> String {
+    let o = offer();
+    let key: PrivateKeySigner = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d".parse().unwrap();
+    let off = offered(&o, version);
+    client::payment_header(&off, &client::authorize(&off, &key, NOW)).1
+}
+
+fn chain() -> EvmChain {
+    let o = offer();
+    let opts = EvmOptions {
+        rpc_url: "http://127.0.0.1:9".into(),
+        rpc_timeout: std::time::Duration::from_secs(1),
+        gas_limit: 200_000,
+        confirmations: 1,
+        receipt_timeout: std::time::Duration::from_secs(1),
+        receipt_poll: std::time::Duration::from_millis(100),
+    };
+    EvmChain::new(o.network.clone(), opts, Err("bench: no relayer".into())).unwrap()
+}
+
+fn decode(c: &mut Criterion) {
+    for v in [Version::V1, Version::V2] {
+        let h = header(v);
+        c.bench_function(&format!("decode_header/v{}", v.number()), |b| {
+            b.iter(|| decode_payment(v, black_box(h.as_bytes())).unwrap())
+        });
+    }
+}
+
+fn eip712(c: &mut Criterion) {
+    let o = offer();
+    let key = PrivateKeySigner::random();
+    let off = offered(&o, Version::V2);
+    let p = client::authorize(&off, &key, NOW);
+    let domain = tollgate::chains::evm::Domain::new("USD Coin", "2", 8453, off.asset);
+    c.bench_function("eip712/digest", |b| b.iter(|| domain.digest(black_box(&p.authorization))));
+    let sig = alloy::primitives::Signature::from_raw(&p.signature).unwrap();
+    let digest = domain.digest(&p.authorization);
+    c.bench_function("eip712/recover", |b| b.iter(|| black_box(&sig).recover_address_from_prehash(&digest).unwrap()));
+}
+
+fn offline(c: &mut Criterion) {
+    let chain = chain();
+    let o = offer();
+    for v in [Version::V1, Version::V2] {
+        let h = header(v);
+        c.bench_function(&format!("verify_offline/v{} (decode+checks+recover)", v.number()), |b| {
+            b.iter(|| {
+                let p = decode_payment(v, black_box(h.as_bytes())).unwrap();
+                chain.check_offline(&o, AmountMatch::Exact, &p, NOW).unwrap()
+            })
+        });
+    }
+}
+
+fn render_402(c: &mut Criterion) {
+    let pricing = Pricing {
+        offers: vec![offer()],
+        description: "Current weather for a city".into(),
+        mime_type: "application/json".into(),
+        settle: SettleTiming::Before,
+        amount: AmountMatch::Exact,
+    };
+    let asked = Asked { url: "http://127.0.0.1:8402/api/weather/paris".into(), method: "GET".into() };
+    c.bench_function("render_402 (v1 body + v2 header)", |b| {
+        b.iter(|| challenge::payment_required(black_box(&pricing), &asked, None, Some("*")))
+    });
+}
+
+fn routes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_match");
+    for n in [10usize, 1_000, 100_000] {
+        let mut t = RouteTable::new();
+        for i in 0..n {
+            let (m, p) = match i % 4 {
+                0 => (MethodMatch::Only(http::Method::GET), format!("/api/v1/svc{i}/items/{{id}}")),
+                1 => (MethodMatch::Any, format!("/api/v1/svc{i}/*")),
+                2 => (MethodMatch::Only(http::Method::POST), format!("/api/v1/svc{i}/orders")),
+                _ => (MethodMatch::Any, format!("/static/{i}/file.json")),
+            };
+            t.insert(m, &p, i).unwrap();
+        }
+        let hit = format!("/api/v1/svc{}/items/42", (n / 2) & !3);
+        let miss = "/nothing/here/at/all";
+        g.bench_with_input(BenchmarkId::new("hit", n), &hit, |b, p| b.iter(|| t.find(&http::Method::GET, black_box(p))));
+        g.bench_with_input(BenchmarkId::new("miss", n), &miss, |b, p| b.iter(|| t.find(&http::Method::GET, black_box(p))));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode, eip712, offline, render_402, routes);
+criterion_main!(benches);
