@@ -23,7 +23,12 @@ const NOW: u64 = 1_800_000_000;
 
 fn offer() -> Offer {
     let net = Arc::new(Network::from_known(builtin("base").unwrap()));
-    Offer::exact(net, U256::from(1000u64), "0x90F79bf6EB2c4f870365E785982E1f101E93b906".into(), 60)
+    Offer::exact(
+        net,
+        U256::from(1000u64),
+        "0x90F79bf6EB2c4f870365E785982E1f101E93b906".into(),
+        60,
+    )
 }
 
 fn offered(o: &Offer, version: Version) -> Offered {
@@ -47,7 +52,9 @@ fn offered(o: &Offer, version: Version) -> Offered {
 
 fn header(version: Version) -> String {
     let o = offer();
-    let key: PrivateKeySigner = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d".parse().unwrap();
+    let key: PrivateKeySigner = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+        .parse()
+        .unwrap();
     let off = offered(&o, version);
     client::payment_header(&off, &client::authorize(&off, &key, NOW)).1
 }
@@ -80,10 +87,14 @@ fn eip712(c: &mut Criterion) {
     let off = offered(&o, Version::V2);
     let p = client::authorize(&off, &key, NOW);
     let domain = tollgate::chains::evm::Domain::new("USD Coin", "2", 8453, off.asset);
-    c.bench_function("eip712/digest", |b| b.iter(|| domain.digest(black_box(&p.authorization))));
+    c.bench_function("eip712/digest", |b| {
+        b.iter(|| domain.digest(black_box(&p.authorization)))
+    });
     let sig = alloy::primitives::Signature::from_raw(&p.signature).unwrap();
     let digest = domain.digest(&p.authorization);
-    c.bench_function("eip712/recover", |b| b.iter(|| black_box(&sig).recover_address_from_prehash(&digest).unwrap()));
+    c.bench_function("eip712/recover", |b| {
+        b.iter(|| black_box(&sig).recover_address_from_prehash(&digest).unwrap())
+    });
 }
 
 fn offline(c: &mut Criterion) {
@@ -91,12 +102,15 @@ fn offline(c: &mut Criterion) {
     let o = offer();
     for v in [Version::V1, Version::V2] {
         let h = header(v);
-        c.bench_function(&format!("verify_offline/v{} (decode+checks+recover)", v.number()), |b| {
-            b.iter(|| {
-                let p = decode_payment(v, black_box(h.as_bytes())).unwrap();
-                chain.check_offline(&o, AmountMatch::Exact, &p, NOW).unwrap()
-            })
-        });
+        c.bench_function(
+            &format!("verify_offline/v{} (decode+checks+recover)", v.number()),
+            |b| {
+                b.iter(|| {
+                    let p = decode_payment(v, black_box(h.as_bytes())).unwrap();
+                    chain.check_offline(&o, AmountMatch::Exact, &p, NOW).unwrap()
+                })
+            },
+        );
     }
 }
 
@@ -108,7 +122,10 @@ fn render_402(c: &mut Criterion) {
         settle: SettleTiming::Before,
         amount: AmountMatch::Exact,
     };
-    let asked = Asked { url: "http://127.0.0.1:8402/api/weather/paris".into(), method: "GET".into() };
+    let asked = Asked {
+        url: "http://127.0.0.1:8402/api/weather/paris".into(),
+        method: "GET".into(),
+    };
     c.bench_function("render_402 (v1 body + v2 header)", |b| {
         b.iter(|| challenge::payment_required(black_box(&pricing), &asked, None, Some("*")))
     });
@@ -120,7 +137,10 @@ fn routes(c: &mut Criterion) {
         let mut t = RouteTable::new();
         for i in 0..n {
             let (m, p) = match i % 4 {
-                0 => (MethodMatch::Only(http::Method::GET), format!("/api/v1/svc{i}/items/{{id}}")),
+                0 => (
+                    MethodMatch::Only(http::Method::GET),
+                    format!("/api/v1/svc{i}/items/{{id}}"),
+                ),
                 1 => (MethodMatch::Any, format!("/api/v1/svc{i}/*")),
                 2 => (MethodMatch::Only(http::Method::POST), format!("/api/v1/svc{i}/orders")),
                 _ => (MethodMatch::Any, format!("/static/{i}/file.json")),
@@ -129,8 +149,12 @@ fn routes(c: &mut Criterion) {
         }
         let hit = format!("/api/v1/svc{}/items/42", (n / 2) & !3);
         let miss = "/nothing/here/at/all";
-        g.bench_with_input(BenchmarkId::new("hit", n), &hit, |b, p| b.iter(|| t.find(&http::Method::GET, black_box(p))));
-        g.bench_with_input(BenchmarkId::new("miss", n), &miss, |b, p| b.iter(|| t.find(&http::Method::GET, black_box(p))));
+        g.bench_with_input(BenchmarkId::new("hit", n), &hit, |b, p| {
+            b.iter(|| t.find(&http::Method::GET, black_box(p)))
+        });
+        g.bench_with_input(BenchmarkId::new("miss", n), &miss, |b, p| {
+            b.iter(|| t.find(&http::Method::GET, black_box(p)))
+        });
     }
     g.finish();
 }

@@ -20,6 +20,14 @@ use crate::store::{AttemptLog, Store};
 /// Runs the gateway until a shutdown signal.
 pub fn serve(config_path: &Path) -> Result<(), String> {
     let (settings, tenant) = config::load(config_path).map_err(|e| e.to_string())?;
+    // The workers bind with SO_REUSEPORT, which would let a second gateway share the port silently
+    // (and take half the traffic): refuse to start if something already listens there.
+    std::net::TcpListener::bind(&settings.listen).map_err(|e| {
+        format!(
+            "listen {}: {e}; is another tollgate (or anything else) already listening there?",
+            settings.listen
+        )
+    })?;
     let core = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("tollgate-core")

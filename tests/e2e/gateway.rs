@@ -754,3 +754,30 @@ async fn check_config_names_every_problem_and_passes_the_shipped_config() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_second_gateway_on_a_taken_port_refuses_to_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nupstream = \"http://127.0.0.1:9\"\ndatabase = \"sqlite://{}/t.db\"\npay_to = \"{PAYEE}\"",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("listen 127.0.0.1:{port}")) && err.contains("already listening"),
+        "{err}"
+    );
+}

@@ -2,6 +2,7 @@
 //! with one `eth_call`, and settled by tollgate's relayer key.
 
 pub mod eip3009;
+pub mod receipts;
 pub mod relayer;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tokio::time::Instant;
 
 use eip3009::IUsdc;
 pub use eip3009::{CheckedTransfer, Domain};
+use receipts::ReceiptWatcher;
 use relayer::{Relayer, SendError};
 
 use super::{Chain, ChainError, ChainStatus, Checked, Rejection, SettleOutcome};
@@ -43,6 +45,7 @@ pub struct EvmChain {
     /// The RPC endpoint without path or query (which often carry API keys), for messages.
     rpc_label: String,
     relayer: Option<Arc<Relayer>>,
+    receipts: Arc<ReceiptWatcher>,
     /// Why there is no relayer, as an instruction.
     no_relayer: String,
     opts: EvmOptions,
@@ -83,12 +86,14 @@ impl EvmChain {
             Ok(r) => (Some(Arc::new(r)), String::new()),
             Err(why) => (None, why),
         };
+        let receipts = ReceiptWatcher::new(provider.clone(), opts.receipt_poll);
         Ok(EvmChain {
             network,
             domain,
             provider,
             rpc_label,
             relayer,
+            receipts,
             no_relayer,
             opts,
         })
@@ -115,26 +120,49 @@ impl EvmChain {
         }
     }
 
-    async fn wait_receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, ChainError> {
+    /// Waits (bounded) for the receipt the watcher delivers, asking directly now and then in case
+    /// the watcher missed it; then for the configured confirmations.
+    async fn wait_receipt(
+        &self,
+        hash: B256,
+        mut rx: tokio::sync::oneshot::Receiver<TransactionReceipt>,
+    ) -> Option<TransactionReceipt> {
         let deadline = Instant::now() + self.opts.receipt_timeout;
-        loop {
+        let fallback_every = (self.opts.receipt_poll * 10).max(Duration::from_secs(1));
+        let mut watcher_alive = true;
+        let receipt = loop {
+            let slice = fallback_every.min(deadline.saturating_duration_since(Instant::now()));
+            if watcher_alive {
+                match tokio::time::timeout(slice, &mut rx).await {
+                    Ok(Ok(r)) => break Some(r),
+                    Ok(Err(_)) => watcher_alive = false,
+                    Err(_) => {}
+                }
+            } else {
+                tokio::time::sleep(self.opts.receipt_poll).await;
+            }
             if let Ok(Some(r)) = self.provider.get_transaction_receipt(hash).await {
-                if self.opts.confirmations <= 1 {
-                    return Ok(Some(r));
-                }
-                let want = r
-                    .block_number
-                    .unwrap_or(u64::MAX)
-                    .saturating_add(self.opts.confirmations - 1);
-                if self.provider.get_block_number().await.is_ok_and(|b| b >= want) {
-                    return Ok(Some(r));
-                }
+                break Some(r);
             }
-            if Instant::now() + self.opts.receipt_poll > deadline {
-                return Ok(None);
+            if Instant::now() >= deadline {
+                break None;
             }
-            tokio::time::sleep(self.opts.receipt_poll).await;
+        };
+        self.receipts.forget(&hash);
+        let r = receipt?;
+        if self.opts.confirmations > 1 {
+            let want = r
+                .block_number
+                .unwrap_or(u64::MAX)
+                .saturating_add(self.opts.confirmations - 1);
+            while !self.provider.get_block_number().await.is_ok_and(|b| b >= want) {
+                if Instant::now() + self.opts.receipt_poll > deadline {
+                    return None;
+                }
+                tokio::time::sleep(self.opts.receipt_poll).await;
+            }
         }
+        Some(r)
     }
 
     /// The receipt must be a success with USDC's `Transfer(from, to, value)` in it.
@@ -268,16 +296,17 @@ impl Chain for EvmChain {
             .relayer
             .as_ref()
             .ok_or_else(|| ChainError::Unavailable(self.no_relayer.clone()))?;
-        let hash = match relayer
+        let (hash, awaited) = match relayer
             .send(
                 &self.provider,
                 self.domain.asset,
                 t.calldata().into(),
                 self.opts.gas_limit,
+                &self.receipts,
             )
             .await
         {
-            Ok(h) => h,
+            Ok(sent) => sent,
             Err(SendError::OutOfGas { address, detail }) => {
                 tracing::error!(network = %self.network.name, relayer = %address, %detail, "relayer is out of gas: fund it with the chain's native token; paid requests get 503 until then");
                 return Err(ChainError::Unavailable(format!(
@@ -296,13 +325,15 @@ impl Chain for EvmChain {
             }
             Err(SendError::Unreachable(e)) => return Err(self.unreachable("settlement", e)),
         };
-        match self.wait_receipt(hash).await? {
+        match self.wait_receipt(hash, awaited).await {
             Some(r) => {
                 self.check_receipt(&r, t)?;
                 Ok(SettleOutcome::Settled { tx: hash.to_string() })
             }
             None => {
                 tracing::warn!(network = %self.network.name, tx = %hash, "no receipt within the receipt timeout; recorded as pending");
+                // If the node is not mining it because of a nonce gap, the next send closes the gap.
+                relayer.resync().await;
                 Ok(SettleOutcome::Pending { tx: hash.to_string() })
             }
         }

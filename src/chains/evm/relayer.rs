@@ -15,8 +15,12 @@ use alloy::eips::eip2718::Encodable2718;
 use alloy::network::TxSignerSync;
 use alloy::primitives::{Address, Bytes, TxKind, B256, U256};
 use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::{RpcError, TransportError};
+use tokio::sync::oneshot;
+
+use super::receipts::ReceiptWatcher;
 
 /// How long a fee estimate is reused.
 const FEE_TTL: Duration = Duration::from_secs(2);
@@ -96,8 +100,10 @@ impl Relayer {
         Ok(next)
     }
 
-    /// Forgets local nonce state; the next reservation asks the node.
-    async fn resync(&self) {
+    /// Forgets local nonce state; the next reservation asks the node. Also the repair for a local
+    /// count that ran ahead of the chain (a transaction the node dropped, a chain that was reset):
+    /// the next transaction then takes the nonce the node is waiting for.
+    pub async fn resync(&self) {
         let mut n = self.nonces.lock().await;
         n.next = None;
         n.free.clear();
@@ -141,14 +147,16 @@ impl Relayer {
         (hash, TxEnvelope::from(signed).encoded_2718())
     }
 
-    /// Signs and sends a call; returns the transaction hash once the node has accepted it.
+    /// Signs and sends a call; returns the transaction hash once the node has accepted it, and the
+    /// receiver of its receipt (registered with `receipts` before sending, so none can be missed).
     pub async fn send(
         self: &Arc<Self>,
         p: &RootProvider,
         to: Address,
         input: Bytes,
         gas_limit: u64,
-    ) -> Result<B256, SendError> {
+        receipts: &Arc<ReceiptWatcher>,
+    ) -> Result<(B256, oneshot::Receiver<TransactionReceipt>), SendError> {
         let mut last = String::new();
         for _ in 0..3 {
             let nonce = self
@@ -163,12 +171,20 @@ impl Relayer {
                 }
             };
             let (hash, raw) = self.sign(nonce, gas_limit, fees, to, U256::ZERO, input.clone());
-            match p.send_raw_transaction(&raw).await {
-                Ok(_) => return Ok(hash),
+            let awaited = receipts.expect(hash);
+            let sent = p.send_raw_transaction(&raw).await;
+            if !matches!(&sent, Ok(_)) {
+                receipts.forget(&hash);
+            }
+            match sent {
+                Ok(_) => {
+                    receipts.sent();
+                    return Ok((hash, awaited));
+                }
                 Err(RpcError::ErrorResp(e)) => {
                     let msg = e.message.to_ascii_lowercase();
                     if msg.contains("already known") || msg.contains("already imported") {
-                        return Ok(hash);
+                        return Ok((hash, receipts.expect(hash)));
                     }
                     if msg.contains("nonce too low") || msg.contains("nonce is too low") || msg.contains("underpriced")
                     {

@@ -1,0 +1,143 @@
+//! Receipt watching: one loop per chain finds every awaited transaction, however many are in flight.
+//!
+//! Polling `eth_getTransactionReceipt` per transaction makes the poll interval the latency floor and
+//! multiplies RPC load by the concurrency (the reference stack's p99 was its 1 s receipt poll). Here a
+//! transaction is registered before it is sent; while anything is awaited, one loop asks for the head
+//! block every `poll` and reads each new block's receipts with one `eth_getBlockReceipts`. A node that
+//! lacks that method gets per-transaction lookups instead. A send wakes the loop at once
+//! ([`ReceiptWatcher::sent`]), so a chain that mines on arrival is not held to the poll interval.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy::eips::BlockId;
+use alloy::primitives::B256;
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::types::TransactionReceipt;
+use alloy::transports::RpcError;
+use tokio::sync::{oneshot, Notify};
+
+/// How many blocks back a scan starts when the loop wakes from idle (transactions are registered
+/// before they are sent, so only blocks made since then can hold them).
+const RESUME_BACK: u64 = 8;
+/// The most blocks scanned in one pass; older ones are left to the per-transaction fallback.
+const MAX_SCAN: u64 = 64;
+
+#[derive(Default)]
+struct Waiting {
+    by_hash: HashMap<B256, oneshot::Sender<TransactionReceipt>>,
+}
+
+/// Finds receipts for registered transactions.
+pub struct ReceiptWatcher {
+    provider: RootProvider,
+    poll: Duration,
+    waiting: Mutex<Waiting>,
+    wake: Notify,
+    started: std::sync::Once,
+}
+
+impl ReceiptWatcher {
+    pub fn new(provider: RootProvider, poll: Duration) -> Arc<Self> {
+        Arc::new(ReceiptWatcher {
+            provider,
+            poll,
+            waiting: Mutex::new(Waiting::default()),
+            wake: Notify::new(),
+            started: std::sync::Once::new(),
+        })
+    }
+
+    /// Registers a transaction before it is sent; the receiver gets its receipt once it is in a block.
+    pub fn expect(self: &Arc<Self>, hash: B256) -> oneshot::Receiver<TransactionReceipt> {
+        self.started.call_once(|| {
+            tokio::spawn(self.clone().run());
+        });
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().expect("receipt lock").by_hash.insert(hash, tx);
+        self.wake.notify_one();
+        rx
+    }
+
+    /// Says a registered transaction reached the node: the loop looks at the head now instead of at
+    /// the end of its poll interval (bursts of sends share one look). On a chain that mines on
+    /// arrival this makes the poll interval irrelevant; on others it costs one call per burst.
+    pub fn sent(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Stops waiting for a transaction (it was not sent, or its wait timed out).
+    pub fn forget(&self, hash: &B256) {
+        self.waiting.lock().expect("receipt lock").by_hash.remove(hash);
+    }
+
+    fn is_idle(&self) -> bool {
+        self.waiting.lock().expect("receipt lock").by_hash.is_empty()
+    }
+
+    fn deliver(&self, receipts: Vec<TransactionReceipt>) {
+        let mut w = self.waiting.lock().expect("receipt lock");
+        for r in receipts {
+            if let Some(tx) = w.by_hash.remove(&r.transaction_hash) {
+                let _ = tx.send(r);
+            }
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut next: Option<u64> = None;
+        let mut block_receipts = true;
+        loop {
+            if self.is_idle() {
+                next = None;
+                self.wake.notified().await;
+                continue;
+            }
+            if let Ok(head) = self.provider.get_block_number().await {
+                let mut from = next.unwrap_or(head.saturating_sub(RESUME_BACK));
+                if head >= from && head - from > MAX_SCAN {
+                    from = head - MAX_SCAN;
+                }
+                let mut scanned = from;
+                while scanned <= head && block_receipts {
+                    match self.provider.get_block_receipts(BlockId::number(scanned)).await {
+                        Ok(Some(rs)) => self.deliver(rs),
+                        Ok(None) => break,
+                        Err(RpcError::ErrorResp(e)) if e.code == -32601 || e.message.contains("not supported") => {
+                            tracing::info!(error = %e.message, "node has no eth_getBlockReceipts; looking receipts up one by one");
+                            block_receipts = false;
+                        }
+                        Err(_) => break,
+                    }
+                    scanned += 1;
+                }
+                next = Some(scanned);
+                if !block_receipts {
+                    self.poll_each().await;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// The fallback: one receipt lookup per awaited transaction.
+    async fn poll_each(&self) {
+        let hashes: Vec<B256> = self
+            .waiting
+            .lock()
+            .expect("receipt lock")
+            .by_hash
+            .keys()
+            .copied()
+            .collect();
+        for h in hashes {
+            if let Ok(Some(r)) = self.provider.get_transaction_receipt(h).await {
+                self.deliver(vec![r]);
+            }
+        }
+    }
+}
