@@ -169,6 +169,8 @@ pub struct NetworkConfig {
     pub gas_limit: Option<u64>,
     /// Timeout of one RPC call.
     pub rpc_timeout_ms: Option<u64>,
+    /// Most payments settled in one transaction through Multicall3 (1: never batch).
+    pub max_batch: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,6 +289,7 @@ pub struct NetworkSettings {
     pub rpc_url: String,
     pub gas_limit: u64,
     pub rpc_timeout_ms: u64,
+    pub max_batch: usize,
 }
 
 /// Reads and validates a config file.
@@ -587,6 +590,7 @@ fn build_network(name: &str, nc: &NetworkConfig) -> Result<NetworkSettings, Stri
         rpc_url,
         gas_limit: nc.gas_limit.unwrap_or(200_000),
         rpc_timeout_ms: nc.rpc_timeout_ms.unwrap_or(5_000),
+        max_batch: nc.max_batch.unwrap_or(32).max(1),
     })
 }
 

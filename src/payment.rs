@@ -150,6 +150,7 @@ impl Gateway {
                         confirmations: receipt.0,
                         receipt_timeout: Duration::from_secs(receipt.1),
                         receipt_poll: Duration::from_millis(receipt.2),
+                        max_batch: ns.max_batch,
                     };
                     let chain = EvmChain::new(net.clone(), opts, relayer)?;
                     if let Some(a) = chain.relayer_address() {

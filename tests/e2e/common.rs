@@ -99,7 +99,7 @@ impl Anvil {
                 "8453",
                 "--silent",
             ])
-            .args(extra)
+            .args(extra.iter().filter(|a| **a != "--no-multicall3"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -114,6 +114,9 @@ impl Anvil {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         anvil.setup_usdc().await;
+        if !extra.contains(&"--no-multicall3") {
+            anvil.setup_multicall3().await;
+        }
         let _ = &mut anvil;
         anvil
     }
@@ -219,6 +222,29 @@ impl Anvil {
                 amount: U256::from(MINTED),
             }
             .abi_encode(),
+        )
+        .await;
+    }
+
+    /// Puts Multicall3 at its canonical address, as Base and most chains have it (creation code from
+    /// viem, deployed, then its runtime code placed at the canonical address).
+    async fn setup_multicall3(&self) {
+        let src = std::fs::read_to_string(js_dir().join("node_modules/viem/_esm/constants/contracts.js")).unwrap();
+        let start = src.find("multicall3Bytecode = '").expect("viem ships Multicall3") + "multicall3Bytecode = '".len();
+        let code: Bytes = src[start..start + src[start..].find('\'').unwrap()].parse().unwrap();
+        let tx = TransactionRequest::default().with_from(OWNER).with_deploy_code(code);
+        let r = self
+            .provider
+            .send_transaction(tx)
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        let deployed = self.provider.get_code_at(r.contract_address.unwrap()).await.unwrap();
+        self.rpc(
+            "anvil_setCode",
+            serde_json::json!([tollgate::chains::evm::batch::MULTICALL3, deployed]),
         )
         .await;
     }

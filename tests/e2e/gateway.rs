@@ -781,3 +781,112 @@ async fn a_second_gateway_on_a_taken_port_refuses_to_start() {
         "{err}"
     );
 }
+
+/// Fires one request per header at once; returns the statuses and the settlement transactions.
+async fn fire_all(url: &str, headers: Vec<(&'static str, String)>) -> (Vec<u16>, Vec<String>) {
+    let client = http();
+    let tasks: Vec<_> = headers
+        .into_iter()
+        .map(|(name, value)| {
+            let (c, u) = (client.clone(), url.to_string());
+            tokio::spawn(async move {
+                let r = c.get(&u).header(name, value).send().await.unwrap();
+                let tx = r.headers().get("payment-response").map(|v| {
+                    decode_b64_json(v.to_str().unwrap())["transaction"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string()
+                });
+                (r.status().as_u16(), tx)
+            })
+        })
+        .collect();
+    let (mut codes, mut txs) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (c, tx) = t.await.unwrap();
+        codes.push(c);
+        txs.extend(tx.filter(|t| !t.is_empty()));
+    }
+    (codes, txs)
+}
+
+#[tokio::test]
+async fn concurrent_payments_share_settlement_transactions() {
+    let s = setup().await;
+    let url = format!("{}/paid/x", s.tg.url);
+    let payee0 = s.anvil.usdc_balance(PAYEE).await;
+    let o = offers(&url, true).await.remove(0);
+    let headers: Vec<_> = (0..24)
+        .map(|_| client::payment_header(&o, &client::authorize(&o, &payer(), now())))
+        .collect();
+    let (codes, txs) = fire_all(&url, headers).await;
+    assert!(codes.iter().all(|&c| c == 200), "{codes:?}\n{}", s.tg.log());
+    assert_eq!(s.anvil.usdc_balance(PAYEE).await, payee0 + U256::from(24 * PRICE));
+    let distinct: std::collections::BTreeSet<_> = txs.iter().collect();
+    assert!(
+        distinct.len() < 24,
+        "24 payments went out in {} transactions: no batching",
+        distinct.len()
+    );
+    // Every payment's transaction carries that payment (its own AuthorizationUsed log).
+    for tx in &distinct {
+        let r = s
+            .anvil
+            .provider
+            .get_transaction_receipt(tx.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r.status());
+    }
+    assert_eq!(s.up.count(), 24);
+}
+
+#[tokio::test]
+async fn a_transfer_that_fails_inside_a_batch_fails_alone() {
+    let s = setup().await;
+    let url = format!("{}/paid/x", s.tg.url);
+    let o = offers(&url, true).await.remove(0);
+    // A payer who can afford one payment signs two; each passes the simulation on its own.
+    let poor = alloy::signers::local::PrivateKeySigner::random();
+    s.anvil
+        .owner_call(alloy::sol_types::SolCall::abi_encode(&IFiatToken::mintCall {
+            to: poor.address(),
+            amount: U256::from(PRICE),
+        }))
+        .await;
+    let mut headers: Vec<_> = (0..2)
+        .map(|_| client::payment_header(&o, &client::authorize(&o, &poor, now())))
+        .collect();
+    // And others pay at the same time, so that the two land in batches with company.
+    headers.extend((0..10).map(|_| client::payment_header(&o, &client::authorize(&o, &payer(), now()))));
+    let payee0 = s.anvil.usdc_balance(PAYEE).await;
+    let (codes, _) = fire_all(&url, headers).await;
+    assert_eq!(
+        codes.iter().filter(|&&c| c == 200).count(),
+        11,
+        "{codes:?}\n{}",
+        s.tg.log()
+    );
+    assert_eq!(codes.iter().filter(|&&c| c == 402).count(), 1, "{codes:?}");
+    assert_eq!(s.anvil.usdc_balance(PAYEE).await, payee0 + U256::from(11 * PRICE));
+    assert_eq!(s.anvil.usdc_balance(poor.address()).await, U256::ZERO);
+    assert_eq!(s.up.count(), 11);
+}
+
+#[tokio::test]
+async fn without_multicall3_each_payment_is_its_own_transaction() {
+    let anvil = Anvil::start_with(&["--no-multicall3"]).await;
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let db = Db::sqlite();
+    let tg = Tollgate::start(&GatewaySpec::new(up.url(), anvil.url.clone(), &db.url)).await;
+    let url = format!("{}/paid/x", tg.url);
+    let o = offers(&url, true).await.remove(0);
+    let headers: Vec<_> = (0..8)
+        .map(|_| client::payment_header(&o, &client::authorize(&o, &payer(), now())))
+        .collect();
+    let (codes, txs) = fire_all(&url, headers).await;
+    assert!(codes.iter().all(|&c| c == 200), "{codes:?}");
+    let distinct: std::collections::BTreeSet<_> = txs.iter().collect();
+    assert_eq!(distinct.len(), 8);
+}

@@ -1,6 +1,7 @@
 //! EVM chains: USDC's EIP-3009 `transferWithAuthorization`, verified offline with alloy, simulated
 //! with one `eth_call`, and settled by tollgate's relayer key.
 
+pub mod batch;
 pub mod eip3009;
 pub mod receipts;
 pub mod relayer;
@@ -15,8 +16,8 @@ use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::sol_types::{SolCall, SolError, SolEvent};
 use alloy::transports::{RpcError, TransportError};
 use async_trait::async_trait;
-use tokio::time::Instant;
 
+use batch::{BatchOptions, Batcher};
 use eip3009::IUsdc;
 pub use eip3009::{CheckedTransfer, Domain};
 use receipts::ReceiptWatcher;
@@ -35,6 +36,8 @@ pub struct EvmOptions {
     pub confirmations: u64,
     pub receipt_timeout: Duration,
     pub receipt_poll: Duration,
+    /// Most payments per settlement transaction (1: never batch).
+    pub max_batch: usize,
 }
 
 /// One EVM network: offline checks, the RPC, and (with a key) the relayer.
@@ -45,10 +48,9 @@ pub struct EvmChain {
     /// The RPC endpoint without path or query (which often carry API keys), for messages.
     rpc_label: String,
     relayer: Option<Arc<Relayer>>,
-    receipts: Arc<ReceiptWatcher>,
+    batcher: Option<Batcher>,
     /// Why there is no relayer, as an instruction.
     no_relayer: String,
-    opts: EvmOptions,
 }
 
 impl std::fmt::Debug for EvmChain {
@@ -87,15 +89,24 @@ impl EvmChain {
             Err(why) => (None, why),
         };
         let receipts = ReceiptWatcher::new(provider.clone(), opts.receipt_poll);
+        let batcher = relayer.as_ref().map(|r| {
+            let o = BatchOptions {
+                asset,
+                gas_per_transfer: opts.gas_limit,
+                max_batch: opts.max_batch,
+                receipt_timeout: opts.receipt_timeout,
+                confirmations: opts.confirmations,
+            };
+            Batcher::new(provider.clone(), r.clone(), receipts.clone(), o)
+        });
         Ok(EvmChain {
             network,
             domain,
             provider,
             rpc_label,
             relayer,
-            receipts,
+            batcher,
             no_relayer,
-            opts,
         })
     }
 
@@ -120,51 +131,6 @@ impl EvmChain {
         }
     }
 
-    /// Waits (bounded) for the receipt the watcher delivers, asking directly now and then in case
-    /// the watcher missed it; then for the configured confirmations.
-    async fn wait_receipt(
-        &self,
-        hash: B256,
-        mut rx: tokio::sync::oneshot::Receiver<TransactionReceipt>,
-    ) -> Option<TransactionReceipt> {
-        let deadline = Instant::now() + self.opts.receipt_timeout;
-        let fallback_every = (self.opts.receipt_poll * 10).max(Duration::from_secs(1));
-        let mut watcher_alive = true;
-        let receipt = loop {
-            let slice = fallback_every.min(deadline.saturating_duration_since(Instant::now()));
-            if watcher_alive {
-                match tokio::time::timeout(slice, &mut rx).await {
-                    Ok(Ok(r)) => break Some(r),
-                    Ok(Err(_)) => watcher_alive = false,
-                    Err(_) => {}
-                }
-            } else {
-                tokio::time::sleep(self.opts.receipt_poll).await;
-            }
-            if let Ok(Some(r)) = self.provider.get_transaction_receipt(hash).await {
-                break Some(r);
-            }
-            if Instant::now() >= deadline {
-                break None;
-            }
-        };
-        self.receipts.forget(&hash);
-        let r = receipt?;
-        if self.opts.confirmations > 1 {
-            let want = r
-                .block_number
-                .unwrap_or(u64::MAX)
-                .saturating_add(self.opts.confirmations - 1);
-            while !self.provider.get_block_number().await.is_ok_and(|b| b >= want) {
-                if Instant::now() + self.opts.receipt_poll > deadline {
-                    return None;
-                }
-                tokio::time::sleep(self.opts.receipt_poll).await;
-            }
-        }
-        Some(r)
-    }
-
     /// The receipt must be a success with USDC's `Transfer(from, to, value)` in it.
     fn check_receipt(&self, r: &TransactionReceipt, t: &CheckedTransfer) -> Result<(), Rejection> {
         let tx = r.transaction_hash;
@@ -174,15 +140,22 @@ impl EvmChain {
                 format!("transfer transaction {tx} reverted"),
             ));
         }
-        let found = r.inner.logs().iter().any(|log| {
-            log.address() == self.domain.asset
-                && IUsdc::Transfer::decode_log(&log.inner)
-                    .is_ok_and(|ev| ev.from == t.auth.from && ev.to == t.auth.to && ev.value == t.auth.value)
+        // In a batch the transaction succeeds even when one transfer in it failed: this payment's own
+        // AuthorizationUsed(from, nonce) and Transfer(from, to, value) must be there.
+        let logs = r.inner.logs();
+        let ours = |log: &&alloy::rpc::types::Log| log.address() == self.domain.asset;
+        let used = logs.iter().filter(ours).any(|log| {
+            IUsdc::AuthorizationUsed::decode_log(&log.inner)
+                .is_ok_and(|ev| ev.authorizer == t.auth.from && ev.nonce == t.auth.nonce)
         });
-        if !found {
+        let moved = logs.iter().filter(ours).any(|log| {
+            IUsdc::Transfer::decode_log(&log.inner)
+                .is_ok_and(|ev| ev.from == t.auth.from && ev.to == t.auth.to && ev.value == t.auth.value)
+        });
+        if !(used && moved) {
             return Err(Rejection::new(
                 reason::UNEXPECTED_SETTLE,
-                format!("transaction {tx} has no matching USDC Transfer log"),
+                format!("the transfer failed on chain: transaction {tx} has no AuthorizationUsed and Transfer for it"),
             ));
         }
         Ok(())
@@ -292,21 +265,11 @@ impl Chain for EvmChain {
 
     async fn settle(&self, c: &Checked) -> Result<SettleOutcome, ChainError> {
         let t = Self::transfer(c);
-        let relayer = self
-            .relayer
-            .as_ref()
-            .ok_or_else(|| ChainError::Unavailable(self.no_relayer.clone()))?;
-        let (hash, awaited) = match relayer
-            .send(
-                &self.provider,
-                self.domain.asset,
-                t.calldata().into(),
-                self.opts.gas_limit,
-                &self.receipts,
-            )
-            .await
-        {
-            Ok(sent) => sent,
+        let (Some(relayer), Some(batcher)) = (&self.relayer, &self.batcher) else {
+            return Err(ChainError::Unavailable(self.no_relayer.clone()));
+        };
+        let landed = match batcher.settle(t.calldata().into()).await {
+            Ok(l) => l,
             Err(SendError::OutOfGas { address, detail }) => {
                 tracing::error!(network = %self.network.name, relayer = %address, %detail, "relayer is out of gas: fund it with the chain's native token; paid requests get 503 until then");
                 return Err(ChainError::Unavailable(format!(
@@ -325,16 +288,17 @@ impl Chain for EvmChain {
             }
             Err(SendError::Unreachable(e)) => return Err(self.unreachable("settlement", e)),
         };
-        match self.wait_receipt(hash, awaited).await {
+        let tx = landed.tx.to_string();
+        match landed.receipt {
             Some(r) => {
                 self.check_receipt(&r, t)?;
-                Ok(SettleOutcome::Settled { tx: hash.to_string() })
+                Ok(SettleOutcome::Settled { tx })
             }
             None => {
-                tracing::warn!(network = %self.network.name, tx = %hash, "no receipt within the receipt timeout; recorded as pending");
+                tracing::warn!(network = %self.network.name, %tx, "no receipt within the receipt timeout; recorded as pending");
                 // If the node is not mining it because of a nonce gap, the next send closes the gap.
                 relayer.resync().await;
-                Ok(SettleOutcome::Pending { tx: hash.to_string() })
+                Ok(SettleOutcome::Pending { tx })
             }
         }
     }

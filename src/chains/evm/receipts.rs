@@ -67,6 +67,50 @@ impl ReceiptWatcher {
         self.wake.notify_one();
     }
 
+    /// Waits (bounded by `timeout`) for the receipt `rx` was registered for, asking the node directly
+    /// now and then in case the loop missed it; then for `confirmations` blocks. `None`: not in time.
+    pub async fn wait(
+        &self,
+        hash: B256,
+        mut rx: oneshot::Receiver<TransactionReceipt>,
+        timeout: Duration,
+        confirmations: u64,
+    ) -> Option<TransactionReceipt> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let fallback_every = (self.poll * 10).max(Duration::from_secs(1));
+        let mut loop_alive = true;
+        let receipt = loop {
+            let slice = fallback_every.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            if loop_alive {
+                match tokio::time::timeout(slice, &mut rx).await {
+                    Ok(Ok(r)) => break Some(r),
+                    Ok(Err(_)) => loop_alive = false,
+                    Err(_) => {}
+                }
+            } else {
+                tokio::time::sleep(self.poll).await;
+            }
+            if let Ok(Some(r)) = self.provider.get_transaction_receipt(hash).await {
+                break Some(r);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break None;
+            }
+        };
+        self.forget(&hash);
+        let r = receipt?;
+        if confirmations > 1 {
+            let want = r.block_number.unwrap_or(u64::MAX).saturating_add(confirmations - 1);
+            while !self.provider.get_block_number().await.is_ok_and(|b| b >= want) {
+                if tokio::time::Instant::now() + self.poll > deadline {
+                    return None;
+                }
+                tokio::time::sleep(self.poll).await;
+            }
+        }
+        Some(r)
+    }
+
     /// Stops waiting for a transaction (it was not sent, or its wait timed out).
     pub fn forget(&self, hash: &B256) {
         self.waiting.lock().expect("receipt lock").by_hash.remove(hash);

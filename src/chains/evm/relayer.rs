@@ -28,7 +28,7 @@ const FEE_TTL: Duration = Duration::from_secs(2);
 const GAP_FILL_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a transaction could not be sent.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
     /// The relayer has not enough native gas token.
     #[error("relayer {address} cannot pay gas: {detail}")]
