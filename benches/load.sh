@@ -35,15 +35,19 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; ./chain.sh stop >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
-# The saved chain state every paid run restarts from.
+# The saved chain state every paid run restarts from: Circle's USDC at the Base address (chain.sh),
+# plus Multicall3 at its canonical address, where Base has it (tollgate batches settlements through it;
+# the reference stack does not use it).
 ./chain.sh stop >/dev/null 2>&1 || true
 [ -f run/usdc-state.json ] || { FRESH_STATE=1 ./chain.sh start > /dev/null; ./chain.sh stop > /dev/null; }
+cp "$ROOT/benches/load/multicall3.mjs" lib/
+./chain.sh start > /dev/null && node lib/multicall3.mjs run/usdc-state.json && ./chain.sh stop > /dev/null
 
 if [ "${PEERS:-1}" = 1 ]; then
   echo "== peers: nginx"
-  ./bench-nginx.sh 2>&1 | tail -12
+  timeout 3600 ./bench-nginx.sh 2>&1 | tail -12
   echo "== peers: reference x402"
-  ./bench-x402ref.sh 2>&1 | tail -8
+  timeout 3600 ./bench-x402ref.sh 2>&1 | tail -8
   cp results/nginx.tsv results/x402ref-wrk.tsv results/x402ref-paid.jsonl "$OUT/peers/"
 fi
 
@@ -125,7 +129,7 @@ for MODE in $MODES; do
       wait_quiet
       echo "[tollgate paid $MODE c$C rep $r] uptime: $(uptime)"
       B0=$(payee_bal); A0=$(ticks $ANVIL_PID); G0=$(ticks $TG_PID)
-      OUT_JSON=$(SRV_PORT=$TG_PORT node x402ref/fire.mjs run/tg/h.json $C "t_paid_${MODE}_c$C")
+      OUT_JSON=$(SRV_PORT=$TG_PORT timeout 600 node x402ref/fire.mjs run/tg/h.json $C "t_paid_${MODE}_c$C")
       A1=$(ticks $ANVIL_PID); G1=$(ticks $TG_PID); B1=$(payee_bal)
       echo "$OUT_JSON" | python3 -c '
 import sys, json
