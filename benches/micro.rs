@@ -68,6 +68,7 @@ fn chain() -> EvmChain {
         confirmations: 1,
         receipt_timeout: std::time::Duration::from_secs(1),
         receipt_poll: std::time::Duration::from_millis(100),
+        max_batch: 32,
     };
     EvmChain::new(o.network.clone(), opts, Err("bench: no relayer".into())).unwrap()
 }

@@ -1,6 +1,11 @@
 //! Everything tollgate answers itself, in one place: the 402 challenge, refusals (400/402/503),
 //! upstream failures (502), CORS, and the headers a forwarded request carries.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -10,7 +15,21 @@ use serde::Serialize;
 use crate::payment::Refusal;
 use crate::tenant::{Pricing, Tenant, Upstream};
 use crate::x402::requirements::{payment_required_v1, payment_required_v2};
-use crate::x402::{encode_header, DecodeError, PaymentRequiredV1, Resource, SettleResponse, Version, MAX_HEADER_BYTES};
+use crate::x402::{encode_header, DecodeError, RequirementsV1, Resource, SettleResponse, Version, MAX_HEADER_BYTES};
+
+/// Header names, parsed once (looking a header up by `&str` parses the name every time).
+pub mod names {
+    use http::header::HeaderName;
+    pub const X_PAYMENT: HeaderName = HeaderName::from_static("x-payment");
+    pub const PAYMENT_SIGNATURE: HeaderName = HeaderName::from_static("payment-signature");
+    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    pub const X_TOLLGATE_PAYER: HeaderName = HeaderName::from_static("x-tollgate-payer");
+    pub const X_TOLLGATE_TX: HeaderName = HeaderName::from_static("x-tollgate-tx");
+    pub const X_TOLLGATE_NETWORK: HeaderName = HeaderName::from_static("x-tollgate-network");
+}
+use names::*;
 
 /// Headers a browser must be allowed to read on priced routes.
 pub const EXPOSE_HEADERS: &str = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE";
@@ -72,10 +91,14 @@ struct ErrorBody<'a> {
 }
 
 /// The v1 402 body plus a human-readable `detail` when a check failed.
+/// (Written out rather than `#[serde(flatten)]`, which serialises through a map: slower, and it
+/// reorders the keys.)
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ChallengeBody<'a> {
-    #[serde(flatten)]
-    v1: PaymentRequiredV1,
+    x402_version: u8,
+    error: &'a str,
+    accepts: Vec<RequirementsV1>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,14 +124,75 @@ pub fn payment_required(
         None => ("X-PAYMENT header is required", "PAYMENT-SIGNATURE header is required"),
     };
     let v2 = payment_required_v2(&pricing.offers, &resource, v2_error);
+    let v1 = payment_required_v1(&pricing.offers, &resource, v1_error);
     let body = ChallengeBody {
-        v1: payment_required_v1(&pricing.offers, &resource, v1_error),
+        x402_version: v1.x402_version,
+        error: v1_error,
+        accepts: v1.accepts,
         detail: failure.map(|f| f.1),
         payer: failure.and_then(|f| f.2),
     };
     let mut r = Reply::json(402, body, cors);
     r.headers.push(("payment-required", encode_header(&v2)));
     r
+}
+
+/// Most unpaid 402s a worker renders, kept for reuse (a Host header can make many; the cache then
+/// starts over).
+const UNPAID_CACHE_MAX: usize = 4096;
+
+struct RenderedChallenge {
+    /// Held so that the pointer in the key cannot be reused by another pricing while cached.
+    pricing: Arc<Pricing>,
+    url: String,
+    method: String,
+    cors: Option<String>,
+    header: ResponseHeader,
+    body: Bytes,
+}
+
+thread_local! {
+    static UNPAID: RefCell<HashMap<u64, RenderedChallenge>> = RefCell::new(HashMap::new());
+}
+
+/// The 402 for an unpaid request: [`payment_required`], rendered once per route, URL, method and
+/// origin on each worker and reused (serialising and base64-encoding the requirements was the
+/// largest piece of tollgate's own work on this path).
+pub fn unpaid(
+    pricing: &Arc<Pricing>,
+    asked: &Asked,
+    cors: Option<&str>,
+) -> pingora_core::Result<(ResponseHeader, Bytes)> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (Arc::as_ptr(pricing) as usize, &asked.url, &asked.method, cors).hash(&mut h);
+    let key = h.finish();
+    UNPAID.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(c) = cache.get(&key) {
+            if Arc::ptr_eq(&c.pricing, pricing)
+                && c.url == asked.url
+                && c.method == asked.method
+                && c.cors.as_deref() == cors
+            {
+                return Ok((c.header.clone(), c.body.clone()));
+            }
+        }
+        let reply = payment_required(pricing, asked, None, cors);
+        let header = reply.header()?;
+        if cache.len() >= UNPAID_CACHE_MAX {
+            cache.clear();
+        }
+        let entry = RenderedChallenge {
+            pricing: pricing.clone(),
+            url: asked.url.clone(),
+            method: asked.method.clone(),
+            cors: cors.map(str::to_string),
+            header: header.clone(),
+            body: reply.body.clone(),
+        };
+        cache.insert(key, entry);
+        Ok((header, reply.body))
+    })
 }
 
 /// A malformed payment header: 400 with the reason.
@@ -182,8 +266,8 @@ pub fn upstream_failed(detail: &str, settled: Option<(&'static str, String)>, co
 
 /// The payment header a request carries, and in which version. `Err` when both are sent.
 pub fn payment_header(req: &RequestHeader) -> Result<Option<(Version, Vec<u8>)>, DecodeError> {
-    let v1 = req.headers.get("x-payment");
-    let v2 = req.headers.get("payment-signature");
+    let v1 = req.headers.get(&X_PAYMENT);
+    let v2 = req.headers.get(&PAYMENT_SIGNATURE);
     match (v1, v2) {
         (None, None) => Ok(None),
         (Some(_), Some(_)) => Err(DecodeError::BothHeaders),
@@ -200,7 +284,7 @@ pub fn payment_header(req: &RequestHeader) -> Result<Option<(Version, Vec<u8>)>,
 }
 
 /// The first value of a forwarding header, if it is plain printable text.
-fn forwarded<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+fn forwarded<'a>(req: &'a RequestHeader, name: &HeaderName) -> Option<&'a str> {
     let v = req.headers.get(name)?.to_str().ok()?;
     let first = v.split(',').next()?.trim();
     (!first.is_empty() && first.bytes().all(|b| b.is_ascii_graphic())).then_some(first)
@@ -220,12 +304,12 @@ fn resource_url(req: &RequestHeader, public_url: Option<&str>) -> String {
     if let Some(base) = public_url {
         return format!("{base}{path}");
     }
-    let proto = match forwarded(req, "x-forwarded-proto") {
+    let proto = match forwarded(req, &X_FORWARDED_PROTO) {
         Some(p) if p.eq_ignore_ascii_case("https") => "https",
         _ => "http",
     };
-    let host = forwarded(req, "x-forwarded-host")
-        .or_else(|| forwarded(req, "host"))
+    let host = forwarded(req, &X_FORWARDED_HOST)
+        .or_else(|| forwarded(req, &http::header::HOST))
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
         .unwrap_or("localhost");
     format!("{proto}://{host}{path}")
@@ -236,7 +320,7 @@ pub fn allowed_origin(req: &RequestHeader, allowed: &[String]) -> Option<String>
     if allowed.iter().any(|o| o == "*") {
         return Some("*".into());
     }
-    let origin = req.headers.get("origin")?.to_str().ok()?;
+    let origin = req.headers.get(http::header::ORIGIN)?.to_str().ok()?;
     allowed.iter().any(|o| o == origin).then(|| origin.to_string())
 }
 
@@ -295,29 +379,29 @@ pub fn add_cors(resp: &mut ResponseHeader, origin: Option<&str>) -> pingora_core
 
 /// Host, X-Forwarded-* and the upstream's path prefix on a forwarded request.
 pub fn forwarding_headers(session: &Session, up: &mut RequestHeader, upstream: &Upstream) -> pingora_core::Result<()> {
-    let original_host = up.headers.get("host").cloned();
+    let original_host = up.headers.get(http::header::HOST).cloned();
     if !upstream.preserve_host {
-        up.insert_header("host", upstream.authority.as_str())?;
+        up.insert_header(http::header::HOST, upstream.authority.as_str())?;
     }
-    if up.headers.get("x-forwarded-host").is_none() {
+    if up.headers.get(&X_FORWARDED_HOST).is_none() {
         if let Some(h) = original_host {
-            up.insert_header("x-forwarded-host", h)?;
+            up.insert_header(X_FORWARDED_HOST, h)?;
         }
     }
-    if up.headers.get("x-forwarded-proto").is_none() {
-        up.insert_header("x-forwarded-proto", "http")?;
+    if up.headers.get(&X_FORWARDED_PROTO).is_none() {
+        up.insert_header(X_FORWARDED_PROTO, "http")?;
     }
     if let Some(addr) = session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_string())
     {
-        let xff = match up.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match up.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {addr}"),
             None => addr,
         };
         up.insert_header(
-            HeaderName::from_static("x-forwarded-for"),
+            X_FORWARDED_FOR,
             HeaderValue::from_str(&xff).unwrap_or(HeaderValue::from_static("unknown")),
         )?;
     }

@@ -12,14 +12,12 @@ use pingora_core::{Error, ErrorSource, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::challenge::names::*;
 use crate::challenge::{self, Reply};
 use crate::payment::{refusal_outcome, Accepted, Gateway, Refusal};
 use crate::store::{Attempt, Outcome};
 use crate::tenant::{Pricing, SettleTiming};
 use crate::x402::reason;
-
-/// Request headers a client may not set itself: tollgate sets them for the upstream.
-const TOLLGATE_HEADERS: [&str; 3] = ["x-tollgate-payer", "x-tollgate-tx", "x-tollgate-network"];
 
 const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const UPSTREAM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -79,21 +77,18 @@ impl ProxyHttp for Proxy {
         let Some(pricing) = route.pricing.clone() else {
             return Ok(false);
         };
-        ctx.route = route.label();
         ctx.cors = challenge::allowed_origin(req, &self.gw.settings.cors_origins);
         let asked = challenge::asked(req, self.gw.settings.public_url.as_deref());
 
         let (version, header) = match challenge::payment_header(req) {
             Ok(Some(h)) => h,
             Ok(None) => {
-                return send(
-                    session,
-                    challenge::payment_required(&pricing, &asked, None, ctx.cors.as_deref()),
-                )
-                .await
+                let (head, body) = challenge::unpaid(&pricing, &asked, ctx.cors.as_deref())?;
+                return send_parts(session, head, body).await;
             }
             Err(e) => return send(session, challenge::malformed(&e.to_string(), ctx.cors.as_deref())).await,
         };
+        ctx.route = route.label();
         let mut rec = new_attempt(&self.gw, &ctx.route, req);
         match self
             .gw
@@ -143,16 +138,21 @@ impl ProxyHttp for Proxy {
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        up.remove_header("x-payment");
-        up.remove_header("payment-signature");
-        for h in TOLLGATE_HEADERS {
+        // Payment headers never reach the upstream; X-Tollgate-* are tollgate's to set, not the client's.
+        for h in [
+            &X_PAYMENT,
+            &PAYMENT_SIGNATURE,
+            &X_TOLLGATE_PAYER,
+            &X_TOLLGATE_TX,
+            &X_TOLLGATE_NETWORK,
+        ] {
             up.remove_header(h);
         }
         if let Some(a) = &ctx.accepted {
-            up.insert_header("x-tollgate-payer", a.payer())?;
-            up.insert_header("x-tollgate-network", a.offer.network.caip2.as_str())?;
+            up.insert_header(X_TOLLGATE_PAYER, a.payer())?;
+            up.insert_header(X_TOLLGATE_NETWORK, a.offer.network.caip2.as_str())?;
             if let Some(o) = &a.outcome {
-                up.insert_header("x-tollgate-tx", o.tx())?;
+                up.insert_header(X_TOLLGATE_TX, o.tx())?;
             }
         }
         challenge::forwarding_headers(session, up, &self.gw.tenant.upstream)
@@ -291,8 +291,12 @@ fn new_attempt(gw: &Gateway, route: &str, req: &RequestHeader) -> Attempt {
 /// Writes a whole reply and ends the request (`Ok(true)` tells pingora not to forward).
 async fn send(session: &mut Session, reply: Reply) -> Result<bool> {
     let header = reply.header()?;
+    send_parts(session, header, reply.body).await
+}
+
+async fn send_parts(session: &mut Session, header: ResponseHeader, body: Bytes) -> Result<bool> {
     session.write_response_header(Box::new(header), false).await?;
-    session.write_response_body(Some(reply.body), true).await?;
+    session.write_response_body(Some(body), true).await?;
     Ok(true)
 }
 

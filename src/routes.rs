@@ -137,23 +137,30 @@ impl RouteTable {
 
     /// Finds the route for a request; `path` is the raw request path (no query).
     pub fn find(&self, method: &http::Method, path: &str) -> Option<usize> {
-        let normalized = normalize_path(path);
-        let segs: Vec<&str> = normalized.split('/').filter(|s| !s.is_empty()).collect();
-        find_in(&self.root, &segs, method)
+        // Most paths need no decoding: walk them in place, without allocating.
+        let dirty = path.contains(['%', '\\']) || path.split('/').any(|s| s == "." || s == "..");
+        if dirty {
+            find_in(&self.root, &normalize_path(path), method)
+        } else {
+            find_in(&self.root, path, method)
+        }
     }
 }
 
-fn find_in(node: &Node, segs: &[&str], method: &http::Method) -> Option<usize> {
-    let Some((first, rest)) = segs.split_first() else {
+/// Matches the rest of a path (`a/b/c`, empty segments skipped) below `node`.
+fn find_in(node: &Node, rest: &str, method: &http::Method) -> Option<usize> {
+    let rest = rest.trim_start_matches('/');
+    if rest.is_empty() {
         return node.here.get(method).or_else(|| node.prefix.get(method));
-    };
-    if let Some(child) = node.children.get(*first) {
-        if let Some(r) = find_in(child, rest, method) {
+    }
+    let (first, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    if let Some(child) = node.children.get(first) {
+        if let Some(r) = find_in(child, tail, method) {
             return Some(r);
         }
     }
     if let Some(param) = &node.param {
-        if let Some(r) = find_in(param, rest, method) {
+        if let Some(r) = find_in(param, tail, method) {
             return Some(r);
         }
     }
