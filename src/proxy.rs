@@ -236,7 +236,16 @@ impl ProxyHttp for Proxy {
                 ));
             }
         }
-        let reply = challenge::upstream_failed(&e.to_string(), settled_header, ctx.cors.as_deref());
+        // The cause names internal addresses: it goes to the log, not to the client.
+        tracing::warn!(error = %e, route = %ctx.route, "upstream failed");
+        let reply = challenge::upstream_failed(
+            "the API behind this gateway could not be reached; try again later",
+            settled_header,
+            ctx.cors.as_deref(),
+        );
+        // pingora closes the connection after a proxy failure: say so (Connection: close), or
+        // keep-alive clients race the close.
+        session.set_keepalive(None);
         let code = reply.status;
         if send(session, reply).await.is_err() {
             return FailToProxy {

@@ -21,6 +21,8 @@ use tokio::sync::{oneshot, Notify};
 /// How many blocks back a scan starts when the loop wakes from idle (transactions are registered
 /// before they are sent, so only blocks made since then can hold them).
 const RESUME_BACK: u64 = 8;
+/// Quick looks after each send, before the loop settles back to its poll interval.
+const QUICK_LOOKS: u32 = 2;
 /// The most blocks scanned in one pass; older ones are left to the per-transaction fallback.
 const MAX_SCAN: u64 = 64;
 
@@ -132,6 +134,7 @@ impl ReceiptWatcher {
     async fn run(self: Arc<Self>) {
         let mut next: Option<u64> = None;
         let mut block_receipts = true;
+        let mut quick = 0u32;
         loop {
             if self.is_idle() {
                 next = None;
@@ -161,9 +164,17 @@ impl ReceiptWatcher {
                     self.poll_each().await;
                 }
             }
+            // After a send, look again soon (5, then 10 ms) before falling back to the poll
+            // interval: a node that mines on arrival may not have mined yet at the first look.
+            let pause = if quick < QUICK_LOOKS {
+                Duration::from_millis(5 << quick).min(self.poll)
+            } else {
+                self.poll
+            };
+            quick += 1;
             tokio::select! {
-                _ = tokio::time::sleep(self.poll) => {}
-                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.wake.notified() => quick = 0,
             }
         }
     }
