@@ -64,6 +64,10 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    /// No downstream modules: pingora's default adds a (disabled) response-compression module that
+    /// still inspects every request and response; compression is the upstream's business.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     /// Matches the route; unpaid → 402, malformed → 400, paid → verify (and settle, if before).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();

@@ -890,3 +890,27 @@ async fn without_multicall3_each_payment_is_its_own_transaction() {
     let distinct: std::collections::BTreeSet<_> = txs.iter().collect();
     assert_eq!(distinct.len(), 8);
 }
+
+#[tokio::test]
+async fn settle_after_that_cannot_settle_replaces_the_upstream_answer() {
+    let s = setup().await;
+    let url = format!("{}/after/secret", s.tg.url);
+    let (name, value) = signed_header(&url, true).await;
+    // The relayer cannot pay gas: verification passes, the upstream answers, settlement fails.
+    s.anvil.set_balance(RELAYER, U256::ZERO).await;
+    let r = http().get(&url).header(name, &value).send().await.unwrap();
+    assert_eq!(r.status(), 503, "{}", s.tg.log());
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("payment_unavailable") && !body.contains("/after/secret"),
+        "the content is not served: {body}"
+    );
+    assert_eq!(s.up.count(), 1, "the upstream was asked (settle = after)");
+    // Nothing was charged and the claim is free again: funded, the same header pays.
+    s.anvil
+        .set_balance(RELAYER, U256::from(10u64).pow(U256::from(19)))
+        .await;
+    let r = http().get(&url).header(name, &value).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("/after/secret"));
+}
