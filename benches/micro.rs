@@ -31,31 +31,12 @@ fn offer() -> Offer {
     )
 }
 
-fn offered(o: &Offer, version: Version) -> Offered {
-    Offered {
-        version,
-        scheme: "exact".into(),
-        network: match version {
-            Version::V1 => o.network.name.clone(),
-            Version::V2 => o.network.caip2.clone(),
-        },
-        chain_id: o.network.chain_id,
-        amount: o.amount,
-        asset: o.network.asset.parse().unwrap(),
-        pay_to: o.pay_to.parse().unwrap(),
-        max_timeout_seconds: 60,
-        eip712_name: o.network.eip712_name.clone(),
-        eip712_version: o.network.eip712_version.clone(),
-        v2: Some(o.to_v2()),
-    }
-}
-
 fn header(version: Version) -> String {
     let o = offer();
     let key: PrivateKeySigner = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
         .parse()
         .unwrap();
-    let off = offered(&o, version);
+    let off = Offered::from_offer(&o, version);
     client::payment_header(&off, &client::authorize(&off, &key, NOW)).1
 }
 
@@ -85,7 +66,7 @@ fn decode(c: &mut Criterion) {
 fn eip712(c: &mut Criterion) {
     let o = offer();
     let key = PrivateKeySigner::random();
-    let off = offered(&o, Version::V2);
+    let off = Offered::from_offer(&o, Version::V2);
     let p = client::authorize(&off, &key, NOW);
     let domain = tollgate::chains::evm::Domain::new("USD Coin", "2", 8453, off.asset);
     c.bench_function("eip712/digest", |b| {

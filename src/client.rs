@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use crate::chains::evm::Domain;
 use crate::x402::network::builtin;
 use crate::x402::{
-    codec, encode_header, Authorization, ExactEvmPayload, PaymentPayload, PaymentRequiredV1, PaymentRequiredV2,
+    codec, encode_header, Authorization, ExactEvmPayload, Offer, PaymentPayload, PaymentRequiredV1, PaymentRequiredV2,
     RequirementsV2, Version,
 };
 
@@ -29,6 +29,28 @@ pub struct Offered {
     pub eip712_version: String,
     /// v2: the requirement exactly as offered, echoed back in `accepted`.
     pub v2: Option<RequirementsV2>,
+}
+
+impl Offered {
+    /// An offer as a client would read it from the 402 (for callers that hold the [`Offer`] itself).
+    pub fn from_offer(o: &Offer, version: Version) -> Offered {
+        Offered {
+            version,
+            scheme: o.scheme.to_string(),
+            network: match version {
+                Version::V1 => o.network.name.clone(),
+                Version::V2 => o.network.caip2.clone(),
+            },
+            chain_id: o.network.chain_id,
+            amount: o.amount,
+            asset: o.network.asset.parse().unwrap_or_default(),
+            pay_to: o.pay_to.parse().unwrap_or_default(),
+            max_timeout_seconds: o.max_timeout_seconds,
+            eip712_name: o.network.eip712_name.clone(),
+            eip712_version: o.network.eip712_version.clone(),
+            v2: Some(o.to_v2()),
+        }
+    }
 }
 
 /// Reads the offers of a 402: the v2 `PAYMENT-REQUIRED` header if `prefer_v2` and present, else the v1 body.

@@ -62,7 +62,23 @@ pub struct ClaimRow {
     pub updated_at: u64,
 }
 
-const KEY_WHERE: &str = "network = $1 AND asset = $2 AND payer = $3 AND nonce = $4";
+/// The WHERE clause of a query on one payment; the key binds as $1..$4 ([`keyed`]).
+macro_rules! key_where {
+    () => {
+        "network = $1 AND asset = $2 AND payer = $3 AND nonce = $4"
+    };
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// A query on one payment, with its key bound as $1..$4.
+fn keyed<'q>(sql: &'q str, key: &'q ReplayKey) -> AnyQuery<'q> {
+    sqlx::query(sql)
+        .bind(&key.network)
+        .bind(&key.asset)
+        .bind(&key.payer)
+        .bind(&key.nonce)
+}
 
 fn row_to_claim(r: &sqlx::any::AnyRow) -> Result<ClaimRow, sqlx::Error> {
     let state: String = r.try_get("state")?;
@@ -119,13 +135,13 @@ impl Store {
         tx: Option<&str>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        sqlx::query(&format!(
-            "UPDATE payments SET state = $5, tx_hash = COALESCE($6, tx_hash), updated_at = $7 WHERE {KEY_WHERE}"
-        ))
-        .bind(&key.network)
-        .bind(&key.asset)
-        .bind(&key.payer)
-        .bind(&key.nonce)
+        keyed(
+            concat!(
+                "UPDATE payments SET state = $5, tx_hash = COALESCE($6, tx_hash), updated_at = $7 WHERE ",
+                key_where!()
+            ),
+            key,
+        )
         .bind(state.as_str())
         .bind(tx)
         .bind(now_ms as i64)
@@ -137,36 +153,28 @@ impl Store {
     /// Gives a claim up: nothing was charged, and the client may use the authorization again.
     /// Only a claim that is still `claimed` is released; a pending or settled payment stays.
     pub async fn release(&self, key: &ReplayKey) -> Result<bool, StoreError> {
-        let done = sqlx::query(&format!("DELETE FROM payments WHERE {KEY_WHERE} AND state = 'claimed'"))
-            .bind(&key.network)
-            .bind(&key.asset)
-            .bind(&key.payer)
-            .bind(&key.nonce)
-            .execute(&self.pool)
-            .await?;
+        let done = keyed(
+            concat!("DELETE FROM payments WHERE ", key_where!(), " AND state = 'claimed'"),
+            key,
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Deletes a pending payment that reconciliation found never landed.
     pub async fn forget_unlanded(&self, key: &ReplayKey) -> Result<(), StoreError> {
-        sqlx::query(&format!(
-            "DELETE FROM payments WHERE {KEY_WHERE} AND state <> 'settled'"
-        ))
-        .bind(&key.network)
-        .bind(&key.asset)
-        .bind(&key.payer)
-        .bind(&key.nonce)
+        keyed(
+            concat!("DELETE FROM payments WHERE ", key_where!(), " AND state <> 'settled'"),
+            key,
+        )
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     pub async fn payment(&self, key: &ReplayKey) -> Result<Option<ClaimRow>, StoreError> {
-        let row = sqlx::query(&format!("SELECT * FROM payments WHERE {KEY_WHERE}"))
-            .bind(&key.network)
-            .bind(&key.asset)
-            .bind(&key.payer)
-            .bind(&key.nonce)
+        let row = keyed(concat!("SELECT * FROM payments WHERE ", key_where!()), key)
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.as_ref().map(row_to_claim).transpose()?)

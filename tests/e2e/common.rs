@@ -216,14 +216,7 @@ impl Anvil {
             .abi_encode(),
         )
         .await;
-        self.owner_call(
-            mintCall {
-                to: PAYER,
-                amount: U256::from(MINTED),
-            }
-            .abi_encode(),
-        )
-        .await;
+        self.mint(PAYER, MINTED).await;
     }
 
     /// Puts Multicall3 at its canonical address, as Base and most chains have it (creation code from
@@ -232,15 +225,9 @@ impl Anvil {
         let src = std::fs::read_to_string(js_dir().join("node_modules/viem/_esm/constants/contracts.js")).unwrap();
         let start = src.find("multicall3Bytecode = '").expect("viem ships Multicall3") + "multicall3Bytecode = '".len();
         let code: Bytes = src[start..start + src[start..].find('\'').unwrap()].parse().unwrap();
-        let tx = TransactionRequest::default().with_from(OWNER).with_deploy_code(code);
         let r = self
-            .provider
-            .send_transaction(tx)
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+            .send_as_owner(TransactionRequest::default().with_deploy_code(code))
+            .await;
         let deployed = self.provider.get_code_at(r.contract_address.unwrap()).await.unwrap();
         self.rpc(
             "anvil_setCode",
@@ -249,12 +236,9 @@ impl Anvil {
         .await;
     }
 
-    /// Sends a USDC call from the owner (an unlocked anvil account) and waits for success.
-    pub async fn owner_call(&self, data: Vec<u8>) {
-        let tx = TransactionRequest::default()
-            .with_from(OWNER)
-            .with_to(USDC)
-            .with_input(Bytes::from(data));
+    /// Sends a transaction from the owner (an unlocked anvil account) and waits for its receipt.
+    async fn send_as_owner(&self, tx: TransactionRequest) -> alloy::rpc::types::TransactionReceipt {
+        let tx = tx.with_from(OWNER);
         let r = self
             .provider
             .send_transaction(tx)
@@ -263,7 +247,30 @@ impl Anvil {
             .get_receipt()
             .await
             .unwrap();
-        assert!(r.status(), "owner call reverted");
+        assert!(r.status(), "owner transaction reverted");
+        r
+    }
+
+    /// Sends a USDC call from the owner and waits for success.
+    pub async fn owner_call(&self, data: Vec<u8>) {
+        self.send_as_owner(
+            TransactionRequest::default()
+                .with_to(USDC)
+                .with_input(Bytes::from(data)),
+        )
+        .await;
+    }
+
+    /// Mints USDC (atomic units) to `to`.
+    pub async fn mint(&self, to: Address, amount: u64) {
+        self.owner_call(
+            IFiatToken::mintCall {
+                to,
+                amount: U256::from(amount),
+            }
+            .abi_encode(),
+        )
+        .await;
     }
 
     pub async fn usdc_balance(&self, who: Address) -> U256 {

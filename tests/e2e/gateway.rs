@@ -392,12 +392,7 @@ async fn insufficient_balance_is_found_on_chain() {
     assert_eq!(body["error"], reason::INSUFFICIENT_FUNDS, "{body}");
     assert_eq!(s.up.count(), 0);
     // The claim was released: once funded, the very same authorization pays.
-    s.anvil
-        .owner_call(alloy::sol_types::SolCall::abi_encode(&IFiatToken::mintCall {
-            to: poor.address(),
-            amount: U256::from(PRICE),
-        }))
-        .await;
+    s.anvil.mint(poor.address(), PRICE).await;
     let r = http().get(&url).header(name, &value).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", s.tg.log());
 }
@@ -849,12 +844,7 @@ async fn a_transfer_that_fails_inside_a_batch_fails_alone() {
     let o = offers(&url, true).await.remove(0);
     // A payer who can afford one payment signs two; each passes the simulation on its own.
     let poor = alloy::signers::local::PrivateKeySigner::random();
-    s.anvil
-        .owner_call(alloy::sol_types::SolCall::abi_encode(&IFiatToken::mintCall {
-            to: poor.address(),
-            amount: U256::from(PRICE),
-        }))
-        .await;
+    s.anvil.mint(poor.address(), PRICE).await;
     let mut headers: Vec<_> = (0..2)
         .map(|_| client::payment_header(&o, &client::authorize(&o, &poor, now())))
         .collect();

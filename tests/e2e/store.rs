@@ -166,7 +166,7 @@ async fn reconciliation_finishes_what_a_crash_left_on_both_databases() {
         let gw = gateway(&anvil, &db).await;
         let chain = gw.chain("base").unwrap().clone();
         let offer = gw.tenant.routes[0].pricing.as_ref().unwrap().offers[0].clone();
-        let o = offers_of(&offer);
+        let o = tollgate::client::Offered::from_offer(&offer, tollgate::x402::Version::V2);
         let payee0 = anvil.usdc_balance(PAYEE).await;
 
         // 1. Crashed after sending, before recording: claimed in the ledger, spent on chain.
@@ -200,22 +200,6 @@ async fn reconciliation_finishes_what_a_crash_left_on_both_databases() {
             payee0 + U256::from(1000u64),
             "charged once"
         );
-    }
-}
-
-fn offers_of(offer: &tollgate::x402::Offer) -> tollgate::client::Offered {
-    tollgate::client::Offered {
-        version: tollgate::x402::Version::V2,
-        scheme: "exact".into(),
-        network: offer.network.caip2.clone(),
-        chain_id: offer.network.chain_id,
-        amount: offer.amount,
-        asset: offer.network.asset.parse().unwrap(),
-        pay_to: offer.pay_to.parse().unwrap(),
-        max_timeout_seconds: 60,
-        eip712_name: offer.network.eip712_name.clone(),
-        eip712_version: offer.network.eip712_version.clone(),
-        v2: Some(offer.to_v2()),
     }
 }
 
