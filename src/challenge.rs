@@ -81,6 +81,26 @@ impl Reply {
         h.insert_header("content-length", self.body.len().to_string())?;
         Ok(h)
     }
+
+    /// The status line and headers (with Content-Length) as HTTP/1.1 bytes, each line ending in
+    /// CRLF, without the blank line that ends the head.
+    pub fn wire_head(&self) -> Bytes {
+        let status = http::StatusCode::from_u16(self.status).expect("replies use valid statuses");
+        let mut w = Vec::with_capacity(256 + self.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>());
+        w.extend_from_slice(b"HTTP/1.1 ");
+        w.extend_from_slice(status.as_str().as_bytes());
+        w.push(b' ');
+        w.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        w.extend_from_slice(b"\r\n");
+        for (k, v) in &self.headers {
+            w.extend_from_slice(k.as_bytes());
+            w.extend_from_slice(b": ");
+            w.extend_from_slice(v.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
+        w.extend_from_slice(format!("content-length: {}\r\n", self.body.len()).as_bytes());
+        Bytes::from(w)
+    }
 }
 
 /// `{"error": code, "detail": message}`: the body of every non-402 refusal.
@@ -148,6 +168,9 @@ struct RenderedChallenge {
     method: String,
     cors: Option<String>,
     header: ResponseHeader,
+    /// The same head as HTTP/1.1 bytes (status line and headers, without Date, Connection and the
+    /// blank line), for [`crate::front`], which writes the 402 itself.
+    wire: Bytes,
     body: Bytes,
 }
 
@@ -155,14 +178,14 @@ thread_local! {
     static UNPAID: RefCell<HashMap<u64, RenderedChallenge>> = RefCell::new(HashMap::new());
 }
 
-/// The 402 for an unpaid request: [`payment_required`], rendered once per route, URL, method and
-/// origin on each worker and reused (serialising and base64-encoding the requirements was the
-/// largest piece of tollgate's own work on this path).
-pub fn unpaid(
+/// Runs `f` on the cached unpaid 402 for this route, URL, method and origin, rendering it first if
+/// this worker has not yet.
+fn with_unpaid<R>(
     pricing: &Arc<Pricing>,
     asked: &Asked,
     cors: Option<&str>,
-) -> pingora_core::Result<(ResponseHeader, Bytes)> {
+    f: impl FnOnce(&RenderedChallenge) -> R,
+) -> pingora_core::Result<R> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (Arc::as_ptr(pricing) as usize, &asked.url, &asked.method, cors).hash(&mut h);
     let key = h.finish();
@@ -174,7 +197,7 @@ pub fn unpaid(
                 && c.method == asked.method
                 && c.cors.as_deref() == cors
             {
-                return Ok((c.header.clone(), c.body.clone()));
+                return Ok(f(c));
             }
         }
         let reply = payment_required(pricing, asked, None, cors);
@@ -187,12 +210,31 @@ pub fn unpaid(
             url: asked.url.clone(),
             method: asked.method.clone(),
             cors: cors.map(str::to_string),
-            header: header.clone(),
-            body: reply.body.clone(),
+            header,
+            wire: reply.wire_head(),
+            body: reply.body,
         };
+        let out = f(&entry);
         cache.insert(key, entry);
-        Ok((header, reply.body))
+        Ok(out)
     })
+}
+
+/// The 402 for an unpaid request: [`payment_required`], rendered once per route, URL, method and
+/// origin on each worker and reused (serialising and base64-encoding the requirements was the
+/// largest piece of tollgate's own work on this path).
+pub fn unpaid(
+    pricing: &Arc<Pricing>,
+    asked: &Asked,
+    cors: Option<&str>,
+) -> pingora_core::Result<(ResponseHeader, Bytes)> {
+    with_unpaid(pricing, asked, cors, |c| (c.header.clone(), c.body.clone()))
+}
+
+/// [`unpaid`] as HTTP/1.1 bytes: the head without Date, Connection and the final blank line, and
+/// the body.
+pub fn unpaid_wire(pricing: &Arc<Pricing>, asked: &Asked, cors: Option<&str>) -> pingora_core::Result<(Bytes, Bytes)> {
+    with_unpaid(pricing, asked, cors, |c| (c.wire.clone(), c.body.clone()))
 }
 
 /// A malformed payment header: 400 with the reason.
@@ -284,44 +326,91 @@ pub fn payment_header(req: &RequestHeader) -> Result<Option<(Version, Vec<u8>)>,
 }
 
 /// The first value of a forwarding header, if it is plain printable text.
-fn forwarded<'a>(req: &'a RequestHeader, name: &HeaderName) -> Option<&'a str> {
-    let v = req.headers.get(name)?.to_str().ok()?;
+fn forwarded_value(v: &[u8]) -> Option<&str> {
+    // As `HeaderValue::to_str`: visible ASCII (and tabs) only.
+    if !v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+        return None;
+    }
+    let v = std::str::from_utf8(v).ok()?;
     let first = v.split(',').next()?.trim();
     (!first.is_empty() && first.bytes().all(|b| b.is_ascii_graphic())).then_some(first)
+}
+
+fn forwarded<'a>(req: &'a RequestHeader, name: &HeaderName) -> Option<&'a str> {
+    forwarded_value(req.headers.get(name)?.as_bytes())
 }
 
 /// The URL the client asked for, as the 402 names it: `public_url` if configured, else
 /// X-Forwarded-Proto/Host (a proxy in front of tollgate), else the Host header.
 pub fn asked(req: &RequestHeader, public_url: Option<&str>) -> Asked {
+    let host = forwarded(req, &http::header::HOST).or_else(|| req.uri.authority().map(|a| a.as_str()));
     Asked {
-        url: resource_url(req, public_url),
+        url: resource_url(
+            req.uri.path(),
+            public_url,
+            forwarded(req, &X_FORWARDED_PROTO),
+            forwarded(req, &X_FORWARDED_HOST),
+            host,
+        ),
         method: req.method.to_string(),
     }
 }
 
-fn resource_url(req: &RequestHeader, public_url: Option<&str>) -> String {
-    let path = req.uri.path();
+/// [`asked`] from the raw request-head values ([`crate::front`] parses heads itself): the path,
+/// and the first X-Forwarded-Proto, X-Forwarded-Host and Host values.
+pub fn asked_raw(
+    method: &http::Method,
+    path: &str,
+    public_url: Option<&str>,
+    x_forwarded_proto: Option<&[u8]>,
+    x_forwarded_host: Option<&[u8]>,
+    host: Option<&[u8]>,
+) -> Asked {
+    Asked {
+        url: resource_url(
+            path,
+            public_url,
+            x_forwarded_proto.and_then(forwarded_value),
+            x_forwarded_host.and_then(forwarded_value),
+            host.and_then(forwarded_value),
+        ),
+        method: method.to_string(),
+    }
+}
+
+fn resource_url(
+    path: &str,
+    public_url: Option<&str>,
+    x_forwarded_proto: Option<&str>,
+    x_forwarded_host: Option<&str>,
+    host: Option<&str>,
+) -> String {
     if let Some(base) = public_url {
         return format!("{base}{path}");
     }
-    let proto = match forwarded(req, &X_FORWARDED_PROTO) {
+    let proto = match x_forwarded_proto {
         Some(p) if p.eq_ignore_ascii_case("https") => "https",
         _ => "http",
     };
-    let host = forwarded(req, &X_FORWARDED_HOST)
-        .or_else(|| forwarded(req, &http::header::HOST))
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("localhost");
+    let host = x_forwarded_host.or(host).unwrap_or("localhost");
     format!("{proto}://{host}{path}")
 }
 
 /// The CORS origin to allow for this request, if it has an Origin the config allows.
 pub fn allowed_origin(req: &RequestHeader, allowed: &[String]) -> Option<String> {
+    allowed_origin_raw(req.headers.get(http::header::ORIGIN).map(|v| v.as_bytes()), allowed)
+}
+
+/// [`allowed_origin`] from the raw Origin value.
+pub fn allowed_origin_raw(origin: Option<&[u8]>, allowed: &[String]) -> Option<String> {
     if allowed.iter().any(|o| o == "*") {
         return Some("*".into());
     }
-    let origin = req.headers.get(http::header::ORIGIN)?.to_str().ok()?;
-    allowed.iter().any(|o| o == origin).then(|| origin.to_string())
+    let origin = origin?;
+    allowed
+        .iter()
+        .any(|o| o.as_bytes() == origin)
+        .then(|| String::from_utf8_lossy(origin).into_owned())
 }
 
 /// Answers a browser's CORS preflight for a priced route (a 402 would fail the preflight).

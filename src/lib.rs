@@ -10,6 +10,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod facilitator;
+pub mod front;
 pub mod money;
 pub mod payment;
 pub mod proxy;

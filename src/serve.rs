@@ -11,9 +11,11 @@ use pingora_core::listeners::{ListenerConfig, TcpSocketOptions};
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::listening::Service;
 
 use crate::clock::SystemClock;
 use crate::config;
+use crate::front::Front;
 use crate::payment::Gateway;
 use crate::proxy::Proxy;
 use crate::store::{AttemptLog, Store};
@@ -62,7 +64,12 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     for _ in 0..threads {
-        let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Proxy::new(gw.clone()));
+        // The front answers unpaid 402s itself and hands everything else to the pingora proxy.
+        let front = Front::new(
+            pingora_proxy::http_proxy(&server.configuration, Proxy::new(gw.clone())),
+            gw.clone(),
+        );
+        let mut proxy = Service::new("tollgate".to_string(), front);
         let mut sock = TcpSocketOptions::default();
         sock.so_reuseport = Some(true);
         // pingora reads through a 64 KiB buffer per connection: 64 MB at 1,000 idle keep-alive

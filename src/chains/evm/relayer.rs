@@ -173,7 +173,7 @@ impl Relayer {
             let (hash, raw) = self.sign(nonce, gas_limit, fees, to, U256::ZERO, input.clone());
             let awaited = receipts.expect(hash);
             let sent = p.send_raw_transaction(&raw).await;
-            if !matches!(&sent, Ok(_)) {
+            if sent.is_err() {
                 receipts.forget(&hash);
             }
             match sent {
