@@ -904,3 +904,33 @@ async fn settle_after_that_cannot_settle_replaces_the_upstream_answer() {
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("/after/secret"));
 }
+
+#[tokio::test]
+async fn with_two_confirmations_the_request_waits_for_the_next_block() {
+    let s = setup_with(|spec| spec.settlement_extra = "confirmations = 2").await;
+    let url = format!("{}/paid/deep", s.tg.url);
+    let (name, value) = signed_header(&url, true).await;
+    let head = s.anvil.provider.get_block_number().await.unwrap();
+    let req = tokio::spawn(async move { http().get(&url).header(name, &value).send().await.unwrap() });
+
+    // anvil mines a block per transaction: the transfer lands in head + 1, and nothing else mines.
+    eventually("the transfer is mined", || async {
+        s.anvil.provider.get_block_number().await.unwrap() > head
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!req.is_finished(), "answered with only one confirmation");
+    assert_eq!(s.up.count(), 0, "settle-before forwards only once settled");
+
+    s.anvil.mine().await;
+    let r = tokio::time::timeout(Duration::from_secs(10), req)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", s.tg.log());
+    let settle = decode_b64_json(r.headers()["payment-response"].to_str().unwrap());
+    let tx: B256 = settle["transaction"].as_str().unwrap().parse().unwrap();
+    let receipt = s.anvil.provider.get_transaction_receipt(tx).await.unwrap().unwrap();
+    assert_eq!(receipt.block_number, Some(head + 1));
+    assert_eq!(s.up.count(), 1);
+}

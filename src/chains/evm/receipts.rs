@@ -109,6 +109,12 @@ impl ReceiptWatcher {
                 }
                 tokio::time::sleep(self.poll).await;
             }
+            // Deep enough: still in the block it was first seen in? (A reorg may have moved or
+            // dropped it; then it is not confirmed yet, and reconciliation looks again later.)
+            match self.provider.get_transaction_receipt(hash).await {
+                Ok(Some(again)) if again.block_hash == r.block_hash => {}
+                _ => return None,
+            }
         }
         Some(r)
     }
