@@ -52,6 +52,10 @@ def row(name, t, p, target=None, peer_name=""):
           f"| {ratio:.2f}× | {'' if target is None else f'≥ {target}×'}{ok} |")
 row("free route (proxied to the nginx upstream)", tg.get("t_tollgate_free"), peers.get("b_nginx_proxy_pass_w1"), 0.9, "nginx proxy_pass")
 row("unpaid → 402 (v1 body + v2 header)", tg.get("t_tollgate_402"), peers.get("c_nginx_return402_w1"), 0.8, "nginx static 402")
+# The targets are against the anchor figures (nginx with 1 worker); tollgate runs one worker per core,
+# so the same comparison with nginx on as many workers is shown too.
+row("free route, nginx with as many workers as tollgate", tg.get("t_tollgate_free"), peers.get("b_nginx_proxy_pass_wauto"), None, "nginx proxy_pass, workers auto")
+row("unpaid → 402, nginx with as many workers as tollgate", tg.get("t_tollgate_402"), peers.get("c_nginx_return402_wauto"), None, "nginx static 402, workers auto")
 row("unpaid → 402", tg.get("t_tollgate_402"), peers.get("e_express_unpaid_402"), None, "reference x402 402")
 row("free route", tg.get("t_tollgate_free"), peers.get("d_express_free"), None, "reference x402 free")
 
