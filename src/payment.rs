@@ -399,7 +399,14 @@ impl Gateway {
                     tracing::info!(payer = %row.key.payer, tx = tx.as_deref().unwrap_or("?"), "reconciled: payment is on chain");
                     (Outcome::Settled, tx)
                 }
-                ChainStatus::Expired | ChainStatus::Unspent => {
+                // Not on chain yet, but still valid: a transaction sent for it may still land, so
+                // releasing it now could charge a payment the ledger calls released. Look again
+                // later; once the authorization expires it can no longer land.
+                ChainStatus::Unspent => {
+                    tracing::debug!(payer = %row.key.payer, state = row.state.as_str(), "reconciliation: not on chain yet and still valid; will look again");
+                    continue;
+                }
+                ChainStatus::Expired => {
                     self.store.forget_unlanded(&row.key).await.map_err(|e| e.to_string())?;
                     tracing::info!(payer = %row.key.payer, state = row.state.as_str(), "reconciled: payment never landed; released, nothing charged");
                     (Outcome::Released, row.tx_hash.clone())

@@ -618,6 +618,16 @@ async fn a_receipt_timeout_is_pending_then_reconciled_never_lost() {
         http().get(&url).header(name, &value).send().await.unwrap().status(),
         402
     );
+    // Reconciliation passes meanwhile (every second) keep it: it is still valid and may still land.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        store
+            .count_payments(tollgate::store::PaymentState::Pending)
+            .await
+            .unwrap(),
+        1,
+        "a pending payment is not released while it can still land"
+    );
     s.anvil.mine().await;
     s.anvil.set_automine(true).await;
     eventually("reconciliation to settle the payment", || async {

@@ -181,10 +181,19 @@ async fn reconciliation_finishes_what_a_crash_left_on_both_databases() {
         let expired = chain_checked(&*chain, &o, now() + 7);
         let k2 = expired.replay_key(&offer.network);
         gw.store.claim(&ledger_row(&k2, &expired)).await.unwrap();
+        // 3. Crashed before sending, and the authorization is still valid: it could still land.
+        let valid = chain_checked(&*chain, &o, now() + 600);
+        let k3 = valid.replay_key(&offer.network);
+        gw.store.claim(&ledger_row(&k3, &valid)).await.unwrap();
         tokio::time::sleep(Duration::from_secs(8)).await;
 
         let resolved = gw.reconcile_once(Duration::ZERO).await.unwrap();
         assert_eq!(resolved, 2, "{}", db.url);
+        assert_eq!(
+            gw.store.payment(&k3).await.unwrap().map(|r| r.state),
+            Some(PaymentState::Claimed),
+            "still valid and not on chain: kept, not released"
+        );
         let row = gw.store.payment(&k1).await.unwrap().unwrap();
         assert_eq!(
             row.state,

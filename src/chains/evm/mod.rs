@@ -323,9 +323,12 @@ impl Chain for EvmChain {
         let req = TransactionRequest::default()
             .to(self.domain.asset)
             .input(Bytes::from(call.abi_encode()).into());
+        // Mined state only: a transfer still in the node's mempool is not spent yet (anvil, for one,
+        // answers calls without a block from its pending state).
         let out = self
             .provider
             .call(req)
+            .block(alloy::eips::BlockId::latest())
             .await
             .map_err(|e| self.unreachable("reconciliation", e))?;
         let used = IUsdc::authorizationStateCall::abi_decode_returns(&out)
