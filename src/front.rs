@@ -13,6 +13,9 @@
 //! The front is deliberately narrow: it answers only GET/POST/… requests in HTTP/1.1 without a
 //! body, without `Connection` options other than keep-alive, without a payment header, whose head
 //! fits in [`MAX_HEAD`] bytes and parses cleanly. Anything else is pingora's, byte for byte.
+//!
+//! Unpaid 402s answered here never pass through the proxy's phases (`logging` included): anything
+//! counted per request (metrics) must be counted here too.
 
 use std::sync::Arc;
 use std::time::Duration;
