@@ -263,6 +263,21 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    /// A client that went away mid-request is routine, not an error worth an ERROR line each (a
+    /// load balancer's health checks and impatient clients would fill the log): debug only.
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        use pingora_core::ErrorType::*;
+        let client_gone = *e.esource() == ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ConnectionClosed | ReadError | WriteError | ReadTimedout | WriteTimedout
+            );
+        if client_gone {
+            tracing::debug!(error = %e, route = %ctx.route, "client went away");
+        }
+        client_gone
+    }
+
     /// The request is over: write its attempt record.
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let Some(mut rec) = ctx.attempt.take() else {

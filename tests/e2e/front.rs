@@ -255,3 +255,18 @@ async fn unusual_requests_are_left_to_the_proxy() {
     assert_eq!(r.status, 402);
     assert_eq!(s.up.count(), 0);
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_mid_request_is_not_logged_as_an_error() {
+    let s = setup().await;
+    let mut c = Conn::open(&s).await;
+    c.send(get("/free/slow/400", "").as_bytes()).await;
+    // Gone before the upstream answers.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(c);
+    eventually("the upstream to see the request", || async { s.up.count() == 1 }).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let log = s.tg.log();
+    assert!(!log.contains("ERROR"), "{log}");
+    assert!(log.contains("client went away"), "still visible at debug: {log}");
+}
