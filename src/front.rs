@@ -39,8 +39,8 @@ pub const MAX_HEAD: usize = 8 * 1024;
 /// Request heads with more headers than this go to pingora.
 const MAX_HEADERS: usize = 48;
 /// How long an idle connection waits for its next request (pingora's own keep-alive default).
-const KEEPALIVE: Duration = Duration::from_secs(60);
 const KEEPALIVE_SECS: u64 = 60;
+const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECS);
 
 /// The server application of each worker: the front, and the pingora proxy behind it.
 pub struct Front {
@@ -176,12 +176,14 @@ impl Front {
             Ok(httparse::Status::Partial) => return Head::Partial,
             Err(_) => return Head::Other(None),
         };
-        let other = Head::Other(request_len(n, req.headers));
+        // Only requests the front hands on need their length: worked out then, not for every 402.
+        let headers: &[httparse::Header] = req.headers;
+        let other = || Head::Other(request_len(n, headers));
         if req.version != Some(1) {
-            return other;
+            return other();
         }
         let (Some(method), Some(target)) = (req.method, req.path) else {
-            return other;
+            return other();
         };
         // OPTIONS (preflight), HEAD (no body) and CONNECT are pingora's.
         let method = match method {
@@ -190,27 +192,27 @@ impl Front {
             "PUT" => http::Method::PUT,
             "DELETE" => http::Method::DELETE,
             "PATCH" => http::Method::PATCH,
-            _ => return other,
+            _ => return other(),
         };
         // Origin-form targets only, and only those pingora would accept too.
         if !target.starts_with('/') {
-            return other;
+            return other();
         }
         let Ok(pq) = http::uri::PathAndQuery::try_from(target) else {
-            return other;
+            return other();
         };
         let mut seen = Seen::default();
         for h in req.headers.iter() {
             if !seen.note(h.name, h.value) {
-                return other;
+                return other();
             }
         }
         let tenant = &self.gw.tenant;
         let Some((_, route)) = tenant.route(&method, pq.path()) else {
-            return other;
+            return other();
         };
         let Some(pricing) = route.pricing.as_ref() else {
-            return other;
+            return other();
         };
         let settings = &self.gw.settings;
         let asked = challenge::asked_raw(
@@ -223,7 +225,7 @@ impl Front {
         );
         let cors = challenge::allowed_origin_raw(seen.origin, &settings.cors_origins);
         let Ok((head, body)) = challenge::unpaid_wire(pricing, &asked, cors.as_deref()) else {
-            return other;
+            return other();
         };
         out.clear();
         out.extend_from_slice(&head);
