@@ -13,9 +13,12 @@ use pingora_proxy::Session;
 use serde::Serialize;
 
 use crate::payment::Refusal;
+use crate::reading::{Reading, Refused, Request, Rules, OVERRIDE_HEADERS};
 use crate::tenant::{Pricing, Tenant, Upstream};
 use crate::x402::requirements::{payment_required_v1, payment_required_v2};
-use crate::x402::{encode_header, DecodeError, RequirementsV1, Resource, SettleResponse, Version, MAX_HEADER_BYTES};
+use crate::x402::{
+    encode_header, reason, DecodeError, RequirementsV1, Resource, SettleResponse, Version, MAX_HEADER_BYTES,
+};
 
 /// Header names, parsed once (looking a header up by `&str` parses the name every time).
 pub mod names {
@@ -157,9 +160,12 @@ pub fn payment_required(
     r
 }
 
-/// Most unpaid 402s a worker renders, kept for reuse (a Host header can make many; the cache then
-/// starts over).
-const UNPAID_CACHE_MAX: usize = 4096;
+/// The rendered unpaid 402s a worker keeps for reuse are bounded by bytes, not entries: their keys
+/// come from the client (Host, X-Forwarded-Host, the path), so a few large ones must not pin memory.
+/// When the budget is reached the cache starts over.
+const UNPAID_CACHE_BYTES: usize = 4 << 20;
+/// A 402 for a longer resource URL (or CORS origin) is rendered each time, never kept.
+const UNPAID_CACHE_MAX_KEY: usize = 1024;
 
 struct RenderedChallenge {
     /// Held so that the pointer in the key cannot be reused by another pricing while cached.
@@ -174,24 +180,58 @@ struct RenderedChallenge {
     body: Bytes,
 }
 
-thread_local! {
-    static UNPAID: RefCell<HashMap<u64, RenderedChallenge>> = RefCell::new(HashMap::new());
+impl RenderedChallenge {
+    fn render(pricing: &Arc<Pricing>, asked: &Asked, cors: Option<&str>) -> pingora_core::Result<Self> {
+        let reply = payment_required(pricing, asked, None, cors);
+        Ok(RenderedChallenge {
+            pricing: pricing.clone(),
+            url: asked.url.clone(),
+            method: asked.method.clone(),
+            cors: cors.map(str::to_string),
+            header: reply.header()?,
+            wire: reply.wire_head(),
+            body: reply.body,
+        })
+    }
+
+    /// What it holds, roughly (the parsed header about as much as its wire form).
+    fn bytes(&self) -> usize {
+        self.url.len()
+            + self.method.len()
+            + self.cors.as_ref().map_or(0, String::len)
+            + 2 * self.wire.len()
+            + self.body.len()
+            + 128
+    }
 }
 
-/// Runs `f` on the cached unpaid 402 for this route, URL, method and origin, rendering it first if
-/// this worker has not yet.
+#[derive(Default)]
+struct UnpaidCache {
+    entries: HashMap<u64, RenderedChallenge>,
+    bytes: usize,
+}
+
+thread_local! {
+    static UNPAID: RefCell<UnpaidCache> = RefCell::new(UnpaidCache::default());
+}
+
+/// Runs `f` on the unpaid 402 for this route, URL, method and origin: the worker's cached one, or
+/// rendered now (and kept, when small enough and within the budget).
 fn with_unpaid<R>(
     pricing: &Arc<Pricing>,
     asked: &Asked,
     cors: Option<&str>,
     f: impl FnOnce(&RenderedChallenge) -> R,
 ) -> pingora_core::Result<R> {
+    if asked.url.len() > UNPAID_CACHE_MAX_KEY || cors.is_some_and(|c| c.len() > UNPAID_CACHE_MAX_KEY) {
+        return Ok(f(&RenderedChallenge::render(pricing, asked, cors)?));
+    }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (Arc::as_ptr(pricing) as usize, &asked.url, &asked.method, cors).hash(&mut h);
     let key = h.finish();
     UNPAID.with(|cache| {
         let mut cache = cache.borrow_mut();
-        if let Some(c) = cache.get(&key) {
+        if let Some(c) = cache.entries.get(&key) {
             if Arc::ptr_eq(&c.pricing, pricing)
                 && c.url == asked.url
                 && c.method == asked.method
@@ -200,22 +240,17 @@ fn with_unpaid<R>(
                 return Ok(f(c));
             }
         }
-        let reply = payment_required(pricing, asked, None, cors);
-        let header = reply.header()?;
-        if cache.len() >= UNPAID_CACHE_MAX {
-            cache.clear();
+        let entry = RenderedChallenge::render(pricing, asked, cors)?;
+        let size = entry.bytes();
+        if cache.bytes + size > UNPAID_CACHE_BYTES {
+            cache.entries.clear();
+            cache.bytes = 0;
         }
-        let entry = RenderedChallenge {
-            pricing: pricing.clone(),
-            url: asked.url.clone(),
-            method: asked.method.clone(),
-            cors: cors.map(str::to_string),
-            header,
-            wire: reply.wire_head(),
-            body: reply.body,
-        };
         let out = f(&entry);
-        cache.insert(key, entry);
+        if let Some(old) = cache.entries.insert(key, entry) {
+            cache.bytes -= old.bytes();
+        }
+        cache.bytes += size;
         Ok(out)
     })
 }
@@ -235,6 +270,83 @@ pub fn unpaid(
 /// the body.
 pub fn unpaid_wire(pricing: &Arc<Pricing>, asked: &Asked, cors: Option<&str>) -> pingora_core::Result<(Bytes, Bytes)> {
     with_unpaid(pricing, asked, cors, |c| (c.wire.clone(), c.body.clone()))
+}
+
+/// Reads a request the one way tollgate prices and forwards it ([`crate::reading`]).
+pub fn reading<'a>(req: &'a RequestHeader, rules: &Rules) -> Result<Reading<'a>, Refused> {
+    let mut overrides = [None; 4];
+    let mut n = 0;
+    for name in OVERRIDE_HEADERS {
+        for v in req.headers.get_all(name) {
+            if n < overrides.len() {
+                overrides[n] = Some(v.as_bytes());
+                n += 1;
+            }
+        }
+    }
+    let has_body = has_body(req);
+    let form = req.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        let starts = |p: &[u8]| v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p);
+        starts(b"application/x-www-form-urlencoded") || starts(b"multipart/form-data")
+    });
+    let method = req.method.as_str();
+    let request = Request {
+        method,
+        target: req.raw_path(),
+        overrides,
+        form,
+        has_body,
+    };
+    crate::reading::read(&request, rules)
+}
+
+/// Whether a request carries a body (any Transfer-Encoding, or a Content-Length other than 0).
+pub fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().iter().any(|&b| b != b'0' && b != b' ' && b != b','))
+}
+
+/// Header names that some upstreams fold into tollgate's own (WSGI reads `X_Tollgate_Payer` as
+/// `X-Tollgate-Payer`): always dropped when spelled with `_`.
+const OWN_PREFIXES: [&str; 5] = ["x-tollgate-", "x-forwarded-", "forwarded", "x-payment", "payment-"];
+
+/// Drops header names spelled with `_`: all of them (as nginx does by default), or with `keep_others`
+/// only those that fold into a header tollgate sets or reads.
+pub fn drop_underscored_headers(up: &mut RequestHeader, keep_others: bool) {
+    let doomed: Vec<HeaderName> = up
+        .headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k.contains('_') && {
+                !keep_others || {
+                    let folded = k.replace('_', "-");
+                    OWN_PREFIXES.iter().any(|p| folded.starts_with(p)) || folded == "host"
+                }
+            }
+        })
+        .cloned()
+        .collect();
+    for k in doomed {
+        up.remove_header(&k);
+    }
+}
+
+/// A request without one reading (target, method, body): 400 with the reason.
+pub fn bad_request(detail: &str) -> Reply {
+    Reply::json(
+        400,
+        ErrorBody {
+            error: "invalid_request",
+            detail,
+        },
+        None,
+    )
 }
 
 /// A malformed payment header: 400 with the reason.
@@ -270,24 +382,67 @@ pub fn refused(
         ),
         Refusal::Rejected(rej) => {
             let mut reply = payment_required(pricing, asked, Some((&rej.reason, &rej.detail, payer)), cors);
-            let network = pricing
-                .offers
-                .first()
-                .map(|o| crate::payment::network_id(version, o))
-                .unwrap_or_default();
-            let resp = SettleResponse {
-                success: false,
-                error_reason: Some(rej.reason.to_string()),
-                transaction: String::new(),
-                network,
-                payer: payer.map(str::to_string),
-            };
             reply
                 .headers
-                .push((version.response_header_lower(), encode_header(&resp)));
+                .push(failed_settlement(pricing, version, &rej.reason, None, payer));
+            reply
+        }
+        // Maybe charged: not a 503 (which means "nothing charged"), and never a fresh 402 (which
+        // makes clients sign and pay again). The same header, sent again, is served once settled.
+        Refusal::Pending { tx, detail } => {
+            let mut reply = Reply::json(
+                504,
+                PendingBody {
+                    error: "payment_pending",
+                    detail,
+                    transaction: tx.as_deref(),
+                    retry: "send the same request with the same payment header; it is served once the payment settles, and never charged twice",
+                },
+                cors,
+            );
+            reply.headers.push(("retry-after", "2".into()));
+            reply.headers.push(failed_settlement(
+                pricing,
+                version,
+                reason::SETTLEMENT_PENDING,
+                tx.as_deref(),
+                payer,
+            ));
             reply
         }
     }
+}
+
+/// The body of a "payment pending" answer.
+#[derive(Serialize)]
+struct PendingBody<'a> {
+    error: &'a str,
+    detail: &'a str,
+    transaction: Option<&'a str>,
+    retry: &'a str,
+}
+
+/// The `PAYMENT-RESPONSE` / `X-PAYMENT-RESPONSE` header of a payment that did not settle (yet).
+fn failed_settlement(
+    pricing: &Pricing,
+    version: Version,
+    why: &str,
+    tx: Option<&str>,
+    payer: Option<&str>,
+) -> (&'static str, String) {
+    let network = pricing
+        .offers
+        .first()
+        .map(|o| crate::payment::network_id(version, o))
+        .unwrap_or_default();
+    let resp = SettleResponse {
+        success: false,
+        error_reason: Some(why.to_string()),
+        transaction: tx.unwrap_or_default().to_string(),
+        network,
+        payer: payer.map(str::to_string),
+    };
+    (version.response_header_lower(), encode_header(&resp))
 }
 
 /// The upstream could not be reached: 502. A payment settled before forwarding still shows its tx.
@@ -340,16 +495,28 @@ fn forwarded<'a>(req: &'a RequestHeader, name: &HeaderName) -> Option<&'a str> {
     forwarded_value(req.headers.get(name)?.as_bytes())
 }
 
+/// The first value of a Host or X-Forwarded-Host header, if it is a plain `host[:port]` (a name,
+/// an IPv4 or a bracketed IPv6 address, at most 255 bytes); anything else is ignored.
+fn host_value(v: &[u8]) -> Option<&str> {
+    let first = forwarded_value(v)?;
+    let ok = first.len() <= 255
+        && first
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'));
+    ok.then_some(first)
+}
+
 /// The URL the client asked for, as the 402 names it: `public_url` if configured, else
 /// X-Forwarded-Proto/Host (a proxy in front of tollgate), else the Host header.
-pub fn asked(req: &RequestHeader, public_url: Option<&str>) -> Asked {
-    let host = forwarded(req, &http::header::HOST).or_else(|| req.uri.authority().map(|a| a.as_str()));
+pub fn asked(req: &RequestHeader, path: &str, public_url: Option<&str>) -> Asked {
+    let host_of = |name: &HeaderName| req.headers.get(name).and_then(|v| host_value(v.as_bytes()));
+    let host = host_of(&http::header::HOST).or_else(|| req.uri.authority().map(|a| a.as_str()));
     Asked {
         url: resource_url(
-            req.uri.path(),
+            path,
             public_url,
             forwarded(req, &X_FORWARDED_PROTO),
-            forwarded(req, &X_FORWARDED_HOST),
+            host_of(&X_FORWARDED_HOST),
             host,
         ),
         method: req.method.to_string(),
@@ -371,8 +538,8 @@ pub fn asked_raw(
             path,
             public_url,
             x_forwarded_proto.and_then(forwarded_value),
-            x_forwarded_host.and_then(forwarded_value),
-            host.and_then(forwarded_value),
+            x_forwarded_host.and_then(host_value),
+            host.and_then(host_value),
         ),
         method: method.to_string(),
     }
@@ -414,13 +581,15 @@ pub fn allowed_origin_raw(origin: Option<&[u8]>, allowed: &[String]) -> Option<S
 }
 
 /// Answers a browser's CORS preflight for a priced route (a 402 would fail the preflight).
-pub fn preflight(req: &RequestHeader, tenant: &Tenant, allowed: &[String]) -> Option<Reply> {
+pub fn preflight(req: &RequestHeader, read: &Reading, tenant: &Tenant, allowed: &[String]) -> Option<Reply> {
     if req.method != http::Method::OPTIONS {
         return None;
     }
     let wanted = req.headers.get("access-control-request-method")?.to_str().ok()?;
     let method = http::Method::from_bytes(wanted.as_bytes()).ok()?;
-    let (_, route) = tenant.route(&method, req.uri.path())?;
+    // The route the real request would fall under: the same reading, with the method it announces.
+    let announced = read.as_method(method.clone());
+    let (_, route) = tenant.route_for(&announced)?;
     route.pricing.as_ref()?;
     let origin = allowed_origin(req, allowed)?;
     let asked = req

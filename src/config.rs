@@ -11,7 +11,8 @@ use alloy::primitives::{Address, U256};
 use serde::Deserialize;
 
 use crate::money::parse_price;
-use crate::routes::{MethodMatch, RouteTable};
+use crate::reading::{EscapedSlashes, MethodOverride, PathCase, PathParameters, Rules};
+use crate::routes::{MethodMatch, PatternError, RouteTable};
 use crate::tenant::{AmountMatch, Pricing, Route, SettleTiming, Tenant, Upstream};
 use crate::x402::network::{builtin, Family, Network};
 use crate::x402::Offer;
@@ -59,8 +60,116 @@ pub struct FileConfig {
     pub networks: BTreeMap<String, NetworkConfig>,
     #[serde(default)]
     pub cors: CorsConfig,
+    /// How requests are read, so that what is priced is what the upstream serves.
+    #[serde(default)]
+    pub request: RequestConfig,
+    /// Resource bounds: request heads, deadlines, connections, shutdown.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[request]`: what the upstream makes of a request, so that tollgate reads it the same way.
+/// Every default is the safe one (README, Security model, says which upstream needs which).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestConfig {
+    /// `%2F` / `%5C` in a path: `reject` (400), `decode` (forwarded as `/`), `keep` (forwarded
+    /// encoded, priced under both readings).
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    /// `//` becomes `/` in the forwarded path.
+    #[serde(default = "yes")]
+    pub merge_slashes: bool,
+    /// `any`: the upstream may ignore letter case (Express, ASP.NET); `exact`: it does not.
+    #[serde(default)]
+    pub path_case: PathCase,
+    /// `;` in a path: `price` (priced as Spring/Tomcat read it too), `reject` (400), `literal`.
+    #[serde(default)]
+    pub path_parameters: PathParameters,
+    /// `/x.json` is priced as `/x` too (Rails).
+    #[serde(default = "yes")]
+    pub format_suffixes: bool,
+    /// `X-HTTP-Method-Override` & co, `_method`: `price` (under every method they could name) or `reject`.
+    #[serde(default)]
+    pub method_override: MethodOverride,
+    /// Bodies on GET, HEAD, OPTIONS and TRACE (Elasticsearch-style APIs need them).
+    #[serde(default)]
+    pub bodies_on_get: bool,
+    /// Forward header names with `_` (nginx drops them: some upstreams read `X_A` as `X-A`).
+    #[serde(default)]
+    pub underscores_in_headers: bool,
+    /// Reuse the upstream connection after a request with a body. Off, such requests carry
+    /// `Connection: close` upstream, so a body the upstream did not read dies with the connection
+    /// instead of being read as the next request.
+    #[serde(default)]
+    pub reuse_upstream_after_body: bool,
+}
+
+impl Default for RequestConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+impl RequestConfig {
+    pub fn rules(&self) -> Rules {
+        Rules {
+            escaped_slashes: self.escaped_slashes,
+            keep_empty_segments: !self.merge_slashes,
+            path_case: self.path_case,
+            path_parameters: self.path_parameters,
+            no_format_suffixes: !self.format_suffixes,
+            method_override: self.method_override,
+            allow_get_bodies: self.bodies_on_get,
+            keep_underscored_headers: self.underscores_in_headers,
+            reuse_upstream_after_body: self.reuse_upstream_after_body,
+        }
+    }
+}
+
+/// `[limits]`: what one client can hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request head (request line and headers); larger is answered 431.
+    #[serde(default = "default_max_head")]
+    pub max_head_bytes: usize,
+    /// From a request's first byte to the end of its head; slower is answered 408 and closed.
+    #[serde(default = "default_head_timeout")]
+    pub head_timeout_secs: u64,
+    /// How long an idle keep-alive connection is kept.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Most client connections at once (default: what the open-file limit allows); more are
+    /// answered 503 and closed.
+    pub max_connections: Option<usize>,
+    /// On SIGTERM, how long requests in flight may take to finish.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_head() -> usize {
+    32 * 1024
+}
+fn default_head_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_grace() -> u64 {
+    30
 }
 
 fn default_listen() -> String {
@@ -108,6 +217,10 @@ pub struct SettlementConfig {
     /// Facilitator mode: environment variable holding a bearer token, if it wants one.
     #[serde(default = "default_facilitator_token_env")]
     pub facilitator_token_env: String,
+    /// Facilitator mode: how long one verify or settle call may take. A settle that takes longer is
+    /// pending (reconciled from the chain), not refused.
+    #[serde(default = "default_facilitator_timeout")]
+    pub facilitator_timeout_secs: u64,
 }
 
 impl Default for SettlementConfig {
@@ -123,6 +236,7 @@ impl Default for SettlementConfig {
             reconcile_after_secs: None,
             facilitator_url: None,
             facilitator_token_env: default_facilitator_token_env(),
+            facilitator_timeout_secs: default_facilitator_timeout(),
         }
     }
 }
@@ -140,6 +254,9 @@ fn default_receipt_poll() -> u64 {
     100
 }
 fn default_reconcile_every() -> u64 {
+    30
+}
+fn default_facilitator_timeout() -> u64 {
     30
 }
 fn default_facilitator_token_env() -> String {
@@ -234,6 +351,7 @@ pub struct Settings {
     pub reconcile_after: std::time::Duration,
     pub networks: Vec<NetworkSettings>,
     pub cors_origins: Vec<String>,
+    pub limits: LimitsConfig,
 }
 
 /// How payments get on chain.
@@ -248,6 +366,7 @@ pub enum Settlement {
     Facilitator {
         url: String,
         token_env: String,
+        timeout: std::time::Duration,
     },
 }
 
@@ -394,10 +513,16 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
             }
         }
         SettlementMode::Facilitator => match &s.facilitator_url {
-            Some(u) if url::Url::parse(u).is_ok() => Settlement::Facilitator {
-                url: u.trim_end_matches('/').to_string(),
-                token_env: s.facilitator_token_env.clone(),
-            },
+            Some(u) if url::Url::parse(u).is_ok() => {
+                if s.facilitator_timeout_secs == 0 {
+                    problems.push("settlement.facilitator_timeout_secs: must be at least 1".into());
+                }
+                Settlement::Facilitator {
+                    url: u.trim_end_matches('/').to_string(),
+                    token_env: s.facilitator_token_env.clone(),
+                    timeout: std::time::Duration::from_secs(s.facilitator_timeout_secs.max(1)),
+                }
+            }
             Some(u) => {
                 problems.push(format!(
                     "settlement.facilitator_url: '{u}' is not a URL like 'https://facilitator.example.com'"
@@ -405,6 +530,7 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
                 Settlement::Facilitator {
                     url: String::new(),
                     token_env: String::new(),
+                    timeout: std::time::Duration::ZERO,
                 }
             }
             None => {
@@ -413,6 +539,7 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
                 Settlement::Facilitator {
                     url: String::new(),
                     token_env: String::new(),
+                    timeout: std::time::Duration::ZERO,
                 }
             }
         },
@@ -494,6 +621,36 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
         });
     }
 
+    // Routes that differ only by letter case are one route to an upstream that ignores case.
+    let rules = file.request.rules();
+    let lower = (rules.path_case == PathCase::Any).then(|| {
+        let mut lower = RouteTable::new();
+        for (i, r) in routes.iter().enumerate() {
+            if let Err(PatternError::Duplicate(j)) = lower.insert(r.method.clone(), &r.pattern.to_ascii_lowercase(), i) {
+                problems.push(format!(
+                    "routes[{i}].path: '{}' is the same route as routes[{j}] ('{}') when letter case is ignored; remove one, or set request.path_case = \"exact\" if the upstream matches case",
+                    r.pattern, routes[j].pattern
+                ));
+            }
+        }
+        lower
+    });
+    let l = &file.limits;
+    if l.max_head_bytes < 1024 || l.max_head_bytes > 1024 * 1024 {
+        problems.push(format!(
+            "limits.max_head_bytes: {} is outside 1024..=1048576; payment headers alone can be 16 KiB, so 32768 is a good value",
+            l.max_head_bytes
+        ));
+    }
+    if l.head_timeout_secs == 0 || l.idle_timeout_secs == 0 {
+        problems.push("limits.head_timeout_secs and limits.idle_timeout_secs: must be at least 1".into());
+    }
+    if l.max_connections == Some(0) {
+        problems.push(
+            "limits.max_connections: must be at least 1 (leave it out to derive it from the open-file limit)".into(),
+        );
+    }
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -509,6 +666,7 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
         reconcile_after: std::time::Duration::from_secs(reconcile_after),
         networks,
         cors_origins: file.cors.allow_origins,
+        limits: file.limits,
     };
     let tenant = Tenant {
         id: "default".into(),
@@ -516,6 +674,8 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
         upstream: upstream.expect("checked above"),
         routes,
         table,
+        lower,
+        rules,
     };
     Ok((settings, tenant))
 }

@@ -12,11 +12,19 @@
 //!
 //! The front is deliberately narrow: it answers only GET/POST/… requests in HTTP/1.1 without a
 //! body, without `Connection` options other than keep-alive, without a payment header, whose head
-//! fits in [`MAX_HEAD`] bytes and parses cleanly. Anything else is pingora's, byte for byte.
+//! parses cleanly. Anything else is pingora's, byte for byte, fenced after its own end
+//! ([`crate::fenced`]) so that what the client pipelined behind it stays here.
+//!
+//! It is also where a connection's resources are bounded, before pingora sees anything: a head must
+//! fit in `limits.max_head_bytes` (else 431) and arrive within `limits.head_timeout_secs` of its first
+//! byte (else 408, which ends slow-loris connections); an idle keep-alive connection is closed after
+//! `limits.idle_timeout_secs`; and the process holds at most `limits.max_connections` client
+//! connections (more are answered 503 and closed, before the open-file limit is reached).
 //!
 //! Unpaid 402s answered here never pass through the proxy's phases (`logging` included): anything
 //! counted per request (metrics) must be counted here too.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,28 +39,87 @@ use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::challenge;
+use crate::config::LimitsConfig;
+use crate::fenced::Fenced;
 use crate::payment::Gateway;
 use crate::proxy::Proxy;
+use crate::reading;
 
-/// Request heads longer than this go to pingora (which allows more).
-pub const MAX_HEAD: usize = 8 * 1024;
-/// Request heads with more headers than this go to pingora.
+/// Request heads with more headers than this go to pingora (which allows more).
 const MAX_HEADERS: usize = 48;
-/// How long an idle connection waits for its next request (pingora's own keep-alive default).
-const KEEPALIVE_SECS: u64 = 60;
-const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECS);
+
+/// What every worker's front shares: the limits, and the counts they are judged by.
+#[derive(Debug)]
+pub struct Connections {
+    limits: LimitsConfig,
+    max_open: usize,
+    open: AtomicUsize,
+    busy: AtomicUsize,
+}
+
+impl Connections {
+    pub fn new(limits: LimitsConfig, max_open: usize) -> Arc<Connections> {
+        Arc::new(Connections {
+            limits,
+            max_open,
+            open: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
+        })
+    }
+
+    /// Requests being answered right now (a shutdown waits for these).
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// Client connections open right now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn enter(self: &Arc<Self>) -> Option<Slot> {
+        let n = self.open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(self.clone());
+        (n < self.max_open).then_some(slot)
+    }
+
+    fn working(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+}
+
+/// One open connection, counted until dropped.
+struct Slot(Arc<Connections>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One request being answered, counted until dropped.
+struct Busy(Arc<Connections>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The server application of each worker: the front, and the pingora proxy behind it.
 pub struct Front {
     proxy: Arc<HttpProxy<Proxy>>,
     gw: Arc<Gateway>,
+    conns: Arc<Connections>,
 }
 
 impl Front {
-    pub fn new(proxy: HttpProxy<Proxy>, gw: Arc<Gateway>) -> Self {
+    pub fn new(proxy: HttpProxy<Proxy>, gw: Arc<Gateway>, conns: Arc<Connections>) -> Self {
         Front {
             proxy: Arc::new(proxy),
             gw,
+            conns,
         }
     }
 }
@@ -71,9 +138,33 @@ enum Head {
 
 enum Step {
     Answered,
-    /// Hand the first `n` bytes held (all, if `None`) to pingora.
+    /// Hand the request at the start of the buffer to pingora; its length when known.
     Delegate(Option<usize>),
     Close,
+}
+
+/// Answers the front writes itself when a client oversteps a limit (and then closes).
+fn refusal(status: &str, error: &str, detail: &str) -> Vec<u8> {
+    let body = format!(r#"{{"error":"{error}","detail":"{detail}"}}"#);
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Writes a refusal and closes without losing it: a close with unread input resets the connection,
+/// and the client may then never read the answer (nginx's lingering close).
+async fn refuse_and_close(conn: &mut L4Stream, answer: &[u8]) {
+    if conn.write_all(answer).await.is_err() || conn.flush().await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = conn.shutdown().await;
+        let mut sink = [0u8; 4096];
+        while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 #[async_trait]
@@ -84,6 +175,19 @@ impl ServerApp for Front {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
         let mut conn: Box<L4Stream> = stream.into_any().downcast().ok()?;
+        let Some(_slot) = self.conns.enter() else {
+            // No lingering here: under a flood of connections that would hold uncounted descriptors.
+            let _ = conn
+                .write_all(&refusal(
+                    "503 Service Unavailable",
+                    "too_many_connections",
+                    "the gateway holds its most connections; try again shortly",
+                ))
+                .await;
+            tracing::debug!("connection refused: limits.max_connections reached");
+            return None;
+        };
+        let limits = &self.conns.limits;
         let mut shutdown = shutdown.clone();
         let mut buf = BytesMut::with_capacity(2048);
         let mut out = Vec::with_capacity(2048);
@@ -93,17 +197,15 @@ impl ServerApp for Front {
                 Step::Answered => continue,
                 Step::Close => return None,
                 Step::Delegate(len) => {
-                    // pingora reads the request from the start, as the client sent it. Requests
-                    // pipelined behind it stay here: pingora drops a connection it over-read on.
-                    let take = len.map_or(buf.len(), |n| n.min(buf.len()));
-                    conn.rewind(&buf[..take]);
-                    buf.advance(take);
-                    let mut session = ServerSession::new_http1(conn);
+                    let _busy = self.conns.working();
+                    // pingora reads the request from the start, as the client sent it, and nothing
+                    // after it: what was pipelined behind it stays here for the next turn.
+                    let fenced = Fenced::new(*conn, std::mem::take(&mut buf), len, limits.max_head_bytes);
+                    let mut session = ServerSession::new_http1(Box::new(fenced));
                     match settings.take() {
-                        // Keep-alive state pingora carries between its own requests. (pingora's
-                        // pipelining, which would carry over-read bytes here, is not enabled.)
+                        // Keep-alive state pingora carries between its own requests.
                         Some(s) => s.apply_to_session(&mut session),
-                        None => session.set_keepalive(Some(KEEPALIVE_SECS)),
+                        None => session.set_keepalive(Some(limits.idle_timeout_secs)),
                     }
                     if *shutdown.borrow() {
                         session.set_keepalive(None);
@@ -112,7 +214,10 @@ impl ServerApp for Front {
                     let (stream, next) = reused.consume();
                     settings = next;
                     // pingora hands back the stream it was given.
-                    conn = stream.into_any().downcast().ok()?;
+                    let fenced: Box<Fenced> = stream.into_any().downcast().ok()?;
+                    let (inner, held) = fenced.into_parts();
+                    *conn = inner;
+                    buf = held;
                 }
             }
         }
@@ -124,7 +229,8 @@ impl ServerApp for Front {
 }
 
 impl Front {
-    /// Answers one request from `buf` (reading more as needed) or says who else should.
+    /// Answers one request from `buf` (reading more as needed, within the head limits) or says who
+    /// else should.
     async fn step(
         &self,
         conn: &mut L4Stream,
@@ -132,19 +238,37 @@ impl Front {
         out: &mut Vec<u8>,
         shutdown: &mut ShutdownWatch,
     ) -> Step {
+        let limits = &self.conns.limits;
+        let idle = Duration::from_secs(limits.idle_timeout_secs);
+        let head_time = Duration::from_secs(limits.head_timeout_secs);
+        // The head's deadline runs from its first byte.
+        let mut deadline = (!buf.is_empty()).then(|| tokio::time::Instant::now() + head_time);
         loop {
             if !buf.is_empty() {
                 match self.answer(buf, out) {
                     Head::Unpaid(n) => {
+                        let _busy = self.conns.working();
                         buf.advance(n);
                         if conn.write_all(out).await.is_err() || conn.flush().await.is_err() {
                             return Step::Close;
                         }
                         return Step::Answered;
                     }
-                    Head::Partial if buf.len() < MAX_HEAD => {}
-                    Head::Partial => return Step::Delegate(None),
-                    Head::Other(len) => return Step::Delegate(len),
+                    Head::Other(len) if len.is_some() || head_end(buf, limits.max_head_bytes).is_some() => {
+                        return Step::Delegate(len)
+                    }
+                    // A head that does not parse (or has too many headers for the front) is
+                    // pingora's to answer, once it is whole and within the limit.
+                    Head::Partial | Head::Other(None) if buf.len() >= limits.max_head_bytes => {
+                        let answer = refusal(
+                            "431 Request Header Fields Too Large",
+                            "request_head_too_large",
+                            &format!("the request head exceeds {} bytes", limits.max_head_bytes),
+                        );
+                        refuse_and_close(conn, &answer).await;
+                        return Step::Close;
+                    }
+                    Head::Partial | Head::Other(_) => {}
                 }
             } else if *shutdown.borrow() {
                 // Shutting down between requests: close, as pingora does.
@@ -153,13 +277,28 @@ impl Front {
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(2048);
             }
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
+                None => idle,
+            };
             let read = tokio::select! {
                 biased;
-                r = tokio::time::timeout(KEEPALIVE, conn.read_buf(buf)) => r,
-                _ = shutdown.changed() => return Step::Close,
+                r = tokio::time::timeout(wait, conn.read_buf(buf)) => r,
+                _ = shutdown.changed(), if deadline.is_none() => return Step::Close,
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {}
+                Ok(Ok(n)) if n > 0 => {
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + head_time);
+                }
+                Err(_) if deadline.is_some() => {
+                    let answer = refusal(
+                        "408 Request Timeout",
+                        "request_timeout",
+                        &format!("the request head did not arrive within {} s", limits.head_timeout_secs),
+                    );
+                    refuse_and_close(conn, &answer).await;
+                    return Step::Close;
+                }
                 // Closed, failed, or idle too long.
                 _ => return Step::Close,
             }
@@ -178,37 +317,39 @@ impl Front {
         };
         // Only requests the front hands on need their length: worked out then, not for every 402.
         let headers: &[httparse::Header] = req.headers;
-        let other = || Head::Other(request_len(n, headers));
+        let tunnel = req.method == Some("CONNECT");
+        let other = || Head::Other(if tunnel { None } else { request_len(n, headers) });
         if req.version != Some(1) {
             return other();
         }
         let (Some(method), Some(target)) = (req.method, req.path) else {
             return other();
         };
-        // OPTIONS (preflight), HEAD (no body) and CONNECT are pingora's.
-        let method = match method {
-            "GET" => http::Method::GET,
-            "POST" => http::Method::POST,
-            "PUT" => http::Method::PUT,
-            "DELETE" => http::Method::DELETE,
-            "PATCH" => http::Method::PATCH,
-            _ => return other(),
-        };
-        // Origin-form targets only, and only those pingora would accept too.
-        if !target.starts_with('/') {
+        // OPTIONS (preflight), HEAD (no body), CONNECT and lower-case methods are pingora's, and so
+        // is any target that is not a plain path.
+        if !matches!(method, "GET" | "POST" | "PUT" | "DELETE" | "PATCH") || !target.starts_with('/') {
             return other();
         }
-        let Ok(pq) = http::uri::PathAndQuery::try_from(target) else {
-            return other();
-        };
         let mut seen = Seen::default();
         for h in req.headers.iter() {
             if !seen.note(h.name, h.value) {
                 return other();
             }
         }
+        // The same reading as the proxy's; anything it refuses is pingora's to answer (400).
         let tenant = &self.gw.tenant;
-        let Some((_, route)) = tenant.route(&method, pq.path()) else {
+        let request = reading::Request {
+            method,
+            target: target.as_bytes(),
+            ..Default::default()
+        };
+        let Ok(read) = reading::read(&request, &tenant.rules) else {
+            return other();
+        };
+        if !read.also.is_empty() {
+            return other();
+        }
+        let Some((_, route)) = tenant.route_for(&read) else {
             return other();
         };
         let Some(pricing) = route.pricing.as_ref() else {
@@ -216,8 +357,8 @@ impl Front {
         };
         let settings = &self.gw.settings;
         let asked = challenge::asked_raw(
-            &method,
-            pq.path(),
+            &read.method,
+            read.path(),
             settings.public_url.as_deref(),
             seen.x_forwarded_proto,
             seen.x_forwarded_host,
@@ -237,12 +378,25 @@ impl Front {
     }
 }
 
+/// Where the head at the start of `buf` ends (after its blank line; httparse also accepts bare LF
+/// line ends), if it does within `max` bytes.
+fn head_end(buf: &[u8], max: usize) -> Option<usize> {
+    let b = &buf[..buf.len().min(max)];
+    let crlf = b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = b.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// How long a request with this whole head is, head and body, when its headers say so plainly:
 /// no Transfer-Encoding, and no Content-Length or only equal valid ones.
 fn request_len(head: usize, headers: &[httparse::Header]) -> Option<usize> {
     let mut body: Option<usize> = None;
     for h in headers {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+        // Chunked bodies and upgraded connections have no length the head states: no fence.
+        if h.name.eq_ignore_ascii_case("transfer-encoding") || h.name.eq_ignore_ascii_case("upgrade") {
             return None;
         }
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -278,6 +432,9 @@ impl<'a> Seen<'a> {
             return value == b"0";
         }
         if is("transfer-encoding") || is("upgrade") || is("expect") || is("x-payment") || is("payment-signature") {
+            return false;
+        }
+        if reading::OVERRIDE_HEADERS.iter().any(|h| is(h)) {
             return false;
         }
         if is("connection") {

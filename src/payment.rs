@@ -13,7 +13,7 @@ use crate::chains::{Chain, ChainError, ChainStatus, Checked, Rejection, ReplayKe
 use crate::clock::Clock;
 use crate::config::{Settings, Settlement};
 use crate::facilitator::FacilitatorClient;
-use crate::store::{Attempt, AttemptLog, NewClaim, Outcome, PaymentState, Store};
+use crate::store::{Attempt, AttemptLog, Delivery, NewClaim, Outcome, PaymentState, Store};
 use crate::tenant::{Pricing, SettleTiming, Tenant};
 use crate::x402::{self, reason, DecodeError, Family, Offer, PaymentPayload, SettleResponse, Version};
 
@@ -29,6 +29,11 @@ pub enum Refusal {
     /// Tollgate cannot take payments right now (chain RPC, relayer, database): 503, nothing charged.
     #[error("{0}")]
     Unavailable(String),
+    /// The payment may have been charged but its settlement is not confirmed (a send or a
+    /// facilitator whose outcome is unknown, or an earlier request still settling it). Recorded
+    /// pending and reconciled from the chain; the same header, sent again, is served once it settles.
+    #[error("{detail}")]
+    Pending { tx: Option<String>, detail: String },
 }
 
 impl From<DecodeError> for Refusal {
@@ -123,9 +128,13 @@ impl Gateway {
                     (*confirmations, *receipt_timeout_secs, *receipt_poll_ms),
                 )
             }
-            Settlement::Facilitator { url, token_env } => {
+            Settlement::Facilitator {
+                url,
+                token_env,
+                timeout,
+            } => {
                 let token = std::env::var(token_env).ok().filter(|t| !t.is_empty());
-                let f = FacilitatorClient::new(url, token, Duration::from_secs(30))?;
+                let f = FacilitatorClient::new(url, token, *timeout)?;
                 (
                     Settler::Facilitator(f),
                     None,
@@ -186,6 +195,11 @@ impl Gateway {
         self.attempts.record(a);
     }
 
+    /// Waits until the attempt records queued so far are written.
+    pub async fn flush_records(&self) {
+        self.attempts.flush().await;
+    }
+
     /// Verifies a payment header for a priced route and claims it; with `settle = "before"` it also
     /// settles. On success the request may be forwarded.
     pub async fn accept(
@@ -240,17 +254,8 @@ impl Gateway {
             valid_before: checked.valid_before(),
             now_ms: self.clock.now_ms(),
         };
-        let claimed = self.store.claim(&claim).await.map_err(|e| {
-            tracing::error!(error = %e, "replay guard unavailable");
-            Refusal::Unavailable(format!("the payment database is unavailable: {e}"))
-        })?;
-        if !claimed {
-            return Err(Refusal::Rejected(Rejection::new(
-                reason::DUPLICATE,
-                "this authorization was already used (or is being used right now); sign a new one",
-            )));
-        }
-
+        let claimed = self.store.claim(&claim).await.map_err(db_unavailable)?;
+        let stored = claim.payload;
         let mut accepted = Accepted {
             version,
             pricing: pricing.clone(),
@@ -262,6 +267,9 @@ impl Gateway {
             settle: pricing.settle,
             outcome: None,
         };
+        if !claimed {
+            return self.retried(accepted, route, &stored, rec).await;
+        }
         let verified = match &self.settler {
             Settler::Local => chain.check_onchain(&accepted.checked).await,
             Settler::Facilitator(f) => self.facilitator_verify(f, &accepted).await,
@@ -311,20 +319,136 @@ impl Gateway {
                 Ok(())
             }
             Err(ChainError::InDoubt { tx, detail }) => {
-                rec.tx_hash = Some(tx.clone());
-                if let Err(e) = self
+                rec.tx_hash = tx.clone();
+                // Not served, maybe charged: the same header may come back for it ([`Self::retried`]).
+                let recorded = self
                     .store
-                    .set_state(&a.key, PaymentState::Pending, Some(&tx), now)
-                    .await
-                {
-                    tracing::error!(error = %e, %tx, "could not record an in-doubt settlement; reconciliation will");
+                    .set_state(&a.key, PaymentState::Pending, tx.as_deref(), now)
+                    .await;
+                let owed = self.store.set_delivery(&a.key, Delivery::Owed).await;
+                if let Err(e) = recorded.and(owed) {
+                    tracing::error!(error = %e, tx = ?tx, "could not record an in-doubt settlement; reconciliation will");
                 }
-                Err(Refusal::Unavailable(detail))
+                Err(Refusal::Pending { tx, detail })
             }
             Err(e) => {
                 self.release(&a.key).await;
                 Err(chain_refusal(e))
             }
+        }
+    }
+
+    /// The same authorization came again. It is served only if it is the very same signed payment,
+    /// for the same route, owed to its payer (charged or maybe charged, never served); taking it is
+    /// atomic, so concurrent retries serve it once. Otherwise it is a replay.
+    async fn retried(
+        &self,
+        mut a: Accepted,
+        route: &str,
+        stored: &str,
+        rec: &mut Attempt,
+    ) -> Result<Accepted, Refusal> {
+        let duplicate = || {
+            Refusal::Rejected(Rejection::new(
+                reason::DUPLICATE,
+                "this authorization was already used; sign a new one",
+            ))
+        };
+        let Some(row) = self.store.payment(&a.key).await.map_err(db_unavailable)? else {
+            // Released between our claim and this read: the client may simply send it again.
+            return Err(Refusal::Unavailable(
+                "this payment was being released; send it again".into(),
+            ));
+        };
+        if row.payload != stored || row.route != route {
+            return Err(duplicate());
+        }
+        if !self.store.take_owed(&a.key, stored).await.map_err(db_unavailable)? {
+            return match (row.state, row.delivery) {
+                (PaymentState::Settled, _) | (_, Delivery::Served) => Err(duplicate()),
+                // An earlier request holds it and is still settling it.
+                _ => Err(Refusal::Pending {
+                    tx: row.tx_hash,
+                    detail: "this payment is being settled by an earlier request; send the same header again shortly"
+                        .into(),
+                }),
+            };
+        }
+        // Ours now: bring it to settled before forwarding, whatever the route's timing.
+        a.settle = SettleTiming::Before;
+        let key = a.key.clone();
+        let give_back = |refusal: Refusal| async {
+            if let Err(e) = self.store.set_delivery(&key, Delivery::Owed).await {
+                tracing::error!(error = %e, "could not give an owed payment back");
+            }
+            refusal
+        };
+        if let (PaymentState::Settled, Some(tx)) = (row.state, row.tx_hash.clone()) {
+            rec.tx_hash = Some(tx.clone());
+            a.outcome = Some(SettleOutcome::Settled { tx });
+            return Ok(a);
+        }
+        let Some(chain) = self.chains.get(&a.offer.network.name).cloned() else {
+            return Err(give_back(Refusal::Unavailable("this network is not configured".into())).await);
+        };
+        match chain
+            .status(&a.checked, row.tx_hash.as_deref(), self.clock.now_secs())
+            .await
+        {
+            Ok(ChainStatus::Spent { tx }) => self.found_on_chain(a, tx.or(row.tx_hash), rec).await,
+            // Never landed and never can: nothing was charged.
+            Ok(ChainStatus::Expired) => {
+                self.store.forget_unlanded(&a.key).await.map_err(db_unavailable)?;
+                Err(Refusal::Rejected(Rejection::new(
+                    reason::VALID_BEFORE,
+                    "this payment expired before it settled; nothing was charged; sign a new one",
+                )))
+            }
+            // Not on chain yet: settle it (again). The authorization's nonce lets at most one
+            // transfer land, so this cannot charge twice.
+            Ok(ChainStatus::Unspent) => match self.settle(&mut a, rec).await {
+                Ok(()) => Ok(a),
+                // Perhaps the first transfer landed meanwhile (nonce used): the chain decides.
+                Err(Refusal::Rejected(r)) => match chain.status(&a.checked, None, self.clock.now_secs()).await {
+                    Ok(ChainStatus::Spent { tx }) => self.found_on_chain(a, tx, rec).await,
+                    _ => Err(give_back(Refusal::Rejected(r)).await),
+                },
+                Err(pending @ Refusal::Pending { .. }) => Err(pending),
+                Err(other) => Err(give_back(other).await),
+            },
+            Err(_) => Err(give_back(Refusal::Pending {
+                tx: row.tx_hash,
+                detail: "the chain cannot be asked about this payment right now; send the same header again shortly"
+                    .into(),
+            })
+            .await),
+        }
+    }
+
+    /// The chain shows the payment spent: settled in the ledger, and the request may be served.
+    async fn found_on_chain(
+        &self,
+        mut a: Accepted,
+        tx: Option<String>,
+        rec: &mut Attempt,
+    ) -> Result<Accepted, Refusal> {
+        let now = self.clock.now_ms();
+        self.store
+            .set_state(&a.key, PaymentState::Settled, tx.as_deref(), now)
+            .await
+            .map_err(db_unavailable)?;
+        let tx = tx.unwrap_or_default();
+        rec.tx_hash = Some(tx.clone());
+        a.outcome = Some(SettleOutcome::Settled { tx });
+        Ok(a)
+    }
+
+    /// Records how a payment's request ended: [`Delivery::Owed`] when it was charged (or maybe) and
+    /// not served, so that the same header may collect it; [`Delivery::Served`] when it was served
+    /// while still pending, so that a replay is a duplicate.
+    pub async fn delivered(&self, key: &ReplayKey, d: Delivery) {
+        if let Err(e) = self.store.set_delivery(key, d).await {
+            tracing::error!(error = %e, delivery = d.as_str(), "could not record a payment's delivery");
         }
     }
 
@@ -460,8 +584,14 @@ fn chain_refusal(e: ChainError) -> Refusal {
     match e {
         ChainError::Rejected(r) => Refusal::Rejected(r),
         ChainError::Unavailable(m) => Refusal::Unavailable(m),
-        ChainError::InDoubt { detail, .. } => Refusal::Unavailable(detail),
+        ChainError::InDoubt { tx, detail } => Refusal::Pending { tx, detail },
     }
+}
+
+/// The ledger cannot be read or written: 503, detail in the log only.
+fn db_unavailable(e: crate::store::StoreError) -> Refusal {
+    tracing::error!(error = %e, "the payment database is unavailable; payments are refused (503) until it is back");
+    Refusal::Unavailable("payments are unavailable right now (ledger); nothing was charged, try again later".into())
 }
 
 /// The outcome to record for a refusal.
@@ -471,5 +601,6 @@ pub fn refusal_outcome(r: &Refusal) -> (Outcome, String) {
         Refusal::Rejected(rej) if rej.reason == reason::DUPLICATE => (Outcome::Duplicate, rej.reason.to_string()),
         Refusal::Rejected(rej) => (Outcome::Rejected, rej.reason.to_string()),
         Refusal::Unavailable(m) => (Outcome::Unavailable, m.clone()),
+        Refusal::Pending { detail, .. } => (Outcome::Pending, detail.clone()),
     }
 }

@@ -12,10 +12,11 @@ use pingora_core::{Error, ErrorSource, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::chains::SettleOutcome;
 use crate::challenge::names::*;
 use crate::challenge::{self, Reply};
 use crate::payment::{refusal_outcome, Accepted, Gateway, Refusal};
-use crate::store::{Attempt, Outcome};
+use crate::store::{Attempt, Delivery, Outcome};
 use crate::tenant::{Pricing, SettleTiming};
 use crate::x402::reason;
 
@@ -45,6 +46,12 @@ pub struct Ctx {
     replacing: bool,
     /// The CORS origin to allow on this response, when the route is priced.
     cors: Option<String>,
+    /// The canonical target to forward, when it differs from what the client sent.
+    target: Option<String>,
+    /// The request has a body: its upstream connection is not reused (unless the config says so).
+    close_upstream: bool,
+    /// The upstream's answer is going to the client (the paid content was served).
+    served: bool,
 }
 
 #[async_trait]
@@ -61,6 +68,9 @@ impl ProxyHttp for Proxy {
             replace_body: None,
             replacing: false,
             cors: None,
+            target: None,
+            close_upstream: false,
+            served: false,
         }
     }
 
@@ -68,22 +78,38 @@ impl ProxyHttp for Proxy {
     /// still inspects every request and response; compression is the upstream's business.
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
-    /// Matches the route; unpaid → 402, malformed → 400, paid → verify (and settle, if before).
+    /// Reads the request once (400 if it has no single reading), matches the route; unpaid → 402,
+    /// malformed payment → 400, paid → verify (and settle, if before).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let req = session.req_header();
         let tenant = &self.gw.tenant;
-        if let Some(reply) = challenge::preflight(req, tenant, &self.gw.settings.cors_origins) {
+        let req = session.req_header();
+        let read = match challenge::reading(req, &tenant.rules) {
+            Ok(r) => r,
+            Err(e) => {
+                // Not a client mistake worth keeping the connection for.
+                session.set_keepalive(None);
+                return send(session, challenge::bad_request(&e.to_string())).await;
+            }
+        };
+        // What is forwarded is exactly what was read and priced.
+        if read.rewritten() {
+            ctx.target = Some(read.target.to_string());
+        }
+        ctx.close_upstream = !tenant.rules.reuse_upstream_after_body && challenge::has_body(req);
+        if let Some(reply) = challenge::preflight(req, &read, tenant, &self.gw.settings.cors_origins) {
             return send(session, reply).await;
         }
-        let Some((_, route)) = tenant.route(&req.method, req.uri.path()) else {
+        let Some((_, route)) = tenant.route_for(&read) else {
             return Ok(false);
         };
         let Some(pricing) = route.pricing.clone() else {
             return Ok(false);
         };
         ctx.cors = challenge::allowed_origin(req, &self.gw.settings.cors_origins);
-        let asked = challenge::asked(req, self.gw.settings.public_url.as_deref());
+        let asked = challenge::asked(req, read.path(), self.gw.settings.public_url.as_deref());
+        drop(read);
 
+        let req = session.req_header();
         let (version, header) = match challenge::payment_header(req) {
             Ok(Some(h)) => h,
             Ok(None) => {
@@ -142,6 +168,9 @@ impl ProxyHttp for Proxy {
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(t) = &ctx.target {
+            up.set_raw_path(t.as_bytes())?;
+        }
         // Payment headers never reach the upstream; X-Tollgate-* are tollgate's to set, not the client's.
         for h in [
             &X_PAYMENT,
@@ -151,6 +180,10 @@ impl ProxyHttp for Proxy {
             &X_TOLLGATE_NETWORK,
         ] {
             up.remove_header(h);
+        }
+        challenge::drop_underscored_headers(up, self.gw.tenant.rules.keep_underscored_headers);
+        if ctx.close_upstream {
+            up.insert_header(http::header::CONNECTION, "close")?;
         }
         if let Some(a) = &ctx.accepted {
             up.insert_header(X_TOLLGATE_PAYER, a.payer())?;
@@ -204,6 +237,7 @@ impl ProxyHttp for Proxy {
         if ctx.pricing.is_some() {
             challenge::add_cors(resp, ctx.cors.as_deref())?;
         }
+        ctx.served = true;
         Ok(())
     }
 
@@ -220,8 +254,19 @@ impl ProxyHttp for Proxy {
         Ok(None)
     }
 
-    /// The upstream failed: 502, and an unsettled (after-mode) payment is released, not charged.
+    /// The upstream failed: 502, and an unsettled (after-mode) payment is released, not charged. A
+    /// request the client framed wrongly (a bad chunk, a protected header in `Connection`): 400.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if client_mistake(e) {
+            // Its reading did not settle anything: an unsettled claim is given back in `logging`.
+            session.set_keepalive(None);
+            let reply = challenge::bad_request(&format!("the request is malformed: {}", mistake_text(e)));
+            let sent = send(session, reply).await.is_ok();
+            return FailToProxy {
+                error_code: if sent { 400 } else { 0 },
+                can_reuse_downstream: false,
+            };
+        }
         if *e.esource() != ErrorSource::Upstream {
             return default_fail(session, e).await;
         }
@@ -274,8 +319,10 @@ impl ProxyHttp for Proxy {
             );
         if client_gone {
             tracing::debug!(error = %e, route = %ctx.route, "client went away");
+        } else if client_mistake(e) {
+            tracing::debug!(error = %e, route = %ctx.route, "malformed request answered 400");
         }
-        client_gone
+        client_gone || client_mistake(e)
     }
 
     /// The request is over: write its attempt record.
@@ -293,10 +340,20 @@ impl ProxyHttp for Proxy {
                     .get_or_insert_with(|| "request ended before settlement; not charged".into());
             }
         }
+        // Charged but not served (the upstream failed, the client went away before the answer):
+        // the payer may collect it by sending the same header again.
+        match ctx.accepted.as_ref().map(|a| (a, &a.outcome)) {
+            Some((a, Some(_))) if !ctx.served => {
+                self.gw.delivered(&a.key, Delivery::Owed).await;
+                tracing::info!(route = %ctx.route, payer = %a.payer(), "settled but not served; the same payment header will be served");
+            }
+            Some((a, Some(SettleOutcome::Pending { .. }))) => self.gw.delivered(&a.key, Delivery::Served).await,
+            _ => {}
+        }
         if rec.outcome.is_none() {
             rec.outcome = Some(match ctx.accepted.as_ref().and_then(|a| a.outcome.as_ref()) {
-                Some(crate::chains::SettleOutcome::Settled { .. }) => Outcome::Settled,
-                Some(crate::chains::SettleOutcome::Pending { .. }) => Outcome::Pending,
+                Some(SettleOutcome::Settled { .. }) => Outcome::Settled,
+                Some(SettleOutcome::Pending { .. }) => Outcome::Pending,
                 None => Outcome::Error,
             });
         }
@@ -311,7 +368,7 @@ fn new_attempt(gw: &Gateway, route: &str, req: &RequestHeader) -> Attempt {
         tenant: gw.tenant.id.clone(),
         route: route.to_string(),
         method: req.method.to_string(),
-        path: req.uri.path().to_string(),
+        path: String::from_utf8_lossy(req.raw_path()).into_owned(),
         ..Default::default()
     }
 }
@@ -326,6 +383,29 @@ async fn send_parts(session: &mut Session, header: ResponseHeader, body: Bytes) 
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(true)
+}
+
+/// A request the client framed wrongly: pingora refused its head or body.
+fn client_mistake(e: &Error) -> bool {
+    use pingora_core::ErrorType::*;
+    *e.esource() == ErrorSource::Downstream
+        && (matches!(e.etype(), InvalidHTTPHeader | H1Error) || *e.etype() == Custom("InvalidChunk"))
+}
+
+/// What pingora said about a malformed request, without its echo of the request bytes.
+fn mistake_text(e: &Error) -> String {
+    let text = e
+        .context
+        .as_ref()
+        .map(|c| c.as_str().to_string())
+        .unwrap_or_else(|| e.etype().as_str().to_string());
+    // pingora quotes the raw head ("buf: …") in some contexts: not worth echoing back.
+    text.split(", buf:")
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(120)
+        .collect()
 }
 
 async fn default_fail(session: &mut Session, e: &Error) -> FailToProxy {

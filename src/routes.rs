@@ -4,8 +4,9 @@
 //! `{param}` segments (`/users/{id}/orders`). The most specific route wins: an exact segment beats a
 //! `{param}`, which beats a `*`; a route for the request's method beats one for any method.
 //!
-//! Request paths are normalised before matching so that a paywall cannot be walked around with
-//! `//`, `/./`, `/../`, a trailing `/` or percent-encoding (`/%61pi` is `/api`).
+//! The table matches one reading of a path at a time; [`crate::reading`] decides which readings a
+//! request has (decoding, case, parameters, suffixes) and [`crate::tenant::Tenant::route_for`] asks
+//! for each.
 
 use std::collections::HashMap;
 
@@ -135,15 +136,10 @@ impl RouteTable {
         Ok(())
     }
 
-    /// Finds the route for a request; `path` is the raw request path (no query).
+    /// Finds the route for one reading of a request path ([`crate::reading`]): already decoded,
+    /// `/`-separated; empty segments are skipped. Nothing is decoded or resolved here.
     pub fn find(&self, method: &http::Method, path: &str) -> Option<usize> {
-        // Most paths need no decoding: walk them in place, without allocating.
-        let dirty = path.contains(['%', '\\']) || path.split('/').any(|s| s == "." || s == "..");
-        if dirty {
-            find_in(&self.root, &normalize_path(path), method)
-        } else {
-            find_in(&self.root, path, method)
-        }
+        find_in(&self.root, path, method)
     }
 }
 
@@ -165,66 +161,6 @@ fn find_in(node: &Node, rest: &str, method: &http::Method) -> Option<usize> {
         }
     }
     node.prefix.get(method)
-}
-
-/// Normalises a request path the way an upstream might read it: percent-decoding, `//` collapsed,
-/// `.` and `..` resolved, no trailing `/`. Only used to choose a route; the request is forwarded as sent.
-pub fn normalize_path(path: &str) -> String {
-    let decoded = percent_decode(path);
-    let mut out: Vec<&str> = Vec::new();
-    for seg in decoded.split(['/', '\\']) {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            s => out.push(s),
-        }
-    }
-    let mut s = String::with_capacity(decoded.len() + 1);
-    for seg in out {
-        s.push('/');
-        s.push_str(seg);
-    }
-    if s.is_empty() {
-        s.push('/');
-    }
-    s
-}
-
-fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains('%') {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    // Decode repeatedly so that double encoding (%252e) cannot hide a segment either.
-    let mut cur = s.to_string();
-    for _ in 0..3 {
-        let next = percent_decode_once(&cur);
-        if next == cur {
-            break;
-        }
-        cur = next;
-    }
-    std::borrow::Cow::Owned(cur)
-}
-
-fn percent_decode_once(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -276,24 +212,6 @@ mod tests {
     }
 
     #[test]
-    fn paywall_cannot_be_walked_around() {
-        let t = table(&[("GET", "/api/premium")]);
-        for p in [
-            "/api/premium",
-            "/api/premium/",
-            "//api//premium",
-            "/api/./premium",
-            "/x/../api/premium",
-            "/%61pi/premium",
-            "/api%2Fpremium",
-            "/api/%2570remium",
-            "/api\\premium",
-        ] {
-            assert_eq!(t.find(&Method::GET, p), Some(0), "{p} walked around the paywall");
-        }
-    }
-
-    #[test]
     fn refuses_bad_patterns() {
         let mut t = RouteTable::new();
         assert!(matches!(
@@ -322,12 +240,5 @@ mod tests {
             Err(PatternError::Duplicate(0))
         );
         t.insert(MethodMatch::Only(Method::POST), "/a/{other}", 2).unwrap();
-    }
-
-    #[test]
-    fn normalizes() {
-        assert_eq!(normalize_path("/a//b/./c/../d/"), "/a/b/d");
-        assert_eq!(normalize_path("/../.."), "/");
-        assert_eq!(normalize_path("/bad%zz%"), "/bad%zz%");
     }
 }

@@ -1,35 +1,34 @@
-//! Process wiring: the core runtime that owns shared I/O, the pingora server, background tasks.
+//! Process wiring: the core runtime that owns shared I/O, the workers, background tasks, signals.
 //!
-//! pingora runs each service on its own tokio runtime. The database pool, HTTP clients and background
-//! tasks live on one long-lived "core" runtime created first, so they outlive and are shared by every
-//! service runtime (an I/O resource stays bound to the runtime that created it).
+//! Each worker ([`crate::workers`]) runs its own single-threaded runtime. The database pool, HTTP
+//! clients and background tasks live on one long-lived "core" runtime created first, so they outlive
+//! and are shared by every worker (an I/O resource stays bound to the runtime that created it).
+//!
+//! Signals: SIGTERM stops accepting at once, closes idle connections, lets the requests in flight
+//! finish (at most `limits.shutdown_grace_secs`; a paid request whose payment settled is served),
+//! writes the last records and exits. SIGINT does the same without waiting for requests.
 
 use std::path::Path;
 use std::sync::Arc;
-
-use pingora_core::listeners::{ListenerConfig, TcpSocketOptions};
-use pingora_core::protocols::l4::stream::L4BufferSettings;
-use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{RunArgs, Server};
-use pingora_core::services::listening::Service;
+use std::time::Duration;
 
 use crate::clock::SystemClock;
 use crate::config;
-use crate::front::Front;
+use crate::front::Connections;
 use crate::payment::Gateway;
-use crate::proxy::Proxy;
 use crate::store::{AttemptLog, Store};
 
 /// Runs the gateway until a shutdown signal.
 pub fn serve(config_path: &Path) -> Result<(), String> {
     let (settings, tenant) = config::load(config_path).map_err(|e| e.to_string())?;
+    let listen: std::net::SocketAddr = settings
+        .listen
+        .parse()
+        .map_err(|_| format!("listen: '{}' is not an address", settings.listen))?;
     // The workers bind with SO_REUSEPORT, which would let a second gateway share the port silently
     // (and take half the traffic): refuse to start if something already listens there.
-    std::net::TcpListener::bind(&settings.listen).map_err(|e| {
-        format!(
-            "listen {}: {e}; is another tollgate (or anything else) already listening there?",
-            settings.listen
-        )
+    std::net::TcpListener::bind(listen).map_err(|e| {
+        format!("listen {listen}: {e}; is another tollgate (or anything else) already listening there?")
     })?;
     let core = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -38,7 +37,6 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
 
-    let listen = settings.listen.clone();
     let threads = settings.threads;
     let (gw, writer) = core.block_on(async {
         let store = Store::connect(&settings.database).await.map_err(|e| e.to_string())?;
@@ -47,56 +45,61 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         Ok::<_, String>((Arc::new(gw), writer))
     })?;
     describe(&gw);
-
     let reconciler = core.spawn(reconcile_forever(gw.clone()));
 
-    // One single-threaded proxy service per thread, each with its own SO_REUSEPORT listener, the way
-    // nginx runs workers. pingora's default (one listener, connections spread over the threads) hands
-    // each accepted socket to another runtime than the one whose reactor owns it, so every request
-    // paid a cross-thread wake-up: measured 48 vs 60-67 µs CPU per proxied request (README, Performance).
-    let conf = ServerConf {
-        threads: 1,
-        work_stealing: false,
-        grace_period_seconds: Some(1),
-        graceful_shutdown_timeout_seconds: Some(5),
-        ..Default::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    for _ in 0..threads {
-        // The front answers unpaid 402s itself and hands everything else to the pingora proxy.
-        let front = Front::new(
-            pingora_proxy::http_proxy(&server.configuration, Proxy::new(gw.clone())),
-            gw.clone(),
-        );
-        let mut proxy = Service::new("tollgate".to_string(), front);
-        let mut sock = TcpSocketOptions::default();
-        sock.so_reuseport = Some(true);
-        // pingora reads through a 64 KiB buffer per connection: 64 MB at 1,000 idle keep-alive
-        // connections. Request heads (payment headers are capped at 16 KiB) and bodies read through
-        // a smaller buffer just as well; measured 65 MB at 1,000 keep-alive connections (README).
-        let buffers = L4BufferSettings {
-            read: Some(8 * 1024),
-            write: None,
-        };
-        proxy.add_listener(
-            ListenerConfig::tcp(listen.clone())
-                .tcp_socket_options(sock)
-                .l4_buffer(buffers),
-        );
-        proxy.threads = Some(1);
-        server.add_service(proxy);
+    // Client connections: capped below the open-file limit, so that the gateway answers 503 instead
+    // of failing to accept (or to reach its upstream, chain and database) at the limit.
+    let nofile = raise_open_file_limit();
+    let limits = gw.settings.limits.clone();
+    let max_open = limits
+        .max_connections
+        .unwrap_or_else(|| (nofile.saturating_sub(256) / 2).max(64) as usize);
+    if nofile > 0 && max_open as u64 * 2 + 64 > nofile {
+        tracing::warn!(max_open, nofile, "limits.max_connections is close to the open-file limit (each client connection may hold an upstream one too); raise `ulimit -n` or lower it");
     }
-    tracing::info!(%listen, workers = threads, "tollgate listening");
-    server.run(RunArgs::default());
+    let conns = Connections::new(limits.clone(), max_open);
 
-    // Shutting down: stop reconciling, write the last attempt records.
-    reconciler.abort();
-    drop(gw);
+    let (shutdown, watch) = tokio::sync::watch::channel(false);
+    crate::workers::start(threads, listen, gw.clone(), conns.clone(), watch)?;
+    tracing::info!(%listen, workers = threads, max_connections = max_open, "tollgate listening");
+
     core.block_on(async {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+        let graceful = wait_for_signal().await;
+        let _ = shutdown.send(true);
+        if graceful {
+            tracing::info!(in_flight = conns.busy(), open = conns.open(), grace_secs = limits.shutdown_grace_secs, "SIGTERM: no new connections; finishing the requests in flight");
+            let drained = tokio::time::timeout(Duration::from_secs(limits.shutdown_grace_secs), async {
+                while conns.busy() > 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(in_flight = conns.busy(), "grace period over; cutting off the requests still in flight (their payments are in the ledger and reconciled)");
+            }
+        } else {
+            tracing::info!("SIGINT: exiting without waiting for requests in flight");
+        }
+        reconciler.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), gw.flush_records()).await;
+        gw.store.close().await;
     });
+    drop(writer);
+    tracing::info!("tollgate stopped");
     Ok(())
+}
+
+/// Waits for SIGTERM (`true`: drain first) or SIGINT (`false`).
+async fn wait_for_signal() -> bool {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for signals; only SIGKILL will stop this process");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => true,
+        _ = int.recv() => false,
+    }
 }
 
 fn describe(gw: &Gateway) {
@@ -113,6 +116,30 @@ fn describe(gw: &Gateway) {
     if t.pay_to.is_zero() {
         tracing::warn!("pay_to is the zero address: USDC refuses transfers to it, so every payment will fail; set pay_to to your own address");
     }
+}
+
+/// Raises the soft open-file limit to the hard one; returns it (0 if unknown).
+fn raise_open_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
 }
 
 async fn reconcile_forever(gw: Arc<Gateway>) {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use alloy::primitives::Address;
 use serde::Deserialize;
 
+use crate::reading::{Reading, Rules};
 use crate::routes::{MethodMatch, RouteTable};
 use crate::x402::Offer;
 
@@ -55,6 +56,15 @@ pub struct Pricing {
 }
 
 impl Pricing {
+    /// The price on a common scale (18 decimals), to find the dearest of several routes.
+    pub fn rank(&self) -> alloy::primitives::U256 {
+        self.offers.first().map_or(alloy::primitives::U256::ZERO, |o| {
+            o.amount
+                * alloy::primitives::U256::from(10u64)
+                    .pow(alloy::primitives::U256::from(18 - o.network.decimals.min(18)))
+        })
+    }
+
     /// The offer for the network a client named (by v1 name or CAIP-2 id).
     pub fn offer_for(&self, network: &str) -> Option<&Offer> {
         self.offers.iter().find(|o| o.network.is_named(network))
@@ -133,12 +143,43 @@ pub struct Tenant {
     pub upstream: Upstream,
     pub routes: Vec<Route>,
     pub table: RouteTable,
+    /// The same routes with lower-case patterns, when the upstream may ignore letter case.
+    pub lower: Option<RouteTable>,
+    /// How requests to this upstream are read.
+    pub rules: Rules,
 }
 
 impl Tenant {
-    /// The route a request falls under, if any.
-    pub fn route(&self, method: &http::Method, path: &str) -> Option<(usize, &Route)> {
-        self.table.find(method, path).map(|i| (i, &self.routes[i]))
+    /// The route a request falls under: the dearest priced route that any reading of it (paths an
+    /// upstream could read, methods it could run) matches, else the plain reading's free route.
+    /// Charging the dearest is what makes every reading paid for.
+    pub fn route_for(&self, r: &Reading) -> Option<(usize, &Route)> {
+        let mut plain: Option<usize> = None;
+        let mut dearest: Option<(usize, alloy::primitives::U256)> = None;
+        let mut first = true;
+        for m in r.methods() {
+            r.each_path(&self.rules, |path, lowered| {
+                let table = if lowered {
+                    self.lower.as_ref()
+                } else {
+                    Some(&self.table)
+                };
+                let found = table.and_then(|t| t.find(m, path));
+                if std::mem::take(&mut first) {
+                    plain = found;
+                }
+                if let Some(i) = found {
+                    if let Some(p) = &self.routes[i].pricing {
+                        let rank = p.rank();
+                        if dearest.is_none_or(|(_, best)| rank > best) {
+                            dearest = Some((i, rank));
+                        }
+                    }
+                }
+                false
+            });
+        }
+        dearest.map(|(i, _)| i).or(plain).map(|i| (i, &self.routes[i]))
     }
 }
 

@@ -48,10 +48,11 @@ pub enum ChainError {
     /// Tollgate cannot reach or use the chain right now (503); nothing is charged.
     #[error("{0}")]
     Unavailable(String),
-    /// The node went away while a transaction was being sent: it may land. Answered with 503 and
-    /// recorded as pending under `tx`, so that reconciliation finds out.
+    /// The outcome is unknown: a transaction may have been sent (the node or the facilitator went
+    /// away mid-send, or answered badly). Recorded pending (under `tx` when known) and reconciled
+    /// from the chain; the client is told "pending", never "nothing charged".
     #[error("{detail}")]
-    InDoubt { tx: String, detail: String },
+    InDoubt { tx: Option<String>, detail: String },
 }
 
 /// The unique identity of a payment authorization: it may be spent once.

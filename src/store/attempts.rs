@@ -129,24 +129,35 @@ impl Store {
 /// The sending side of the batched attempt writer.
 #[derive(Debug, Clone)]
 pub struct AttemptLog {
-    tx: mpsc::Sender<Attempt>,
+    tx: mpsc::Sender<Msg>,
+}
+
+enum Msg {
+    Attempt(Attempt),
+    /// Answered once everything queued before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl AttemptLog {
     /// Starts the writer on the current runtime. The returned handle finishes once every sender is
     /// dropped and the last batch is written.
     pub fn start(store: Store) -> (AttemptLog, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<Attempt>(16_384);
+        let (tx, mut rx) = mpsc::channel::<Msg>(16_384);
         let handle = tokio::spawn(async move {
             let mut buf = Vec::with_capacity(BATCH);
+            let mut flushed = Vec::new();
+            let take = |m: Msg, buf: &mut Vec<Attempt>, flushed: &mut Vec<_>| match m {
+                Msg::Attempt(a) => buf.push(a),
+                Msg::Flush(done) => flushed.push(done),
+            };
             while let Some(first) = rx.recv().await {
-                buf.push(first);
+                take(first, &mut buf, &mut flushed);
                 // Gather what arrives within a short window into one statement.
                 let window = tokio::time::sleep(Duration::from_millis(20));
                 tokio::pin!(window);
-                while buf.len() < BATCH {
+                while buf.len() < BATCH && flushed.is_empty() {
                     tokio::select! {
-                        a = rx.recv() => match a { Some(a) => buf.push(a), None => break },
+                        m = rx.recv() => match m { Some(m) => take(m, &mut buf, &mut flushed), None => break },
                         _ = &mut window => break,
                     }
                 }
@@ -154,6 +165,9 @@ impl AttemptLog {
                     tracing::error!(error = %e, rows = buf.len(), "could not write attempt records");
                 }
                 buf.clear();
+                for done in flushed.drain(..) {
+                    let _ = done.send(());
+                }
             }
         });
         (AttemptLog { tx }, handle)
@@ -162,8 +176,16 @@ impl AttemptLog {
     /// Queues an attempt; never blocks the request. If the writer is far behind, the row is dropped
     /// with a warning rather than slowing payments down.
     pub fn record(&self, a: Attempt) {
-        if let Err(e) = self.tx.try_send(a) {
+        if let Err(e) = self.tx.try_send(Msg::Attempt(a)) {
             tracing::warn!(error = %e, "attempt log is full; an attempt record was dropped");
+        }
+    }
+
+    /// Waits until everything queued so far is written.
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = written.await;
         }
     }
 }

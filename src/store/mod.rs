@@ -6,7 +6,7 @@ mod attempts;
 mod payments;
 
 pub use attempts::{Attempt, AttemptLog, Outcome};
-pub use payments::{ClaimRow, NewClaim, PaymentState};
+pub use payments::{ClaimRow, Delivery, NewClaim, PaymentState};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,6 +21,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub enum StoreError {
     #[error("database {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
+    #[error("database {url} is in use by another process: a SQLite ledger belongs to one tollgate at a time; stop the other one, or use PostgreSQL to share a ledger between gateways")]
+    InUse { url: String },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database: {0}")]
@@ -71,21 +73,51 @@ impl Store {
             url: redact(url),
             source,
         })?;
+        // SQLite: one connection that holds the file for the life of the process, in WAL mode with
+        // exclusive locking. Exclusive locking keeps WAL's index in heap memory instead of a shared
+        // memory map of the `-shm` file: a mapped file that stops accepting writes (made immutable,
+        // its filesystem remounted read-only, a full disk) kills the process with SIGBUS, while a
+        // write that fails is an error that fails the request closed (503). It also makes a second
+        // process on the same file fail at start instead of interleaving ledgers (PostgreSQL is for
+        // sharing). SQLite serialises writers anyway; one connection costs nothing in throughput.
+        let sqlite = kind == DbKind::Sqlite;
+        const SQLITE_PRAGMAS: &str =
+            "PRAGMA busy_timeout = 2000; PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;";
+        if sqlite {
+            // Ask once, outside the pool, so that a file held by another process is named as such
+            // instead of surfacing as a pool timeout.
+            let mut probe = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&opts)
+                .await
+                .map_err(|source| StoreError::Connect {
+                    url: redact(url),
+                    source,
+                })?;
+            let held = probe.execute(SQLITE_PRAGMAS).await;
+            let _ = sqlx::Connection::close(probe).await;
+            match held {
+                Err(sqlx::Error::Database(e)) if e.message().contains("locked") => {
+                    return Err(StoreError::InUse { url: redact(url) })
+                }
+                Err(source) => {
+                    return Err(StoreError::Connect {
+                        url: redact(url),
+                        source,
+                    })
+                }
+                Ok(_) => {}
+            }
+        }
         let pool = AnyPoolOptions::new()
-            .max_connections(match kind {
-                DbKind::Sqlite => 8,
-                DbKind::Postgres => 16,
-            })
+            .max_connections(if sqlite { 1 } else { 16 })
+            .idle_timeout(if sqlite { None } else { Some(Duration::from_secs(600)) })
+            .max_lifetime(if sqlite { None } else { Some(Duration::from_secs(1800)) })
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if kind == DbKind::Sqlite {
-                        // WAL lets readers run beside the one writer; busy_timeout makes writers queue
-                        // instead of failing; NORMAL sync is durable across process crashes in WAL mode.
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;",
-                        )
-                        .await?;
+                    if sqlite {
+                        // Order matters: the locking mode must be set before WAL is first used.
+                        // NORMAL sync is durable across process crashes in WAL mode.
+                        conn.execute(SQLITE_PRAGMAS).await?;
                     }
                     Ok(())
                 })

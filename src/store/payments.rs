@@ -60,6 +60,36 @@ pub struct ClaimRow {
     pub valid_before: u64,
     pub claimed_at: u64,
     pub updated_at: u64,
+    pub delivery: Delivery,
+}
+
+/// Whether a payment's request was served (see the migration that added it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// A request holds it, or held it and was served.
+    Held,
+    /// Charged, or maybe charged, and never served: the same signed payment may collect it.
+    Owed,
+    /// Served while its settlement was still pending.
+    Served,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Held => "held",
+            Delivery::Owed => "owed",
+            Delivery::Served => "served",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "held" => Some(Delivery::Held),
+            "owed" => Some(Delivery::Owed),
+            "served" => Some(Delivery::Served),
+            _ => None,
+        }
+    }
 }
 
 /// The WHERE clause of a query on one payment; the key binds as $1..$4 ([`keyed`]).
@@ -99,6 +129,10 @@ fn row_to_claim(r: &sqlx::any::AnyRow) -> Result<ClaimRow, sqlx::Error> {
         valid_before: r.try_get::<i64, _>("valid_before")? as u64,
         claimed_at: r.try_get::<i64, _>("claimed_at")? as u64,
         updated_at: r.try_get::<i64, _>("updated_at")? as u64,
+        delivery: {
+            let d: String = r.try_get("delivery")?;
+            Delivery::parse(&d).ok_or_else(|| sqlx::Error::Decode(format!("unknown delivery '{d}'").into()))?
+        },
     })
 }
 
@@ -150,6 +184,32 @@ impl Store {
         Ok(())
     }
 
+    /// Records whether a payment's request was served.
+    pub async fn set_delivery(&self, key: &ReplayKey, d: Delivery) -> Result<(), StoreError> {
+        keyed(concat!("UPDATE payments SET delivery = $5 WHERE ", key_where!()), key)
+            .bind(d.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes an owed payment for the request that brought the same signed `payload` again; `true`
+    /// for exactly one of any number of concurrent takers.
+    pub async fn take_owed(&self, key: &ReplayKey, payload: &str) -> Result<bool, StoreError> {
+        let done = keyed(
+            concat!(
+                "UPDATE payments SET delivery = 'held' WHERE ",
+                key_where!(),
+                " AND delivery = 'owed' AND payload = $5"
+            ),
+            key,
+        )
+        .bind(payload)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Gives a claim up: nothing was charged, and the client may use the authorization again.
     /// Only a claim that is still `claimed` is released; a pending or settled payment stays.
     pub async fn release(&self, key: &ReplayKey) -> Result<bool, StoreError> {
@@ -185,7 +245,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT * FROM payments WHERE state IN ('claimed', 'pending') AND updated_at < $1 ORDER BY updated_at LIMIT $2",
         )
-        .bind(before_ms as i64)
+        .bind(before_ms.min(i64::MAX as u64) as i64)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

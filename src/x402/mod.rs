@@ -27,6 +27,8 @@ pub mod reason {
     pub const UNEXPECTED_VERIFY: &str = "unexpected_verify_error";
     pub const UNEXPECTED_SETTLE: &str = "unexpected_settle_error";
     pub const DUPLICATE: &str = "duplicate_settlement";
+    /// Settlement sent (or maybe sent) but not confirmed yet: the spec's non-final settle answer.
+    pub const SETTLEMENT_PENDING: &str = "settlement_pending";
     pub const PAYER_BLOCKED: &str = "invalid_exact_evm_payload_payer_blocked";
     pub const UPSTREAM_FAILED: &str = "upstream_failed";
 }

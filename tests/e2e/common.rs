@@ -39,6 +39,7 @@ sol! {
         function mint(address to, uint256 amount) returns (bool);
         function blacklist(address account);
         function name() view returns (string);
+        function authorizationState(address authorizer, bytes32 nonce) view returns (bool);
         function version() view returns (string);
     }
 }
@@ -293,6 +294,19 @@ impl Anvil {
         (name, version)
     }
 
+    /// Whether USDC says this authorization was used (spent) on chain.
+    pub async fn authorization_used(&self, a: &tollgate::x402::Authorization) -> bool {
+        let data = IFiatToken::authorizationStateCall {
+            authorizer: a.from,
+            nonce: a.nonce,
+        }
+        .abi_encode();
+        let tx = TransactionRequest::default()
+            .with_to(USDC)
+            .with_input(Bytes::from(data));
+        IFiatToken::authorizationStateCall::abi_decode_returns(&self.provider.call(tx).await.unwrap()).unwrap()
+    }
+
     pub async fn set_automine(&self, on: bool) {
         self.rpc("evm_setAutomine", serde_json::json!([on])).await;
     }
@@ -515,6 +529,41 @@ rpc_timeout_ms = 2000
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("tollgate.log")).unwrap_or_default()
     }
+
+    /// Stops the gateway the way an operator does (SIGTERM: it finishes what is in flight and writes
+    /// its last records), so that its SQLite ledger can be opened. SIGKILL after 15 s.
+    pub async fn stop(&mut self) {
+        signal(&self.child, "TERM");
+        for _ in 0..300 {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!("tollgate did not stop within 15 s of SIGTERM:\n{}", self.log());
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `Some(status)` once the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+}
+
+/// Sends a signal (`TERM`, `KILL`, …) to a child process.
+pub fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill -{name}");
 }
 
 pub fn http() -> reqwest::Client {
@@ -569,4 +618,111 @@ pub fn now() -> u64 {
 pub fn decode_b64_json(v: &str) -> serde_json::Value {
     let bytes = tollgate::x402::codec::decode_base64(v.as_bytes()).unwrap();
     serde_json::from_slice(&bytes).unwrap()
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Header names (lower case) and values, without the per-response Date and Connection.
+    pub fn stable_headers(&self) -> Vec<(String, String)> {
+        let mut h: Vec<_> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .filter(|(k, _)| k != "date" && k != "connection")
+            .collect();
+        h.sort();
+        h
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// A raw HTTP/1.1 connection that reads Content-Length-delimited responses.
+pub struct Conn {
+    pub sock: tokio::net::TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl Conn {
+    pub async fn open(port: u16) -> Conn {
+        Conn {
+            sock: tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        tokio::io::AsyncWriteExt::write_all(&mut self.sock, bytes)
+            .await
+            .unwrap();
+    }
+
+    /// Sends, or says the server has closed the connection.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        tokio::io::AsyncWriteExt::write_all(&mut self.sock, bytes).await.is_ok()
+    }
+
+    pub async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut self.sock, &mut chunk),
+        )
+        .await
+        .expect("a response within 10 s")
+        .unwrap();
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    pub async fn response(&mut self) -> Response {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = r.parse(&self.buf).unwrap() {
+                let status = r.code.unwrap();
+                let headers: Vec<(String, String)> = r
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.parse().unwrap())
+                    .expect("tollgate's answers carry Content-Length");
+                while self.buf.len() < n + len {
+                    assert!(self.fill().await, "connection closed mid-body");
+                }
+                let body = self.buf[n..n + len].to_vec();
+                self.buf.drain(..n + len);
+                return Response { status, headers, body };
+            }
+            assert!(self.fill().await, "connection closed before a response");
+        }
+    }
+
+    /// True when the server closed the connection (and sent nothing more).
+    pub async fn closed(&mut self) -> bool {
+        !self.fill().await && self.buf.is_empty()
+    }
+}
+
+pub fn get(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: api.test\r\n{extra}\r\n")
 }

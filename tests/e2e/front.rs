@@ -3,9 +3,6 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
 use crate::common::*;
 use crate::upstream::Upstream;
 
@@ -24,107 +21,10 @@ async fn setup() -> Setup {
     Setup { up, tg, _db: db }
 }
 
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Header names (lower case) and values, without the per-response Date and Connection.
-    fn stable_headers(&self) -> Vec<(String, String)> {
-        let mut h: Vec<_> = self
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .filter(|(k, _)| k != "date" && k != "connection")
-            .collect();
-        h.sort();
-        h
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-}
-
-/// A raw HTTP/1.1 connection that reads Content-Length-delimited responses.
-struct Conn {
-    sock: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    async fn open(s: &Setup) -> Conn {
-        Conn {
-            sock: TcpStream::connect(("127.0.0.1", s.tg.port)).await.unwrap(),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.sock.write_all(bytes).await.unwrap();
-    }
-
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), self.sock.read(&mut chunk))
-            .await
-            .expect("a response within 10 s")
-            .unwrap();
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
-    async fn response(&mut self) -> Response {
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut r = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(n) = r.parse(&self.buf).unwrap() {
-                let status = r.code.unwrap();
-                let headers: Vec<(String, String)> = r
-                    .headers
-                    .iter()
-                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
-                    .collect();
-                let len: usize = headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .map(|(_, v)| v.parse().unwrap())
-                    .expect("tollgate's answers carry Content-Length");
-                while self.buf.len() < n + len {
-                    assert!(self.fill().await, "connection closed mid-body");
-                }
-                let body = self.buf[n..n + len].to_vec();
-                self.buf.drain(..n + len);
-                return Response { status, headers, body };
-            }
-            assert!(self.fill().await, "connection closed before a response");
-        }
-    }
-
-    /// True when the server closed the connection (and sent nothing more).
-    async fn closed(&mut self) -> bool {
-        !self.fill().await && self.buf.is_empty()
-    }
-}
-
-fn get(path: &str, extra: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: api.test\r\n{extra}\r\n")
-}
-
 #[tokio::test]
 async fn pipelined_unpaid_requests_each_get_their_own_402() {
     let s = setup().await;
-    let mut c = Conn::open(&s).await;
+    let mut c = Conn::open(s.tg.port).await;
     let three = format!("{}{}{}", get("/paid/a", ""), get("/paid/b", ""), get("/paid/c", ""));
     c.send(three.as_bytes()).await;
     for p in ["a", "b", "c"] {
@@ -141,7 +41,7 @@ async fn pipelined_unpaid_requests_each_get_their_own_402() {
 #[tokio::test]
 async fn one_connection_moves_between_the_front_and_the_proxy() {
     let s = setup().await;
-    let mut c = Conn::open(&s).await;
+    let mut c = Conn::open(s.tg.port).await;
 
     c.send(get("/paid/1", "").as_bytes()).await;
     assert_eq!(c.response().await.status, 402);
@@ -182,12 +82,12 @@ async fn one_connection_moves_between_the_front_and_the_proxy() {
 async fn the_front_and_the_proxy_answer_the_same_402() {
     let s = setup().await;
     let extra = "X-Forwarded-Proto: https\r\nX-Forwarded-Host: api.example.com\r\nOrigin: https://app.example\r\n";
-    let mut c = Conn::open(&s).await;
+    let mut c = Conn::open(s.tg.port).await;
     c.send(get("/paid/same?q=1", extra).as_bytes()).await;
     let front = c.response().await;
 
     // `Connection: close` is the proxy's (the front only keeps connections alive).
-    let mut c2 = Conn::open(&s).await;
+    let mut c2 = Conn::open(s.tg.port).await;
     c2.send(get("/paid/same?q=1", &format!("{extra}Connection: close\r\n")).as_bytes())
         .await;
     let proxy = c2.response().await;
@@ -211,7 +111,7 @@ async fn the_front_and_the_proxy_answer_the_same_402() {
 #[tokio::test]
 async fn a_head_split_across_writes_is_answered_once_whole() {
     let s = setup().await;
-    let mut c = Conn::open(&s).await;
+    let mut c = Conn::open(s.tg.port).await;
     let req = get("/paid/slow", "Accept: */*\r\n");
     let (a, rest) = req.as_bytes().split_at(7);
     let (b, d) = rest.split_at(20);
@@ -229,18 +129,18 @@ async fn unusual_requests_are_left_to_the_proxy() {
     let s = setup().await;
 
     // Not HTTP: pingora's 400, and the connection closes.
-    let mut c = Conn::open(&s).await;
+    let mut c = Conn::open(s.tg.port).await;
     c.send(b"NOT HTTP AT ALL\r\n\r\n").await;
     assert_eq!(c.response().await.status, 400);
 
     // HTTP/1.0 and HEAD still get their 402 (from the proxy); HEAD without a body.
-    let mut c = Conn::open(&s).await;
+    let mut c = Conn::open(s.tg.port).await;
     c.send(b"GET /paid/old HTTP/1.0\r\nHost: api.test\r\n\r\n").await;
     let r = c.response().await;
     assert_eq!(r.status, 402);
     assert_eq!(r.json()["accepts"][0]["resource"], "http://api.test/paid/old");
 
-    let mut c = Conn::open(&s).await;
+    let mut c = Conn::open(s.tg.port).await;
     c.send(b"HEAD /paid/h HTTP/1.1\r\nHost: api.test\r\n\r\n").await;
     c.fill().await;
     let head = String::from_utf8_lossy(&c.buf).to_string();
@@ -248,7 +148,7 @@ async fn unusual_requests_are_left_to_the_proxy() {
     assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
 
     // A head longer than the front reads (8 KiB) is the proxy's to judge.
-    let mut c = Conn::open(&s).await;
+    let mut c = Conn::open(s.tg.port).await;
     let big = format!("X-Big: {}\r\n", "a".repeat(9000));
     c.send(get("/paid/big", &big).as_bytes()).await;
     let r = c.response().await;
@@ -259,7 +159,7 @@ async fn unusual_requests_are_left_to_the_proxy() {
 #[tokio::test]
 async fn a_client_that_goes_away_mid_request_is_not_logged_as_an_error() {
     let s = setup().await;
-    let mut c = Conn::open(&s).await;
+    let mut c = Conn::open(s.tg.port).await;
     c.send(get("/free/slow/400", "").as_bytes()).await;
     // Gone before the upstream answers.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -269,4 +169,165 @@ async fn a_client_that_goes_away_mid_request_is_not_logged_as_an_error() {
     let log = s.tg.log();
     assert!(!log.contains("ERROR"), "{log}");
     assert!(log.contains("client went away"), "still visible at debug: {log}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded resources: what one client can hold.
+
+async fn setup_limits(limits: &str) -> Setup {
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let db = Db::sqlite();
+    let mut spec = GatewaySpec::new(up.url(), "http://127.0.0.1:9".into(), &db.url);
+    let routes = format!("{}\n[limits]\n{limits}", spec.routes);
+    spec.routes = routes;
+    let tg = Tollgate::start(&spec).await;
+    Setup { up, tg, _db: db }
+}
+
+#[tokio::test]
+async fn a_request_head_must_arrive_whole_and_in_time() {
+    let s = setup_limits("head_timeout_secs = 1\nmax_head_bytes = 4096").await;
+    // Slow-loris: a byte now and then never completes a head; answered 408 and closed.
+    let mut c = Conn::open(s.tg.port).await;
+    let started = std::time::Instant::now();
+    for b in b"GET " {
+        c.send(&[*b]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = c.response().await;
+    assert_eq!(r.status, 408);
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(c.closed().await);
+    // Too large: 431 and closed, whatever route it is for.
+    let mut c = Conn::open(s.tg.port).await;
+    c.send(get("/free/x", &format!("X-Big: {}\r\n", "a".repeat(5000))).as_bytes())
+        .await;
+    assert_eq!(c.response().await.status, 431);
+    assert!(c.closed().await);
+    // An idle connection (no request started) is not a slow head: it waits for its request.
+    let mut c = Conn::open(s.tg.port).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.send(get("/paid/x", "").as_bytes()).await;
+    assert_eq!(c.response().await.status, 402);
+    assert_eq!(s.up.count(), 0);
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_and_the_rest_keep_working() {
+    let s = setup_limits("max_connections = 8").await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut c = Conn::open(s.tg.port).await;
+        c.send(get("/paid/x", "").as_bytes()).await;
+        assert_eq!(c.response().await.status, 402);
+        held.push(c);
+    }
+    let mut extra = Conn::open(s.tg.port).await;
+    let r = extra.response().await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "too_many_connections");
+    assert!(extra.closed().await);
+    // Those held still work, and a closed one frees its place.
+    held[0].send(get("/free/ok", "").as_bytes()).await;
+    assert_eq!(held[0].response().await.status, 200);
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut again = Conn::open(s.tg.port).await;
+    again.send(get("/paid/x", "").as_bytes()).await;
+    assert_eq!(again.response().await.status, 402);
+}
+
+#[tokio::test]
+async fn client_chosen_hosts_and_paths_do_not_grow_memory() {
+    let s = setup().await;
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", s.tg.pid())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kb / 1024
+    };
+    let mut c = Conn::open(s.tg.port).await;
+    c.send(get("/paid/warm", "").as_bytes()).await;
+    c.response().await;
+    let before = rss();
+    // 2,000 distinct 402s with 12 KB forwarding hosts and 12 KB paths (each would be cached
+    // under its own key): 48 MB of keys if kept.
+    for i in 0..2000 {
+        let host = format!("X-Forwarded-Host: {}{i}\r\n", "h".repeat(12_000));
+        c.send(get(&format!("/paid/{}{i}", "p".repeat(12_000)), &host).as_bytes())
+            .await;
+        let r = c.response().await;
+        assert_eq!(r.status, 402);
+        if i == 0 {
+            // Not a host name: ignored, the Host header names the resource.
+            assert!(r.json()["accepts"][0]["resource"]
+                .as_str()
+                .unwrap()
+                .starts_with("http://api.test/paid/"));
+        }
+    }
+    let after = rss();
+    assert!(
+        after < before + 24,
+        "resident memory grew from {before} MB to {after} MB"
+    );
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_whatever_is_proxied_before_them() {
+    let s = setup().await;
+    let mut c = Conn::open(s.tg.port).await;
+    // A request pipelined while the one before it is being proxied (the upstream takes 300 ms).
+    c.send(get("/free/slow/300", "").as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(format!("{}{}", get("/paid/after-slow", ""), get("/free/third", "")).as_bytes())
+        .await;
+    let r = c.response().await;
+    assert_eq!((r.status, r.json()["path"].as_str()), (200, Some("/free/slow/300")));
+    assert_eq!(c.response().await.status, 402);
+    let r = c.response().await;
+    assert_eq!((r.status, r.json()["path"].as_str()), (200, Some("/free/third")));
+
+    // Behind a body longer than any first read: 200 KB, then a 402 and a free request.
+    let body = "b".repeat(200_000);
+    let post = format!(
+        "POST /free/upload HTTP/1.1\r\nHost: api.test\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.send(format!("{post}{}{}", get("/paid/behind", ""), get("/free/last", "")).as_bytes())
+        .await;
+    let r = c.response().await;
+    assert_eq!((r.status, r.json()["path"].as_str()), (200, Some("/free/upload")));
+    assert_eq!(
+        s.up.all().iter().find(|r| r.path == "/free/upload").unwrap().body.len(),
+        200_000
+    );
+    assert_eq!(c.response().await.status, 402);
+    let r = c.response().await;
+    assert_eq!((r.status, r.json()["path"].as_str()), (200, Some("/free/last")));
+}
+
+#[tokio::test]
+async fn malformed_framing_gets_a_400_not_silence_or_an_error_log() {
+    let s = setup().await;
+    for raw in [
+        "POST /free/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_string(),
+        "GET /free/x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Host\r\n\r\n".to_string(),
+        "POST /free/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_string(),
+    ] {
+        let mut c = Conn::open(s.tg.port).await;
+        c.send(raw.as_bytes()).await;
+        let r = c.response().await;
+        assert_eq!(r.status, 400, "{raw:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = s.tg.log();
+    assert!(!log.contains("ERROR"), "{log}");
 }

@@ -67,13 +67,13 @@ async fn official_v1_client_x402_fetch_legacy_pays_through_tollgate() {
 }
 
 /// The reference facilitator, as a child process.
-struct Facilitator {
+pub struct Facilitator {
     child: tokio::process::Child,
-    url: String,
+    pub url: String,
 }
 
 impl Facilitator {
-    async fn start(rpc: &str, token: &str) -> Facilitator {
+    pub async fn start(rpc: &str, token: &str) -> Facilitator {
         let port = free_port();
         let child = Command::new("node")
             .arg(js_dir().join("facilitator.mjs"))

@@ -2,8 +2,11 @@
 //! USDC on a real anvil, with SQLite and PostgreSQL.
 
 mod common;
+mod faults;
 mod front;
 mod gateway;
 mod interop;
+mod reading;
 mod store;
+mod trust;
 mod upstream;

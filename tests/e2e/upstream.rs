@@ -1,9 +1,14 @@
 #![allow(dead_code)]
 
-//! A small HTTP/1.1 upstream for tests and the example: answers JSON, records what it received.
+//! A small HTTP/1.1 upstream for tests and the example: answers JSON, records exactly what it got.
 //!
 //! `GET /status/{code}` answers with that status; `/slow/{ms}` waits first; anything else is 200.
-//! Every request's method, path and headers are kept so that tests can see what was forwarded.
+//! Every request is kept with its raw bytes, so that tests see what was forwarded byte for byte.
+//!
+//! It reads requests the way careless upstreams do, which is what makes request smuggling possible:
+//! it never reads the body of a GET or HEAD, nor of any request whose path contains `/noread`
+//! (whatever it left unread is read as the next request on the connection), and it keeps a
+//! connection open until `Connection: close`.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,11 +17,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
-#[allow(dead_code)]
 pub struct Seen {
     pub method: String,
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// The request line and headers exactly as received.
+    pub raw_head: Vec<u8>,
+    pub body: Vec<u8>,
+    /// Which upstream connection it came on (1, 2, …).
+    pub conn: usize,
 }
 
 impl Seen {
@@ -45,8 +54,10 @@ impl Upstream {
         };
         let seen = up.seen.clone();
         tokio::spawn(async move {
+            let mut n = 0;
             while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(serve_conn(sock, seen.clone()));
+                n += 1;
+                tokio::spawn(serve_conn(sock, seen.clone(), n));
             }
         });
         Ok(up)
@@ -64,48 +75,84 @@ impl Upstream {
     pub fn last(&self) -> Option<Seen> {
         self.seen.lock().unwrap().last().cloned()
     }
+
+    pub fn all(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
 }
 
-async fn serve_conn(sock: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+async fn read_chunked(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        r.read_line(&mut size).await.ok()?;
+        let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+        let mut chunk = vec![0u8; n + 2];
+        r.read_exact(&mut chunk).await.ok()?;
+        if n == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn serve_conn(sock: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, conn: usize) {
     let mut r = BufReader::new(sock);
     loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+        let mut raw_head = Vec::new();
+        let mut line = Vec::new();
+        if r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
             return;
         }
-        let mut parts = line.split_whitespace();
+        raw_head.extend_from_slice(&line);
+        let text = String::from_utf8_lossy(&line).into_owned();
+        let mut parts = text.split_whitespace();
         let (method, path) = (
             parts.next().unwrap_or("").to_string(),
             parts.next().unwrap_or("/").to_string(),
         );
         let mut headers = Vec::new();
-        let mut len = 0usize;
         loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).await.unwrap_or(0) == 0 {
+            let mut h = Vec::new();
+            if r.read_until(b'\n', &mut h).await.unwrap_or(0) == 0 {
                 return;
             }
-            let h = h.trim_end();
+            raw_head.extend_from_slice(&h);
+            let h = String::from_utf8_lossy(&h).trim_end().to_string();
             if h.is_empty() {
                 break;
             }
             if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
                 headers.push((k.trim().to_string(), v.trim().to_string()));
             }
         }
-        let mut body = vec![0u8; len];
-        if len > 0 && r.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        let s = Seen {
+        let mut s = Seen {
             method,
             path: path.clone(),
             headers,
+            raw_head,
+            body: Vec::new(),
+            conn,
         };
+        let careless = s.method == "GET" || s.method == "HEAD" || path.contains("/noread");
+        if !careless {
+            if s.header("transfer-encoding")
+                .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+            {
+                match read_chunked(&mut r).await {
+                    Some(b) => s.body = b,
+                    None => return,
+                }
+            } else {
+                let len: usize = s.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                s.body = vec![0u8; len];
+                if len > 0 && r.read_exact(&mut s.body).await.is_err() {
+                    return;
+                }
+            }
+        }
         let payer = s.header("x-tollgate-payer").unwrap_or("").to_string();
+        let close = s.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         seen.lock().unwrap().push(s);
         let mut status = 200u16;
         if let Some((_, code)) = path.split_once("/status/") {
@@ -117,14 +164,15 @@ async fn serve_conn(sock: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
         let body = format!(
             r#"{{"ok":{},"path":"{}","payer":"{}"}}"#,
             status < 400,
-            path.replace('"', ""),
+            path.replace(['"', '\\'], ""),
             payer
         );
         let resp = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" }
         );
-        if r.get_mut().write_all(resp.as_bytes()).await.is_err() {
+        if r.get_mut().write_all(resp.as_bytes()).await.is_err() || close {
             return;
         }
     }

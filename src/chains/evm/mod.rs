@@ -75,7 +75,7 @@ impl EvmChain {
             .rpc_url
             .parse()
             .map_err(|_| format!("networks.{}.rpc_url is not a URL", network.name))?;
-        let rpc_label = redact_url(&url);
+        let rpc_label = crate::redact::url(&url);
         let http = reqwest::Client::builder()
             .timeout(opts.rpc_timeout)
             .connect_timeout(opts.rpc_timeout.min(Duration::from_secs(3)))
@@ -118,10 +118,19 @@ impl EvmChain {
         &self.provider
     }
 
+    /// The RPC failed: the detail goes to the log (URLs cut to their host), the client learns only
+    /// which network is unavailable.
     fn unreachable(&self, what: &str, e: impl std::fmt::Display) -> ChainError {
+        tracing::warn!(
+            network = %self.network.name,
+            rpc = %self.rpc_label,
+            error = %crate::redact::text(&e.to_string()),
+            "chain RPC failed during {what}; check networks.{}.rpc_url",
+            self.network.name
+        );
         ChainError::Unavailable(format!(
-            "{} RPC {} failed during {what}: {e}; check networks.{}.rpc_url",
-            self.network.name, self.rpc_label, self.network.name
+            "the {} network cannot be reached right now; nothing was charged, try again later",
+            self.network.name
         ))
     }
 
@@ -196,14 +205,6 @@ fn revert_text(e: &TransportError) -> Option<String> {
     (m.contains("revert") || p.code == 3).then(|| p.message.to_string())
 }
 
-/// `scheme://host[:port]` only: RPC URLs often carry API keys in their path or query.
-pub fn redact_url(u: &url::Url) -> String {
-    match u.port() {
-        Some(p) => format!("{}://{}:{p}", u.scheme(), u.host_str().unwrap_or("?")),
-        None => format!("{}://{}", u.scheme(), u.host_str().unwrap_or("?")),
-    }
-}
-
 #[async_trait]
 impl Chain for EvmChain {
     fn network(&self) -> &Arc<Network> {
@@ -256,6 +257,8 @@ impl Chain for EvmChain {
             Ok(_) => Ok(()),
             Err(e) => match revert_text(&e) {
                 Some(text) => {
+                    // The contract's own reason ("FiatTokenV2: invalid signature"), bounded.
+                    let text: String = crate::redact::text(&text).chars().take(160).collect();
                     Err(Rejection::new(revert_reason(&text), format!("USDC would refuse this transfer: {text}")).into())
                 }
                 None => Err(self.unreachable("the balance and authorization check", e)),
@@ -271,20 +274,26 @@ impl Chain for EvmChain {
         let landed = match batcher.settle(t.calldata().into()).await {
             Ok(l) => l,
             Err(SendError::OutOfGas { address, detail }) => {
-                tracing::error!(network = %self.network.name, relayer = %address, %detail, "relayer is out of gas: fund it with the chain's native token; paid requests get 503 until then");
+                tracing::error!(network = %self.network.name, relayer = %address, detail = %crate::redact::text(&detail), "relayer is out of gas: fund it with the chain's native token; paid requests get 503 until then");
                 return Err(ChainError::Unavailable(format!(
-                    "the relayer {address} has no gas on {}; the operator must fund it",
+                    "payments on {} are paused (the operator's relayer needs funds); nothing was charged",
                     self.network.name
                 )));
             }
             Err(SendError::Refused(why)) => {
-                return Err(Rejection::new(revert_reason(&why), format!("the node refused the transfer: {why}")).into())
+                // The node's own words stay in the log; the client gets the x402 reason.
+                tracing::warn!(network = %self.network.name, why = %crate::redact::text(&why), "the node refused a settlement");
+                let r = revert_reason(&why);
+                return Err(
+                    Rejection::new(r, format!("the {} node refused the transfer ({r})", self.network.name)).into(),
+                );
             }
             Err(SendError::InDoubt { hash, detail }) => {
+                tracing::warn!(network = %self.network.name, tx = %hash, error = %crate::redact::text(&detail), "the node went away while a settlement was sent; recorded pending");
                 return Err(ChainError::InDoubt {
-                    tx: hash.to_string(),
-                    detail: self.unreachable("settlement", detail).to_string(),
-                })
+                    tx: Some(hash.to_string()),
+                    detail: format!("the {} node went away while the transfer was sent", self.network.name),
+                });
             }
             Err(SendError::Unreachable(e)) => return Err(self.unreachable("settlement", e)),
         };
@@ -334,12 +343,35 @@ impl Chain for EvmChain {
         let used = IUsdc::authorizationStateCall::abi_decode_returns(&out)
             .map_err(|e| self.unreachable("reconciliation", e))?;
         Ok(if used {
-            ChainStatus::Spent { tx: None }
+            ChainStatus::Spent {
+                tx: self.spending_tx(t).await,
+            }
         } else if t.auth.valid_before <= now {
             ChainStatus::Expired
         } else {
             ChainStatus::Unspent
         })
+    }
+}
+
+/// How far back [`EvmChain::spending_tx`] looks (an authorization lives minutes, not days; many
+/// RPC providers cap log queries at a few thousand blocks).
+const SPENT_LOOKBACK_BLOCKS: u64 = 2_000;
+
+impl EvmChain {
+    /// The transaction that spent an authorization whose transaction tollgate does not know (a
+    /// facilitator that never said, a crash mid-send): its `AuthorizationUsed(from, nonce)` log.
+    async fn spending_tx(&self, t: &CheckedTransfer) -> Option<String> {
+        let head = self.provider.get_block_number().await.ok()?;
+        let filter = alloy::rpc::types::Filter::new()
+            .address(self.domain.asset)
+            .event_signature(IUsdc::AuthorizationUsed::SIGNATURE_HASH)
+            .topic1(t.auth.from.into_word())
+            .topic2(t.auth.nonce)
+            .from_block(head.saturating_sub(SPENT_LOOKBACK_BLOCKS))
+            .to_block(head);
+        let logs = self.provider.get_logs(&filter).await.ok()?;
+        logs.last()?.transaction_hash.map(|h| h.to_string())
     }
 }
 
@@ -387,13 +419,5 @@ mod tests {
             reason::PAYER_BLOCKED
         );
         assert_eq!(revert_reason("Pausable: paused"), reason::INVALID_PAYLOAD);
-    }
-
-    #[test]
-    fn rpc_urls_lose_their_keys_in_messages() {
-        let u: url::Url = "https://base-mainnet.g.alchemy.com/v2/SECRETKEY?x=1".parse().unwrap();
-        assert_eq!(redact_url(&u), "https://base-mainnet.g.alchemy.com");
-        let u: url::Url = "http://127.0.0.1:8545".parse().unwrap();
-        assert_eq!(redact_url(&u), "http://127.0.0.1:8545");
     }
 }

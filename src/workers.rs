@@ -1,0 +1,143 @@
+//! The workers: one thread per core, each with its own single-threaded runtime and its own
+//! `SO_REUSEPORT` listening socket, so that the kernel spreads connections and each connection lives
+//! on the runtime whose reactor owns it (the nginx model; README, Performance, has what that saved).
+//!
+//! pingora's `Server` is not used for this: it keeps one socket per address in a table shared by all
+//! services, so two services on one address share one descriptor, and both close it at shutdown
+//! (a double close, which may close some other connection's descriptor that took the number). Here
+//! each worker owns its socket, stops accepting when told to shut down, and keeps its runtime
+//! running for the requests still in flight; [`crate::serve`] decides when the process ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::{GetSocketDigest, SocketDigest};
+use pingora_core::server::configuration::ServerConf;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+
+use crate::front::{Connections, Front};
+use crate::payment::Gateway;
+use crate::proxy::Proxy;
+
+/// Starts `threads` workers listening on `addr`; returns once every one is listening. When
+/// `shutdown` turns `true` they stop accepting (and the front closes idle connections).
+pub fn start(
+    threads: usize,
+    addr: SocketAddr,
+    gw: Arc<Gateway>,
+    conns: Arc<Connections>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let conf = Arc::new(ServerConf {
+        threads: 1,
+        work_stealing: false,
+        ..Default::default()
+    });
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    for i in 0..threads {
+        let (gw, conns, conf, shutdown, ready) = (
+            gw.clone(),
+            conns.clone(),
+            conf.clone(),
+            shutdown.clone(),
+            ready_tx.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("tollgate-w{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("cannot start worker {i}: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match bind(addr) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("listen {addr}: {e}")));
+                            return;
+                        }
+                    };
+                    let _ = ready.send(Ok(()));
+                    let front = Arc::new(Front::new(
+                        pingora_proxy::http_proxy(&conf, Proxy::new(gw.clone())),
+                        gw,
+                        conns,
+                    ));
+                    accept_until_shutdown(listener, front.clone(), shutdown).await;
+                    // Listening socket closed; the connections still open finish on this runtime.
+                    std::future::pending::<()>().await;
+                });
+            })
+            .map_err(|e| format!("cannot start worker {i}: {e}"))?;
+    }
+    drop(ready_tx);
+    for _ in 0..threads {
+        ready_rx
+            .recv()
+            .map_err(|_| "a worker stopped before listening".to_string())??;
+    }
+    Ok(())
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.set_reuseport(true)?;
+    sock.bind(addr)?;
+    sock.listen(4096)
+}
+
+async fn accept_until_shutdown(listener: TcpListener, front: Arc<Front>, mut shutdown: watch::Receiver<bool>) {
+    let mut last_warned: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let mut stream: L4Stream = tcp.into();
+                let digest = SocketDigest::from_raw_fd(std::os::fd::AsRawFd::as_raw_fd(&stream));
+                let _ = digest.peer_addr.set(Some(peer.into()));
+                stream.set_socket_digest(digest);
+                let _ = stream.set_nodelay();
+                let (front, shutdown) = (front.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    let mut next = front.process_new(Box::new(stream), &shutdown).await;
+                    while let Some(s) = next {
+                        next = front.process_new(s, &shutdown).await;
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of descriptors (the connection cap is set below the limit, but the upstream,
+                // chain and database connections count too): wait for some to close instead of
+                // spinning, and say so once in a while rather than per attempt.
+                let exhausted = matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+                );
+                if last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "accept failed{}", if exhausted { "; out of file descriptors: raise `ulimit -n` or lower limits.max_connections" } else { "" });
+                    last_warned = Some(Instant::now());
+                }
+                if exhausted {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    tracing::debug!("worker stopped accepting");
+}
