@@ -19,8 +19,37 @@ pub fn url_str(s: &str) -> String {
 }
 
 /// `text` with every URL in it cut down to [`url`] (error messages of HTTP clients name the URL
-/// they failed on, query string included).
+/// they failed on, query string included), and every long token that could be a key (24 or more
+/// letters, digits, `_` or `-`, not a `0x` hash or address) masked: remote services echo keys in
+/// their error bodies.
 pub fn text(text: &str) -> String {
+    mask_tokens(&urls(text))
+}
+
+fn mask_tokens(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        if token.len() >= 24 && !token.starts_with("0x") {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(token);
+        }
+        token.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut token, &mut out);
+    out
+}
+
+fn urls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
@@ -55,5 +84,11 @@ mod tests {
         );
         assert_eq!(super::text("no urls here"), "no urls here");
         assert!(!super::text("a wss://x.io/SECRET and http://y/SECRET").contains("SECRET"));
+        assert_eq!(
+            super::text(r#"HTTP error 500 with body: {"error":"bad key sk_live_0123456789abcdefghijkl"}"#),
+            r#"HTTP error 500 with body: {"error":"bad key <redacted>"}"#
+        );
+        let hash = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+        assert_eq!(super::text(hash), hash, "hashes and addresses stay readable");
     }
 }

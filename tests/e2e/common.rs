@@ -558,9 +558,14 @@ rpc_timeout_ms = 2000
 
 /// Sends a signal (`TERM`, `KILL`, …) to a child process.
 pub fn signal(child: &Child, name: &str) {
+    signal_pid(child.id(), name);
+}
+
+/// Sends a signal to a process.
+pub fn signal_pid(pid: u32, name: &str) {
     let ok = Command::new("kill")
         .arg(format!("-{name}"))
-        .arg(child.id().to_string())
+        .arg(pid.to_string())
         .status()
         .unwrap();
     assert!(ok.success(), "kill -{name}");

@@ -377,3 +377,80 @@ async fn chain_rpc_faults_never_forward_unpaid_never_lose_or_double_charge_a_pay
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown and secrets.
+
+#[tokio::test]
+async fn sigterm_finishes_requests_in_flight_and_refuses_new_connections() {
+    let anvil = Anvil::start().await;
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let db = Db::sqlite();
+    let spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+    let mut tg = Tollgate::start(&spec).await;
+    // A paid request whose upstream takes 1.5 s: settled first, then forwarded.
+    let url = format!("{}/paid/slow/1500", tg.url);
+    let ((name, value), auth) = payment(&url).await;
+    let in_flight = tokio::spawn(async move { http().get(&url).header(name, &value).send().await });
+    eventually("the request to reach the upstream", || async { up.count() == 1 }).await;
+    assert!(anvil.authorization_used(&auth).await, "settled before forwarding");
+    signal_pid(tg.pid(), "TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", tg.port)).await.is_err(),
+        "no new connections after SIGTERM"
+    );
+    let r = in_flight.await.unwrap().expect("the request in flight is answered");
+    assert_eq!(r.status(), 200, "{}", tg.log());
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["path"], "/paid/slow/1500");
+    eventually("the gateway to exit", || {
+        let exited = tg.exited().is_some();
+        async move { exited }
+    })
+    .await;
+    assert!(tg.log().contains("tollgate stopped"), "{}", tg.log());
+}
+
+#[tokio::test]
+async fn rpc_and_facilitator_secrets_never_reach_clients_or_logs() {
+    let anvil = Anvil::start().await;
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    // An RPC URL that carries its key in the path and the query, as hosted providers do; first
+    // dead, then alive but answering its own error (naming a key) to every call.
+    let dead = format!("http://127.0.0.1:{}/v2/{SECRET}?apikey={SECRET}", free_port());
+    let rpc = FaultProxy::start(&anvil.url, Plan::Always(Fault::ServerError)).await;
+    let erring = format!("{}/v2/{SECRET}?apikey={SECRET}", rpc.url);
+    for rpc_url in [dead, erring] {
+        let db = Db::sqlite();
+        let tg = Tollgate::start(&GatewaySpec::new(up.url(), rpc_url, &db.url)).await;
+        let url = format!("{}/paid/x", tg.url);
+        let ((name, value), _) = payment(&url).await;
+        let r = http().get(&url).header(name, &value).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        let text = format!("{:?} {}", r.headers().clone(), r.text().await.unwrap());
+        assert!(!text.contains("SECRET"), "{text}");
+        assert!(!text.contains("127.0.0.1"), "no addresses either: {text}");
+        let log = tg.log();
+        assert!(!log.contains("SECRET"), "{log}");
+        assert!(
+            log.contains("chain RPC failed"),
+            "the operator still learns what failed: {log}"
+        );
+    }
+    // A facilitator URL with a token in it.
+    let db = Db::sqlite();
+    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+    let settlement = format!(
+        "mode = \"facilitator\"\nfacilitator_url = \"http://127.0.0.1:{}/t/{SECRET}\"",
+        free_port()
+    );
+    spec.settlement_extra = &settlement;
+    let tg = Tollgate::start(&spec).await;
+    let url = format!("{}/paid/x", tg.url);
+    let ((name, value), _) = payment(&url).await;
+    let r = http().get(&url).header(name, &value).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(!r.text().await.unwrap().contains("SECRET"));
+    assert!(!tg.log().contains("SECRET"), "{}", tg.log());
+    assert_eq!(up.count(), 0);
+}

@@ -233,7 +233,7 @@ impl Relayer {
                 p.send_raw_transaction(&raw).await.map(|_| ())
             };
             if let Err(e) = filled.await {
-                tracing::warn!(relayer = %me.address(), nonce, error = %e, "could not fill a nonce gap; resyncing nonces from the node");
+                tracing::warn!(relayer = %me.address(), nonce, error = %crate::redact::text(&e.to_string()), "could not fill a nonce gap; resyncing nonces from the node");
                 me.resync().await;
             }
         });
