@@ -454,3 +454,128 @@ async fn rpc_and_facilitator_secrets_never_reach_clients_or_logs() {
     assert!(!tg.log().contains("SECRET"), "{}", tg.log());
     assert_eq!(up.count(), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Crashes.
+
+#[tokio::test]
+async fn kill_9_during_paid_load_fifty_times_loses_nothing_forwards_nothing_unpaid_charges_nothing_twice() {
+    let anvil = Anvil::start().await;
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let db = Db::sqlite();
+    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+    spec.settlement_extra = "reconcile_interval_secs = 1\nreconcile_after_secs = 1";
+    let payer0 = anvil.usdc_balance(PAYER).await;
+    let mut sent: Vec<(String, tollgate::x402::Authorization)> = Vec::new();
+    let mut answered_200 = Vec::new();
+    let mut last_valid = 0;
+    for round in 0..50 {
+        let mut tg = Tollgate::start(&spec).await;
+        let mut tasks = Vec::new();
+        // The offer is the same for every path under /paid/ (the signature does not cover the URL).
+        let o = offers(&format!("{}/paid/k", tg.url), true).await.remove(0);
+        for j in 0..6 {
+            let url = format!("{}/paid/k{round}-{j}", tg.url);
+            // Short-lived, so that whatever a crash left unsent can be seen expiring below.
+            let now = now();
+            let auth = tollgate::x402::Authorization {
+                from: PAYER,
+                to: o.pay_to,
+                value: o.amount,
+                valid_after: now - 60,
+                valid_before: now + 15,
+                nonce: alloy::primitives::B256::from(rand::random::<[u8; 32]>()),
+            };
+            last_valid = auth.valid_before;
+            let (name, value) =
+                tollgate::client::payment_header(&o, &tollgate::client::sign(&o, &payer(), auth.clone()));
+            sent.push((format!("/paid/k{round}-{j}"), auth));
+            tasks.push(tokio::spawn(async move {
+                http()
+                    .get(&url)
+                    .header(name, value)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }));
+        }
+        // The kill falls when a random number of this round's payments (0 to 5 of 6) has been
+        // forwarded: before, during or after settlements.
+        let wanted = rand::random::<u64>() % 6;
+        let start = up.count();
+        for _ in 0..200 {
+            if (up.count() - start) as u64 >= wanted {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 15)).await;
+        signal_pid(tg.pid(), "KILL");
+        for _ in 0..100 {
+            if tg.exited().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (j, t) in tasks.into_iter().enumerate() {
+            if let Ok(Ok(200)) = t.await {
+                answered_200.push(format!("/paid/k{round}-{j}"));
+            }
+        }
+    }
+
+    // One last start: reconciliation finishes what the crashes left, once every authorization that
+    // was never sent has expired.
+    let mut tg = Tollgate::start(&spec).await;
+    while now() < last_valid + 3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tg.stop().await;
+    let store = Store::connect(&db.url).await.unwrap();
+    assert!(
+        store.unfinished(u64::MAX, 1000).await.unwrap().is_empty(),
+        "reconciliation left unfinished payments"
+    );
+
+    let forwarded = up.all();
+    let mut spent = 0u64;
+    for (path, auth) in &sent {
+        let on_chain = anvil.authorization_used(auth).await;
+        let key = tollgate::chains::ReplayKey {
+            network: "eip155:8453".into(),
+            asset: USDC.to_checksum(None).to_ascii_lowercase(),
+            payer: PAYER.to_checksum(None).to_ascii_lowercase(),
+            nonce: auth.nonce.to_string(),
+        };
+        let row = store.payment(&key).await.unwrap();
+        if on_chain {
+            spent += 1;
+            let row = row.unwrap_or_else(|| panic!("{path}: charged on chain but not in the ledger"));
+            assert_eq!(row.state, PaymentState::Settled, "{path}");
+        } else {
+            assert!(row.is_none(), "{path}: never charged, but the ledger has {row:?}");
+        }
+        let times = forwarded.iter().filter(|s| &s.path == path).count();
+        assert!(times <= 1, "{path} forwarded {times} times");
+        assert!(times == 0 || on_chain, "{path} was forwarded unpaid");
+    }
+    for path in &answered_200 {
+        assert!(
+            forwarded.iter().any(|s| &s.path == path),
+            "{path} answered 200 without the upstream"
+        );
+    }
+    assert_eq!(anvil.usdc_balance(PAYER).await, payer0 - U256::from(PRICE * spent));
+    assert!(
+        spent > 0 && spent < sent.len() as u64,
+        "the crashes fell mid-load: {spent} of {} spent",
+        sent.len()
+    );
+    eprintln!(
+        "kill -9 x50: {} payments sent, {spent} charged and settled in the ledger, {} forwarded, {} answered before the kill",
+        sent.len(),
+        forwarded.len(),
+        answered_200.len()
+    );
+}
