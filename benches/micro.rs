@@ -141,5 +141,49 @@ fn routes(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, eip712, offline, render_402, routes);
+/// One reading of a request (`reading::read` + `Tenant::route_for`): what every request pays before
+/// it is priced, for a plain path and for ones with more readings.
+fn reading(c: &mut Criterion) {
+    let file: tollgate::config::FileConfig = toml::from_str(
+        r#"
+upstream = "http://127.0.0.1:8080"
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+[networks.base]
+rpc_url = "http://127.0.0.1:8545"
+[[routes]]
+method = "GET"
+path = "/api/premium/*"
+price = "$0.01"
+[[routes]]
+path = "/api/weather/{city}"
+price = "$0.001"
+[[routes]]
+path = "/health"
+price = "free"
+"#,
+    )
+    .unwrap();
+    let (_, tenant) = tollgate::config::build(file).unwrap();
+    let mut g = c.benchmark_group("reading");
+    for (name, target) in [
+        ("plain", "/api/premium/report?x=1"),
+        ("case+suffix", "/Api/Premium/report.json"),
+        ("dirty", "/a//b/%2e%2e/../api;x/premium/%7Ey"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let req = tollgate::reading::Request {
+                    method: "GET",
+                    target: black_box(target.as_bytes()),
+                    ..Default::default()
+                };
+                let r = tollgate::reading::read(&req, &tenant.rules).unwrap();
+                tenant.route_for(&r).map(|(i, _)| i)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode, eip712, offline, render_402, routes, reading);
 criterion_main!(benches);

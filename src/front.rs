@@ -6,9 +6,9 @@
 //! built and serialised again). The front reads each request head itself and, when it is exactly
 //! that case, writes the worker's cached 402 bytes straight back (README, Performance, has what
 //! that changed). Every other request (paid, free, preflight, anything with a body or
-//! anything unusual) is put back on the connection unread ([`L4Stream::rewind`]) and handed to the
-//! pingora proxy, which sees exactly the bytes the client sent; when pingora is done with it, the
-//! connection comes back here for its next request.
+//! anything unusual) is handed to the pingora proxy with the bytes already read
+//! ([`crate::fenced::Fenced`]), so pingora sees exactly what the client sent; when pingora is done
+//! with it, the connection comes back here for its next request.
 //!
 //! The front is deliberately narrow: it answers only GET/POST/… requests in HTTP/1.1 without a
 //! body, without `Connection` options other than keep-alive, without a payment header, whose head
@@ -126,7 +126,7 @@ impl Front {
 
 /// What the front makes of the bytes it holds.
 #[derive(Debug, PartialEq, Eq)]
-enum Head {
+pub enum Head {
     /// An unpaid request to a priced route, `n` bytes long, answered by `out`.
     Unpaid(usize),
     /// Not all of the head has arrived.
@@ -305,77 +305,84 @@ impl Front {
         }
     }
 
-    /// Parses the head at the start of `buf`; for an unpaid request to a priced route, writes the
-    /// whole 402 into `out`.
     fn answer(&self, buf: &[u8], out: &mut Vec<u8>) -> Head {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let n = match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Head::Partial,
-            Err(_) => return Head::Other(None),
-        };
-        // Only requests the front hands on need their length: worked out then, not for every 402.
-        let headers: &[httparse::Header] = req.headers;
-        let tunnel = req.method == Some("CONNECT");
-        let other = || Head::Other(if tunnel { None } else { request_len(n, headers) });
-        if req.version != Some(1) {
-            return other();
-        }
-        let (Some(method), Some(target)) = (req.method, req.path) else {
-            return other();
-        };
-        // OPTIONS (preflight), HEAD (no body), CONNECT and lower-case methods are pingora's, and so
-        // is any target that is not a plain path.
-        if !matches!(method, "GET" | "POST" | "PUT" | "DELETE" | "PATCH") || !target.starts_with('/') {
-            return other();
-        }
-        let mut seen = Seen::default();
-        for h in req.headers.iter() {
-            if !seen.note(h.name, h.value) {
-                return other();
-            }
-        }
-        // The same reading as the proxy's; anything it refuses is pingora's to answer (400).
-        let tenant = &self.gw.tenant;
-        let request = reading::Request {
-            method,
-            target: target.as_bytes(),
-            ..Default::default()
-        };
-        let Ok(read) = reading::read(&request, &tenant.rules) else {
-            return other();
-        };
-        if !read.also.is_empty() {
-            return other();
-        }
-        let Some((_, route)) = tenant.route_for(&read) else {
-            return other();
-        };
-        let Some(pricing) = route.pricing.as_ref() else {
-            return other();
-        };
-        let settings = &self.gw.settings;
-        let asked = challenge::asked_raw(
-            &read.method,
-            read.path(),
-            settings.public_url.as_deref(),
-            seen.x_forwarded_proto,
-            seen.x_forwarded_host,
-            seen.host,
-        );
-        let cors = challenge::allowed_origin_raw(seen.origin, &settings.cors_origins);
-        let Ok((head, body)) = challenge::unpaid_wire(pricing, &asked, cors.as_deref()) else {
-            return other();
-        };
-        out.clear();
-        out.extend_from_slice(&head);
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(pingora_core::protocols::http::date::get_cached_date().as_bytes());
-        out.extend_from_slice(b"\r\nconnection: keep-alive\r\n\r\n");
-        out.extend_from_slice(&body);
-        Head::Unpaid(n)
+        read_head(&self.gw.tenant, &self.gw.settings, buf, out)
     }
+}
+
+/// Parses the head at the start of `buf`; for an unpaid request to a priced route of `tenant`,
+/// writes the whole 402 into `out`. Pure (the fuzz target `request_head` drives it).
+pub fn read_head(
+    tenant: &crate::tenant::Tenant,
+    settings: &crate::config::Settings,
+    buf: &[u8],
+    out: &mut Vec<u8>,
+) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Other(None),
+    };
+    // Only requests the front hands on need their length: worked out then, not for every 402.
+    let headers: &[httparse::Header] = req.headers;
+    let tunnel = req.method == Some("CONNECT");
+    let other = || Head::Other(if tunnel { None } else { request_len(n, headers) });
+    if req.version != Some(1) {
+        return other();
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return other();
+    };
+    // OPTIONS (preflight), HEAD (no body), CONNECT and lower-case methods are pingora's, and so
+    // is any target that is not a plain path.
+    if !matches!(method, "GET" | "POST" | "PUT" | "DELETE" | "PATCH") || !target.starts_with('/') {
+        return other();
+    }
+    let mut seen = Seen::default();
+    for h in req.headers.iter() {
+        if !seen.note(h.name, h.value) {
+            return other();
+        }
+    }
+    // The same reading as the proxy's; anything it refuses is pingora's to answer (400).
+    let request = reading::Request {
+        method,
+        target: target.as_bytes(),
+        ..Default::default()
+    };
+    let Ok(read) = reading::read(&request, &tenant.rules) else {
+        return other();
+    };
+    if !read.also.is_empty() {
+        return other();
+    }
+    let Some((_, route)) = tenant.route_for(&read) else {
+        return other();
+    };
+    let Some(pricing) = route.pricing.as_ref() else {
+        return other();
+    };
+    let asked = challenge::asked_raw(
+        &read.method,
+        read.path(),
+        settings.public_url.as_deref(),
+        seen.x_forwarded_proto,
+        seen.x_forwarded_host,
+        seen.host,
+    );
+    let cors = challenge::allowed_origin_raw(seen.origin, &settings.cors_origins);
+    let Ok((head, body)) = challenge::unpaid_wire(pricing, &asked, cors.as_deref()) else {
+        return other();
+    };
+    out.clear();
+    out.extend_from_slice(&head);
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(pingora_core::protocols::http::date::get_cached_date().as_bytes());
+    out.extend_from_slice(b"\r\nconnection: keep-alive\r\n\r\n");
+    out.extend_from_slice(&body);
+    Head::Unpaid(n)
 }
 
 /// Where the head at the start of `buf` ends (after its blank line; httparse also accepts bare LF

@@ -1,0 +1,25 @@
+//! The front's request-head reader: whatever bytes a client sends, it either answers a 402 for a
+//! whole head it read, hands the request on with a length that covers the head, or waits for more.
+#![no_main]
+
+#[path = "common.rs"]
+mod common;
+
+use libfuzzer_sys::fuzz_target;
+use tollgate::front::{read_head, Head};
+
+fuzz_target!(|data: &[u8]| {
+    let (settings, tenant) = common::default_tenant();
+    let mut out = Vec::new();
+    match read_head(tenant, settings, data, &mut out) {
+        Head::Unpaid(n) => {
+            assert!(n > 0 && n <= data.len(), "{n} of {}", data.len());
+            assert!(out.starts_with(b"HTTP/1.1 402 "));
+            // The same head alone is answered the same way: nothing after it counted.
+            let mut again = Vec::new();
+            assert_eq!(read_head(tenant, settings, &data[..n], &mut again), Head::Unpaid(n));
+        }
+        Head::Other(Some(len)) => assert!(len > 0),
+        Head::Other(None) | Head::Partial => {}
+    }
+});
