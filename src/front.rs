@@ -28,12 +28,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,7 +75,8 @@ impl Connections {
         self.open.load(Ordering::Acquire)
     }
 
-    fn enter(self: &Arc<Self>) -> Option<Slot> {
+    /// A place for one more client connection, if the cap allows.
+    pub fn enter(self: &Arc<Self>) -> Option<Slot> {
         let n = self.open.fetch_add(1, Ordering::AcqRel);
         let slot = Slot(self.clone());
         (n < self.max_open).then_some(slot)
@@ -90,7 +89,7 @@ impl Connections {
 }
 
 /// One open connection, counted until dropped.
-struct Slot(Arc<Connections>);
+pub struct Slot(Arc<Connections>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -159,7 +158,7 @@ async fn refuse_and_close(conn: &mut L4Stream, answer: &[u8]) {
     if conn.write_all(answer).await.is_err() || conn.flush().await.is_err() {
         return;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
         let _ = conn.shutdown().await;
         let mut sink = [0u8; 4096];
         while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
@@ -167,26 +166,10 @@ async fn refuse_and_close(conn: &mut L4Stream, answer: &[u8]) {
     .await;
 }
 
-#[async_trait]
-impl ServerApp for Front {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        // TLS (later) and any other transport: pingora all the way.
-        if !stream.as_any().is::<L4Stream>() {
-            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
-        }
-        let mut conn: Box<L4Stream> = stream.into_any().downcast().ok()?;
-        let Some(_slot) = self.conns.enter() else {
-            // No lingering here: under a flood of connections that would hold uncounted descriptors.
-            let _ = conn
-                .write_all(&refusal(
-                    "503 Service Unavailable",
-                    "too_many_connections",
-                    "the gateway holds its most connections; try again shortly",
-                ))
-                .await;
-            tracing::debug!("connection refused: limits.max_connections reached");
-            return None;
-        };
+impl Front {
+    /// Serves one client connection, request after request, until it closes; `slot` is its place
+    /// under the connection cap ([`Connections::enter`]), held until then.
+    pub async fn serve(self: &Arc<Self>, mut conn: L4Stream, _slot: Slot, shutdown: &ShutdownWatch) {
         let limits = &self.conns.limits;
         let mut shutdown = shutdown.clone();
         let mut buf = BytesMut::with_capacity(2048);
@@ -195,12 +178,12 @@ impl ServerApp for Front {
         loop {
             match self.step(&mut conn, &mut buf, &mut out, &mut shutdown).await {
                 Step::Answered => continue,
-                Step::Close => return None,
+                Step::Close => return,
                 Step::Delegate(len) => {
                     let _busy = self.conns.working();
                     // pingora reads the request from the start, as the client sent it, and nothing
                     // after it: what was pipelined behind it stays here for the next turn.
-                    let fenced = Fenced::new(*conn, std::mem::take(&mut buf), len, limits.max_head_bytes);
+                    let fenced = Fenced::new(conn, std::mem::take(&mut buf), len, limits.max_head_bytes);
                     let mut session = ServerSession::new_http1(Box::new(fenced));
                     match settings.take() {
                         // Keep-alive state pingora carries between its own requests.
@@ -210,23 +193,24 @@ impl ServerApp for Front {
                     if *shutdown.borrow() {
                         session.set_keepalive(None);
                     }
-                    let reused = self.proxy.process_new_http(session, &shutdown).await?;
+                    let Some(reused) = self.proxy.process_new_http(session, &shutdown).await else {
+                        return;
+                    };
                     let (stream, next) = reused.consume();
                     settings = next;
                     // pingora hands back the stream it was given.
-                    let fenced: Box<Fenced> = stream.into_any().downcast().ok()?;
-                    let (inner, held) = fenced.into_parts();
-                    *conn = inner;
-                    buf = held;
+                    let Ok(fenced) = stream.into_any().downcast::<Fenced>() else {
+                        return;
+                    };
+                    (conn, buf) = fenced.into_parts();
                 }
             }
         }
     }
-
-    async fn cleanup(&self) {
-        self.proxy.http_cleanup().await;
-    }
 }
+
+/// The answer to a connection over the cap, written without waiting and followed by a close.
+pub const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 93\r\nretry-after: 1\r\nconnection: close\r\n\r\n{\"error\":\"too_many_connections\",\"detail\":\"the gateway holds its most connections; try again\"}";
 
 impl Front {
     /// Answers one request from `buf` (reading more as needed, within the head limits) or says who
@@ -497,6 +481,23 @@ mod tests {
             assert!(!note_all(&[("Host", "a"), bad]), "{bad:?}");
         }
         assert!(!note_all(&[("Host", "a"), ("host", "b")]), "two Hosts");
+    }
+
+    #[test]
+    fn the_connection_refusal_is_well_formed() {
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut r = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(n) = r.parse(TOO_MANY_CONNECTIONS).unwrap() else {
+            panic!("incomplete")
+        };
+        assert_eq!(r.code, Some(503));
+        let len = r.headers.iter().find(|h| h.name == "content-length").unwrap();
+        assert_eq!(
+            std::str::from_utf8(len.value).unwrap(),
+            (TOO_MANY_CONNECTIONS.len() - n).to_string()
+        );
+        let body: serde_json::Value = serde_json::from_slice(&TOO_MANY_CONNECTIONS[n..]).unwrap();
+        assert_eq!(body["error"], "too_many_connections");
     }
 
     #[test]

@@ -47,20 +47,21 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     describe(&gw);
     let reconciler = core.spawn(reconcile_forever(gw.clone()));
 
-    // Client connections: capped below the open-file limit, so that the gateway answers 503 instead
-    // of failing to accept (or to reach its upstream, chain and database) at the limit.
+    // Descriptors: client connections are capped, and so is each worker's pool of idle upstream
+    // connections, so that together they stay below the open-file limit with room for the database,
+    // the chain RPCs and the facilitator. (A flood of requests whose clients went away used to fill
+    // pingora's default pools, 128 idle upstream connections per worker, up to the limit.)
     let nofile = raise_open_file_limit();
     let limits = gw.settings.limits.clone();
-    let max_open = limits
-        .max_connections
-        .unwrap_or_else(|| (nofile.saturating_sub(256) / 2).max(64) as usize);
-    if nofile > 0 && max_open as u64 * 2 + 64 > nofile {
-        tracing::warn!(max_open, nofile, "limits.max_connections is close to the open-file limit (each client connection may hold an upstream one too); raise `ulimit -n` or lower it");
+    let budget = Budget::of(nofile, threads, limits.max_connections);
+    if nofile > 0 && budget.needs() > nofile {
+        tracing::warn!(max_connections = budget.max_open, nofile, "limits.max_connections needs about {} descriptors (a client connection may hold an upstream one), more than the open-file limit; raise `ulimit -n` or lower it", budget.needs());
     }
+    let max_open = budget.max_open;
     let conns = Connections::new(limits.clone(), max_open);
 
     let (shutdown, watch) = tokio::sync::watch::channel(false);
-    crate::workers::start(threads, listen, gw.clone(), conns.clone(), watch)?;
+    crate::workers::start(threads, listen, budget.upstream_pool, gw.clone(), conns.clone(), watch)?;
     tracing::info!(%listen, workers = threads, max_connections = max_open, "tollgate listening");
 
     core.block_on(async {
@@ -87,6 +88,39 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     drop(writer);
     tracing::info!("tollgate stopped");
     Ok(())
+}
+
+/// How the open-file limit is shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Budget {
+    /// Client connections at once.
+    max_open: usize,
+    /// Idle upstream connections each worker keeps.
+    upstream_pool: usize,
+    /// Kept for everything else (database, RPCs, facilitator, the process itself).
+    reserve: usize,
+    threads: usize,
+}
+
+impl Budget {
+    fn of(nofile: u64, threads: usize, configured: Option<usize>) -> Budget {
+        let nofile = nofile as usize;
+        let reserve = (nofile / 4).clamp(16, 128);
+        let upstream_pool = (nofile / 16).clamp(4, 128);
+        let max_open =
+            configured.unwrap_or_else(|| (nofile.saturating_sub(reserve + upstream_pool * threads) / 2).max(8));
+        Budget {
+            max_open,
+            upstream_pool,
+            reserve,
+            threads,
+        }
+    }
+
+    /// Descriptors this budget can use.
+    fn needs(&self) -> u64 {
+        (self.max_open * 2 + self.upstream_pool * self.threads + self.reserve) as u64
+    }
 }
 
 /// Waits for SIGTERM (`true`: drain first) or SIGINT (`false`).
@@ -152,5 +186,21 @@ async fn reconcile_forever(gw: Arc<Gateway>) {
             Ok(n) => tracing::info!(resolved = n, "reconciliation pass"),
             Err(e) => tracing::warn!(error = %e, "reconciliation pass failed; will retry"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Budget;
+
+    #[test]
+    fn descriptors_are_shared_out_below_the_limit() {
+        for (nofile, threads) in [(160u64, 2), (1024, 2), (1024, 4), (20_000, 16), (1_048_576, 64)] {
+            let b = Budget::of(nofile, threads, None);
+            assert!(b.needs() <= nofile, "{nofile} {threads}: {b:?}");
+            assert!(b.max_open >= 8 && b.upstream_pool >= 4, "{b:?}");
+        }
+        assert_eq!(Budget::of(20_000, 2, None).max_open, (20_000 - 128 - 256) / 2);
+        assert_eq!(Budget::of(20_000, 2, Some(100)).max_open, 100);
     }
 }

@@ -12,22 +12,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::server::configuration::ServerConf;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
-use crate::front::{Connections, Front};
+use crate::front::{Connections, Front, TOO_MANY_CONNECTIONS};
 use crate::payment::Gateway;
 use crate::proxy::Proxy;
 
-/// Starts `threads` workers listening on `addr`; returns once every one is listening. When
-/// `shutdown` turns `true` they stop accepting (and the front closes idle connections).
+/// Starts `threads` workers listening on `addr`, each keeping at most `upstream_pool` idle upstream
+/// connections; returns once every one is listening. When `shutdown` turns `true` they stop accepting
+/// (and the front closes idle connections).
 pub fn start(
     threads: usize,
     addr: SocketAddr,
+    upstream_pool: usize,
     gw: Arc<Gateway>,
     conns: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
@@ -35,6 +36,8 @@ pub fn start(
     let conf = Arc::new(ServerConf {
         threads: 1,
         work_stealing: false,
+        // Idle upstream connections each worker keeps ([`crate::serve`] sizes it from the open-file limit).
+        upstream_keepalive_pool_size: upstream_pool,
         ..Default::default()
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -68,9 +71,9 @@ pub fn start(
                     let front = Arc::new(Front::new(
                         pingora_proxy::http_proxy(&conf, Proxy::new(gw.clone())),
                         gw,
-                        conns,
+                        conns.clone(),
                     ));
-                    accept_until_shutdown(listener, front.clone(), shutdown).await;
+                    accept_until_shutdown(listener, front, conns, shutdown).await;
                     // Listening socket closed; the connections still open finish on this runtime.
                     std::future::pending::<()>().await;
                 });
@@ -98,7 +101,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(4096)
 }
 
-async fn accept_until_shutdown(listener: TcpListener, front: Arc<Front>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_until_shutdown(
+    listener: TcpListener,
+    front: Arc<Front>,
+    conns: Arc<Connections>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut last_warned: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
@@ -108,18 +116,21 @@ async fn accept_until_shutdown(listener: TcpListener, front: Arc<Front>, mut shu
         };
         match accepted {
             Ok((tcp, peer)) => {
+                // The cap is taken here, before anything else holds the descriptor: a burst of
+                // connections over it is answered and closed at once, never queued in tasks.
+                let Some(slot) = conns.enter() else {
+                    let _ = tcp.try_write(TOO_MANY_CONNECTIONS);
+                    drop(tcp);
+                    tracing::debug!("connection refused: limits.max_connections reached");
+                    continue;
+                };
                 let mut stream: L4Stream = tcp.into();
                 let digest = SocketDigest::from_raw_fd(std::os::fd::AsRawFd::as_raw_fd(&stream));
                 let _ = digest.peer_addr.set(Some(peer.into()));
                 stream.set_socket_digest(digest);
                 let _ = stream.set_nodelay();
                 let (front, shutdown) = (front.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    let mut next = front.process_new(Box::new(stream), &shutdown).await;
-                    while let Some(s) = next {
-                        next = front.process_new(s, &shutdown).await;
-                    }
-                });
+                tokio::spawn(async move { front.serve(stream, slot, &shutdown).await });
             }
             Err(e) => {
                 // Out of descriptors (the connection cap is set below the limit, but the upstream,

@@ -410,6 +410,8 @@ pub struct GatewaySpec<'a> {
     pub pay_to: Address,
     /// Extra `[networks.*]` tables.
     pub networks_extra: &'a str,
+    /// Run under this open-file limit (soft and hard), as a small machine or container would.
+    pub nofile: Option<u32>,
 }
 
 impl<'a> GatewaySpec<'a> {
@@ -436,6 +438,7 @@ settle = "after"
             top_extra: "",
             pay_to: PAYEE,
             networks_extra: "",
+            nofile: None,
         }
     }
 }
@@ -497,7 +500,15 @@ rpc_timeout_ms = 2000
         let cfg = dir.path().join("tollgate.toml");
         std::fs::write(&cfg, config).unwrap();
         let log = std::fs::File::create(dir.path().join("tollgate.log")).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        let mut cmd = match spec.nofile {
+            None => Command::new(env!("CARGO_BIN_EXE_tollgate")),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -Sn {n} && ulimit -Hn {n} && exec \"$0\" \"$@\"")])
+                    .arg(env!("CARGO_BIN_EXE_tollgate"));
+                c
+            }
+        };
         cmd.args(["serve", "--config"])
             .arg(&cfg)
             .stdout(log.try_clone().unwrap())
@@ -719,6 +730,27 @@ impl Conn {
                 return Response { status, headers, body };
             }
             assert!(self.fill().await, "connection closed before a response");
+        }
+    }
+
+    /// The next response, or `None` if the connection closed or was reset first.
+    pub async fn try_response(&mut self) -> Option<Response> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(_)) = r.parse(&self.buf) {
+                return Some(self.response().await);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::io::AsyncReadExt::read(&mut self.sock, &mut chunk),
+            )
+            .await
+            {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
         }
     }
 

@@ -331,3 +331,57 @@ async fn malformed_framing_gets_a_400_not_silence_or_an_error_log() {
     let log = s.tg.log();
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+#[tokio::test]
+async fn at_the_open_file_limit_the_gateway_refuses_connections_and_keeps_working() {
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let db = Db::sqlite();
+    let mut spec = GatewaySpec::new(up.url(), "http://127.0.0.1:9".into(), &db.url);
+    spec.nofile = Some(160);
+    let tg = Tollgate::start(&spec).await;
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", tg.pid())).unwrap().count();
+    let baseline = fds();
+
+    // A flood of requests whose clients go away before the (slow) upstream answers.
+    for _ in 0..300 {
+        let mut c = Conn::open(tg.port).await;
+        c.try_send(get("/free/slow/200", "").as_bytes()).await;
+    }
+    // Many connections held open at once: more than the limit allows.
+    let mut held = Vec::new();
+    let (mut served, mut refused) = (0, 0);
+    for _ in 0..150 {
+        let mut c = Conn::open(tg.port).await;
+        // Refused: a 503, or (past the few refusals that linger) a connection closed at once.
+        if !c.try_send(get("/paid/x", "").as_bytes()).await {
+            refused += 1;
+            continue;
+        }
+        match c.try_response().await.map(|r| r.status) {
+            Some(402) => {
+                served += 1;
+                held.push(c);
+            }
+            Some(503) | None => refused += 1,
+            Some(s) => panic!("unexpected {s}"),
+        }
+    }
+    assert!(served >= 32 && refused > 0, "served {served}, refused {refused}");
+    assert!(fds() < 160, "descriptors stay below the limit: {}", fds());
+    // Still working for those it holds, and for new ones once some close.
+    held[0].send(get("/free/ok", "").as_bytes()).await;
+    assert_eq!(held[0].response().await.status, 200);
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut c = Conn::open(tg.port).await;
+    c.send(get("/free/after", "").as_bytes()).await;
+    assert_eq!(c.response().await.status, 200);
+    // What the aborted requests and the closed connections held is given back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        fds() < baseline + 40,
+        "descriptors leak: {baseline} at start, {} now",
+        fds()
+    );
+    assert!(!tg.log().contains("accept failed"), "{}", tg.log());
+}
