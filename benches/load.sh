@@ -7,7 +7,7 @@
 #             resident memory idle and at 1,000 keep-alive connections.
 # Prints one table and writes it to benches/results/latest.md (raw data beside it).
 #
-# Knobs: REPS=3  WRK_ARGS="-t2 -c64 -d10s"  N=300  CONCS="8 32"  MODES="before after"
+# Knobs: REPS=3  WRK_ARGS="-t2 -c64 -d10s"  N=300  CONCS="8 32"  MODES="before after"  TG_LOG=warn
 #        PEERS=1 (0: skip the peer scripts and reuse benches/results/peers/)  NM_VARIANTS=1  LOAD_MAX=1
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,7 +54,7 @@ fi
 echo "== tollgate"
 RESULTS=$OUT/raw/tollgate-wrk.tsv; LOG=$OUT/raw/tollgate-wrk.log; PAID=$OUT/raw/tollgate-paid.jsonl
 printf "label\trep\trps\tp50_ms\tp99_ms\trequests\tnon2xx\tsocket_errors\tload1\tcpu_busy_pct\n" > "$RESULTS"; : > "$LOG"; : > "$PAID"
-mkdir -p run/tg nginx/tmp
+mkdir -p run/tg nginx/tmp; rm -f run/tg/tollgate-*.log
 # The same upstream as the peers: nginx, one worker, return 200 {"ok":true}.
 cat > nginx/tg-upstream.conf <<CONF
 worker_processes 1;
@@ -92,8 +92,8 @@ max_timeout_seconds = 600
 description = "paid JSON"
 settle = "$1"
 CONF
-  TOLLGATE_RELAYER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a TOLLGATE_LOG=warn \
-    "$TOLLGATE" serve --config run/tg/tollgate.toml > run/tg/tollgate-$1.log 2>&1 &
+  TOLLGATE_RELAYER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a TOLLGATE_LOG=${TG_LOG:-warn} \
+    "$TOLLGATE" serve --config run/tg/tollgate.toml >> run/tg/tollgate-$1.log 2>&1 &
   TG_PID=$!; PIDS+=($TG_PID)
   for i in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:$TG_PORT/ && return 0; sleep 0.1; done
   echo "tollgate did not start"; cat run/tg/tollgate-$1.log; exit 1
