@@ -12,12 +12,13 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 use tollgate::chains::evm::{EvmChain, EvmOptions};
 use tollgate::chains::Chain;
-use tollgate::challenge::{self, Asked};
+use tollgate::challenge;
 use tollgate::client::{self, Offered};
 use tollgate::routes::{MethodMatch, RouteTable};
-use tollgate::tenant::{AmountMatch, Pricing, SettleTiming};
+use tollgate::tenant::{Pricing, SettleTiming};
 use tollgate::x402::network::{builtin, Network};
 use tollgate::x402::{decode_payment, Offer, Version};
+use tollgate::x402::{AmountMatch, Asked};
 
 const NOW: u64 = 1_800_000_000;
 

@@ -17,7 +17,7 @@ use crate::reading::{Reading, Refused, Request, Rules, OVERRIDE_HEADERS};
 use crate::tenant::{Pricing, Tenant, Upstream};
 use crate::x402::requirements::{payment_required_v1, payment_required_v2};
 use crate::x402::{
-    encode_header, reason, DecodeError, RequirementsV1, Resource, SettleResponse, Version, MAX_HEADER_BYTES,
+    encode_header, reason, Asked, DecodeError, RequirementsV1, Resource, SettleResponse, Version, MAX_HEADER_BYTES,
 };
 
 /// Header names, parsed once (looking a header up by `&str` parses the name every time).
@@ -38,13 +38,6 @@ use names::*;
 pub const EXPOSE_HEADERS: &str = "PAYMENT-REQUIRED, PAYMENT-RESPONSE, X-PAYMENT-RESPONSE";
 /// Headers a browser may send on priced routes (preflight), besides what it asks for.
 const ALLOW_HEADERS: &str = "Content-Type, Authorization, X-PAYMENT, PAYMENT-SIGNATURE";
-
-/// What a client asked for: the resource URL as 402s name it, and the method.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Asked {
-    pub url: String,
-    pub method: String,
-}
 
 /// A whole response tollgate writes itself.
 #[derive(Debug, Clone)]
@@ -433,7 +426,7 @@ fn failed_settlement(
     let network = pricing
         .offers
         .first()
-        .map(|o| crate::payment::network_id(version, o))
+        .map(|o| o.network_id(version))
         .unwrap_or_default();
     let resp = SettleResponse {
         success: false,

@@ -13,8 +13,9 @@ use serde::Deserialize;
 use crate::money::parse_price;
 use crate::reading::{EscapedSlashes, MethodOverride, PathCase, PathParameters, Rules};
 use crate::routes::{MethodMatch, PatternError, RouteTable};
-use crate::tenant::{AmountMatch, Pricing, Route, SettleTiming, Tenant, Upstream};
+use crate::tenant::{Pricing, Route, SettleTiming, Tenant, Upstream};
 use crate::x402::network::{builtin, Family, Network};
+use crate::x402::AmountMatch;
 use crate::x402::Offer;
 
 /// What can go wrong reading a config file.

@@ -54,7 +54,7 @@ pub struct Accepted {
     pub version: Version,
     pub pricing: Arc<Pricing>,
     /// The resource URL the 402 named, for v1 facilitators.
-    pub asked: crate::challenge::Asked,
+    pub asked: crate::x402::Asked,
     pub offer: Offer,
     pub payment: PaymentPayload,
     pub checked: Checked,
@@ -75,17 +75,9 @@ impl Accepted {
             success: self.outcome.is_some(),
             error_reason: None,
             transaction: self.outcome.as_ref().map(|o| o.tx().to_string()).unwrap_or_default(),
-            network: network_id(self.version, &self.offer),
+            network: self.offer.network_id(self.version),
             payer: Some(self.payer()),
         }
-    }
-}
-
-/// The network id in the words of the version the client paid in.
-pub fn network_id(version: Version, offer: &Offer) -> String {
-    match version {
-        Version::V1 => offer.network.name.clone(),
-        Version::V2 => offer.network.caip2.clone(),
     }
 }
 
@@ -206,7 +198,7 @@ impl Gateway {
         &self,
         pricing: &Arc<Pricing>,
         route: &str,
-        asked: &crate::challenge::Asked,
+        asked: &crate::x402::Asked,
         version: Version,
         header: &[u8],
         rec: &mut Attempt,

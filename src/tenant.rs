@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::reading::{Reading, Rules};
 use crate::routes::{MethodMatch, RouteTable};
-use crate::x402::Offer;
+use crate::x402::{AmountMatch, Offer};
 
 /// When the payment is settled relative to forwarding.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -31,17 +31,6 @@ impl SettleTiming {
             SettleTiming::After => "after",
         }
     }
-}
-
-/// How the signed value is compared with the price.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AmountMatch {
-    /// The value must equal the price (what the current reference implementations require).
-    #[default]
-    Exact,
-    /// The value may exceed the price (the v1 spec's `maxAmountRequired` reading).
-    AtLeast,
 }
 
 /// What a priced route costs and how it is paid.

@@ -9,7 +9,7 @@ use alloy_primitives::{address, U256};
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use tollgate::chains::evm::eip3009::{check, Domain};
-use tollgate::tenant::AmountMatch;
+use tollgate::x402::AmountMatch;
 use tollgate::x402::{decode_payment, ExactEvmPayload, Version};
 
 fuzz_target!(|data: &[u8]| {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::tenant::AmountMatch;
+use crate::x402::AmountMatch;
 use crate::x402::{Network, Offer, PaymentPayload};
 
 /// A failed check: the client's payment is not acceptable. Answered with 402 and the x402 reason.

@@ -8,7 +8,7 @@ pub mod types;
 
 pub use codec::{decode_payment, encode_header, DecodeError, MAX_HEADER_BYTES};
 pub use network::{Family, Network};
-pub use requirements::{Offer, Resource};
+pub use requirements::{AmountMatch, Asked, Offer, Resource};
 pub use types::*;
 
 /// x402 reason strings, as the spec and the reference implementations name them.

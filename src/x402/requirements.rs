@@ -8,6 +8,24 @@ use serde_json::json;
 use super::network::{Family, Network};
 use super::types::{PaymentRequiredV1, PaymentRequiredV2, RequirementsV1, RequirementsV2, ResourceInfo};
 
+/// How the signed value is compared with the price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AmountMatch {
+    /// The value must equal the price (what the current reference implementations require).
+    #[default]
+    Exact,
+    /// The value may exceed the price (the v1 spec's `maxAmountRequired` reading).
+    AtLeast,
+}
+
+/// What a client asked for: the resource URL as 402s name it, and the method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    pub url: String,
+    pub method: String,
+}
+
 /// One way to pay for a route: a price on a network, to the tenant's address. Built once at load.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Offer {
@@ -23,6 +41,14 @@ pub struct Offer {
 }
 
 impl Offer {
+    /// The network id in the words of the version the client paid in.
+    pub fn network_id(&self, version: super::Version) -> String {
+        match version {
+            super::Version::V1 => self.network.name.clone(),
+            super::Version::V2 => self.network.caip2.clone(),
+        }
+    }
+
     /// The EVM `exact` offer for `network`, with the USDC domain the client signs under.
     pub fn exact(network: Arc<Network>, amount: U256, pay_to: String, max_timeout_seconds: u64) -> Offer {
         let extra = match network.family {

@@ -6,7 +6,7 @@ use alloy::sol;
 use alloy::sol_types::{Eip712Domain, SolStruct};
 
 use crate::chains::Rejection;
-use crate::tenant::AmountMatch;
+use crate::x402::AmountMatch;
 use crate::x402::{reason, Authorization, ExactEvmPayload};
 
 sol! {

@@ -24,7 +24,7 @@ use receipts::ReceiptWatcher;
 use relayer::{Relayer, SendError};
 
 use super::{Chain, ChainError, ChainStatus, Checked, Rejection, SettleOutcome};
-use crate::tenant::AmountMatch;
+use crate::x402::AmountMatch;
 use crate::x402::{reason, ExactEvmPayload, Network, Offer, PaymentPayload};
 
 /// How an EVM network is reached and settled on.
