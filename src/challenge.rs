@@ -266,7 +266,7 @@ pub fn unpaid_wire(pricing: &Arc<Pricing>, asked: &Asked, cors: Option<&str>) ->
 }
 
 /// Reads a request the one way tollgate prices and forwards it ([`crate::reading`]).
-pub fn reading<'a>(req: &'a RequestHeader, rules: &Rules) -> Result<Reading<'a>, Refused> {
+pub fn reading<'a>(req: &'a RequestHeader, prefix: usize, rules: &Rules) -> Result<Reading<'a>, Refused> {
     let mut overrides = [None; 4];
     let mut n = 0;
     for name in OVERRIDE_HEADERS {
@@ -286,7 +286,7 @@ pub fn reading<'a>(req: &'a RequestHeader, rules: &Rules) -> Result<Reading<'a>,
     let method = req.method.as_str();
     let request = Request {
         method,
-        target: req.raw_path(),
+        target: &req.raw_path()[prefix..],
         overrides,
         form,
         has_body,
@@ -337,6 +337,18 @@ pub fn bad_request(detail: &str) -> Reply {
         ErrorBody {
             error: "invalid_request",
             detail,
+        },
+        None,
+    )
+}
+
+/// No tenant goes by the name in the request's Host or path prefix (hosted mode): 404.
+pub fn unknown_tenant() -> Reply {
+    Reply::json(
+        404,
+        ErrorBody {
+            error: "unknown_tenant",
+            detail: "no API is served under this host name or path; check the URL",
         },
         None,
     )

@@ -36,10 +36,10 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::app::App;
 use crate::challenge;
 use crate::config::LimitsConfig;
 use crate::fenced::Fenced;
-use crate::payment::Gateway;
 use crate::proxy::Proxy;
 use crate::reading;
 
@@ -109,15 +109,15 @@ impl Drop for Busy {
 /// The server application of each worker: the front, and the pingora proxy behind it.
 pub struct Front {
     proxy: Arc<HttpProxy<Proxy>>,
-    gw: Arc<Gateway>,
+    app: Arc<App>,
     conns: Arc<Connections>,
 }
 
 impl Front {
-    pub fn new(proxy: HttpProxy<Proxy>, gw: Arc<Gateway>, conns: Arc<Connections>) -> Self {
+    pub fn new(proxy: HttpProxy<Proxy>, app: Arc<App>, conns: Arc<Connections>) -> Self {
         Front {
             proxy: Arc::new(proxy),
-            gw,
+            app,
             conns,
         }
     }
@@ -290,14 +290,15 @@ impl Front {
     }
 
     fn answer(&self, buf: &[u8], out: &mut Vec<u8>) -> Head {
-        read_head(&self.gw.tenant, &self.gw.settings, buf, out)
+        read_head(&self.app.directory, &self.app.settings, buf, out)
     }
 }
 
-/// Parses the head at the start of `buf`; for an unpaid request to a priced route of `tenant`,
-/// writes the whole 402 into `out`. Pure (the fuzz target `request_head` drives it).
+/// Parses the head at the start of `buf`; for an unpaid request to a priced route of a tenant the
+/// directory knows without asking the database, writes the whole 402 into `out`. Pure (the fuzz
+/// target `request_head` drives it).
 pub fn read_head(
-    tenant: &crate::tenant::Tenant,
+    directory: &crate::directory::Directory,
     settings: &crate::config::Settings,
     buf: &[u8],
     out: &mut Vec<u8>,
@@ -330,10 +331,14 @@ pub fn read_head(
             return other();
         }
     }
+    let Some(found) = directory.cached(seen.host, target.as_bytes()) else {
+        return other();
+    };
+    let tenant = &found.tenant;
     // The same reading as the proxy's; anything it refuses is pingora's to answer (400).
     let request = reading::Request {
         method,
-        target: target.as_bytes(),
+        target: &target.as_bytes()[found.prefix..],
         ..Default::default()
     };
     let Ok(read) = reading::read(&request, &tenant.rules) else {

@@ -1,14 +1,16 @@
 //! tollgate: a reverse-proxy paywall for the x402 payment protocol.
 //!
-//! A request's path through the code: [`proxy`] (pingora phases) → [`tenant`] (route) →
-//! [`challenge`] (402) or [`payment`] (decode → verify → claim → settle) → [`chains`] (EVM) →
-//! [`store`] (ledger and records).
+//! A request's path through the code: [`front`] / [`proxy`] (pingora phases) → [`directory`] (which
+//! tenant) → [`tenant`] (route) → [`challenge`] (402) or [`payment`] (decode → verify → claim →
+//! settle, through one [`payment::settle::Settler`]) → [`chains`] (EVM) → [`store`] (ledger and records).
 
+pub mod app;
 pub mod chains;
 pub mod challenge;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod directory;
 pub mod facilitator;
 pub mod fenced;
 pub mod front;

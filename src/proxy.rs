@@ -12,12 +12,13 @@ use pingora_core::{Error, ErrorSource, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::app::App;
 use crate::chains::SettleOutcome;
 use crate::challenge::names::*;
 use crate::challenge::{self, Reply};
-use crate::payment::{refusal_outcome, Accepted, Gateway, Refusal};
+use crate::payment::{refusal_outcome, Accepted, Refusal};
 use crate::store::{Attempt, Delivery, Outcome};
-use crate::tenant::{Pricing, SettleTiming};
+use crate::tenant::{Pricing, SettleTiming, Tenant};
 use crate::x402::reason;
 
 const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -25,18 +26,20 @@ const UPSTREAM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// The proxy: one per process.
 pub struct Proxy {
-    gw: Arc<Gateway>,
+    app: Arc<App>,
 }
 
 impl Proxy {
-    pub fn new(gw: Arc<Gateway>) -> Self {
-        Proxy { gw }
+    pub fn new(app: Arc<App>) -> Self {
+        Proxy { app }
     }
 }
 
 /// What one request carries between phases.
 pub struct Ctx {
     started: Instant,
+    /// The tenant the request is for, once the directory has answered.
+    tenant: Option<Arc<Tenant>>,
     route: String,
     pricing: Option<Arc<Pricing>>,
     accepted: Option<Accepted>,
@@ -61,6 +64,7 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             started: Instant::now(),
+            tenant: None,
             route: String::new(),
             pricing: None,
             accepted: None,
@@ -81,9 +85,15 @@ impl ProxyHttp for Proxy {
     /// Reads the request once (400 if it has no single reading), matches the route; unpaid → 402,
     /// malformed payment → 400, paid → verify (and settle, if before).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let tenant = &self.gw.tenant;
         let req = session.req_header();
-        let read = match challenge::reading(req, &tenant.rules) {
+        let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
+        let Some(found) = self.app.directory.find(host, req.raw_path()).await else {
+            session.set_keepalive(None);
+            return send(session, challenge::unknown_tenant()).await;
+        };
+        let tenant = ctx.tenant.insert(found.tenant).clone();
+        let req = session.req_header();
+        let read = match challenge::reading(req, found.prefix, &tenant.rules) {
             Ok(r) => r,
             Err(e) => {
                 // Not a client mistake worth keeping the connection for.
@@ -96,7 +106,7 @@ impl ProxyHttp for Proxy {
             ctx.target = Some(read.target.to_string());
         }
         ctx.close_upstream = !tenant.rules.reuse_upstream_after_body && challenge::has_body(req);
-        if let Some(reply) = challenge::preflight(req, &read, tenant, &self.gw.settings.cors_origins) {
+        if let Some(reply) = challenge::preflight(req, &read, &tenant, &self.app.settings.cors_origins) {
             return send(session, reply).await;
         }
         let Some((_, route)) = tenant.route_for(&read) else {
@@ -105,8 +115,8 @@ impl ProxyHttp for Proxy {
         let Some(pricing) = route.pricing.clone() else {
             return Ok(false);
         };
-        ctx.cors = challenge::allowed_origin(req, &self.gw.settings.cors_origins);
-        let asked = challenge::asked(req, read.path(), self.gw.settings.public_url.as_deref());
+        ctx.cors = challenge::allowed_origin(req, &self.app.settings.cors_origins);
+        let asked = challenge::asked(req, read.path(), self.app.settings.public_url.as_deref());
         drop(read);
 
         let req = session.req_header();
@@ -119,10 +129,10 @@ impl ProxyHttp for Proxy {
             Err(e) => return send(session, challenge::malformed(&e.to_string(), ctx.cors.as_deref())).await,
         };
         ctx.route = route.label();
-        let mut rec = new_attempt(&self.gw, &ctx.route, req);
-        match self
-            .gw
-            .accept(&pricing, &ctx.route, &asked, version, &header, &mut rec)
+        let payments = &self.app.payments;
+        let mut rec = new_attempt(payments.clock.now_ms(), &tenant.id, &ctx.route, req);
+        match payments
+            .accept(&tenant.id, &pricing, &ctx.route, &asked, version, &header, &mut rec)
             .await
         {
             Ok(accepted) => {
@@ -151,8 +161,8 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let up = &self.gw.tenant.upstream;
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let up = &tenant_of(ctx)?.upstream;
         let mut peer = HttpPeer::new(up.addr, up.tls, up.host.clone());
         // A hung upstream must not hold a paid request (and its claim) forever.
         peer.options.connection_timeout = Some(UPSTREAM_CONNECT_TIMEOUT);
@@ -181,7 +191,8 @@ impl ProxyHttp for Proxy {
         ] {
             up.remove_header(h);
         }
-        challenge::drop_underscored_headers(up, self.gw.tenant.rules.keep_underscored_headers);
+        let tenant = tenant_of(ctx)?.clone();
+        challenge::drop_underscored_headers(up, tenant.rules.keep_underscored_headers);
         if ctx.close_upstream {
             up.insert_header(http::header::CONNECTION, "close")?;
         }
@@ -192,7 +203,7 @@ impl ProxyHttp for Proxy {
                 up.insert_header(X_TOLLGATE_TX, o.tx())?;
             }
         }
-        challenge::forwarding_headers(session, up, &self.gw.tenant.upstream)
+        challenge::forwarding_headers(session, up, &tenant.upstream)
     }
 
     /// Settle-after happens here, once the upstream's status is known; then the payment response header.
@@ -201,7 +212,7 @@ impl ProxyHttp for Proxy {
             let rec = ctx.attempt.get_or_insert_with(Attempt::default);
             if a.settle == SettleTiming::After && a.outcome.is_none() {
                 if resp.status.as_u16() < 400 {
-                    if let Err(refusal) = self.gw.settle(a, rec).await {
+                    if let Err(refusal) = self.app.payments.settle(a, rec).await {
                         // The upstream answered but the payment did not go through: the client gets
                         // the refusal, not the content.
                         let pricing = ctx.pricing.clone().expect("priced");
@@ -222,7 +233,7 @@ impl ProxyHttp for Proxy {
                         return Ok(());
                     }
                 } else {
-                    self.gw.release(&a.key).await;
+                    self.app.payments.release(&a.key).await;
                     rec.outcome = Some(Outcome::Released);
                     rec.reason = Some(format!("upstream answered {}; not charged", resp.status.as_u16()));
                 }
@@ -274,7 +285,7 @@ impl ProxyHttp for Proxy {
         if let Some(a) = &ctx.accepted {
             let rec = ctx.attempt.get_or_insert_with(Attempt::default);
             if a.outcome.is_none() {
-                self.gw.release(&a.key).await;
+                self.app.payments.release(&a.key).await;
                 rec.outcome = Some(Outcome::Released);
                 rec.reason = Some(format!("{}: {e}; not charged", reason::UPSTREAM_FAILED));
             } else {
@@ -334,7 +345,7 @@ impl ProxyHttp for Proxy {
         // rather than at the next reconciliation.
         if let Some(a) = ctx.accepted.as_ref().filter(|a| a.outcome.is_none()) {
             if rec.outcome.is_none() {
-                self.gw.release(&a.key).await;
+                self.app.payments.release(&a.key).await;
                 rec.outcome = Some(Outcome::Released);
                 rec.reason
                     .get_or_insert_with(|| "request ended before settlement; not charged".into());
@@ -344,10 +355,12 @@ impl ProxyHttp for Proxy {
         // the payer may collect it by sending the same header again.
         match ctx.accepted.as_ref().map(|a| (a, &a.outcome)) {
             Some((a, Some(_))) if !ctx.served => {
-                self.gw.delivered(&a.key, Delivery::Owed).await;
+                self.app.payments.delivered(&a.key, Delivery::Owed).await;
                 tracing::info!(route = %ctx.route, payer = %a.payer(), "settled but not served; the same payment header will be served");
             }
-            Some((a, Some(SettleOutcome::Pending { .. }))) => self.gw.delivered(&a.key, Delivery::Served).await,
+            Some((a, Some(SettleOutcome::Pending { .. }))) => {
+                self.app.payments.delivered(&a.key, Delivery::Served).await
+            }
             _ => {}
         }
         if rec.outcome.is_none() {
@@ -358,14 +371,24 @@ impl ProxyHttp for Proxy {
             });
         }
         rec.total_us = ctx.started.elapsed().as_micros() as u64;
-        self.gw.record(rec);
+        self.app.payments.record(rec);
     }
 }
 
-fn new_attempt(gw: &Gateway, route: &str, req: &RequestHeader) -> Attempt {
+/// The tenant `request_filter` found; every forwarded request has one.
+fn tenant_of(ctx: &Ctx) -> Result<&Arc<Tenant>> {
+    ctx.tenant.as_ref().ok_or_else(|| {
+        Error::explain(
+            pingora_core::ErrorType::InternalError,
+            "no tenant for a forwarded request",
+        )
+    })
+}
+
+fn new_attempt(at_ms: u64, tenant: &str, route: &str, req: &RequestHeader) -> Attempt {
     Attempt {
-        at_ms: gw.clock.now_ms(),
-        tenant: gw.tenant.id.clone(),
+        at_ms,
+        tenant: tenant.to_string(),
         route: route.to_string(),
         method: req.method.to_string(),
         path: String::from_utf8_lossy(req.raw_path()).into_owned(),

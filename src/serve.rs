@@ -12,10 +12,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::app::App;
 use crate::clock::SystemClock;
 use crate::config;
+use crate::directory::Directory;
 use crate::front::Connections;
-use crate::payment::Gateway;
+use crate::payment::Payments;
 use crate::store::{AttemptLog, Store};
 
 /// Runs the gateway until a shutdown signal.
@@ -38,21 +40,26 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
 
     let threads = settings.threads;
-    let (gw, writer) = core.block_on(async {
+    let (app, writer) = core.block_on(async {
         let store = Store::connect(&settings.database).await.map_err(|e| e.to_string())?;
         let (log, writer) = AttemptLog::start(store.clone());
-        let gw = Gateway::new(settings, tenant, store, log, Arc::new(SystemClock))?;
-        Ok::<_, String>((Arc::new(gw), writer))
+        let payments = Payments::new(&settings, store, log, Arc::new(SystemClock))?;
+        let app = App {
+            settings,
+            payments: Arc::new(payments),
+            directory: Directory::One(Arc::new(tenant)),
+        };
+        Ok::<_, String>((Arc::new(app), writer))
     })?;
-    describe(&gw);
-    let reconciler = core.spawn(reconcile_forever(gw.clone()));
+    describe(&app);
+    let reconciler = core.spawn(reconcile_forever(app.clone()));
 
     // Descriptors: client connections are capped, and so is each worker's pool of idle upstream
     // connections, so that together they stay below the open-file limit with room for the database,
     // the chain RPCs and the facilitator. (A flood of requests whose clients went away used to fill
     // pingora's default pools, 128 idle upstream connections per worker, up to the limit.)
     let nofile = raise_open_file_limit();
-    let limits = gw.settings.limits.clone();
+    let limits = app.settings.limits.clone();
     let budget = Budget::of(nofile, threads, limits.max_connections);
     if nofile > 0 && budget.needs() > nofile {
         tracing::warn!(max_connections = budget.max_open, nofile, "limits.max_connections needs about {} descriptors (a client connection may hold an upstream one), more than the open-file limit; raise `ulimit -n` or lower it", budget.needs());
@@ -61,7 +68,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     let conns = Connections::new(limits.clone(), max_open);
 
     let (shutdown, watch) = tokio::sync::watch::channel(false);
-    crate::workers::start(threads, listen, budget.upstream_pool, gw.clone(), conns.clone(), watch)?;
+    crate::workers::start(threads, listen, budget.upstream_pool, app.clone(), conns.clone(), watch)?;
     tracing::info!(%listen, workers = threads, max_connections = max_open, "tollgate listening");
 
     core.block_on(async {
@@ -82,8 +89,8 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
             tracing::info!("SIGINT: exiting without waiting for requests in flight");
         }
         reconciler.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(5), gw.flush_records()).await;
-        gw.store.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), app.payments.flush_records()).await;
+        app.payments.store.close().await;
     });
     drop(writer);
     tracing::info!("tollgate stopped");
@@ -136,15 +143,17 @@ async fn wait_for_signal() -> bool {
     }
 }
 
-fn describe(gw: &Gateway) {
-    let t = &gw.tenant;
+fn describe(app: &App) {
+    let Some(t) = app.directory.single() else {
+        return;
+    };
     let priced = t.routes.iter().filter(|r| r.pricing.is_some()).count();
     tracing::info!(
         upstream = %t.upstream.addr,
         pay_to = %t.pay_to,
         routes = t.routes.len(),
         priced,
-        networks = ?gw.settings.networks.iter().map(|n| n.network.name.as_str()).collect::<Vec<_>>(),
+        networks = ?app.settings.networks.iter().map(|n| n.network.name.as_str()).collect::<Vec<_>>(),
         "tollgate configured"
     );
     if t.pay_to.is_zero() {
@@ -176,12 +185,12 @@ fn raise_open_file_limit() -> u64 {
     lim.rlim_cur
 }
 
-async fn reconcile_forever(gw: Arc<Gateway>) {
-    let mut tick = tokio::time::interval(gw.settings.reconcile_every);
+async fn reconcile_forever(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.settings.reconcile_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match gw.reconcile_once(gw.settings.reconcile_after).await {
+        match app.payments.reconcile_once(app.settings.reconcile_after).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(resolved = n, "reconciliation pass"),
             Err(e) => tracing::warn!(error = %e, "reconciliation pass failed; will retry"),

@@ -18,8 +18,8 @@ use pingora_core::server::configuration::ServerConf;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
+use crate::app::App;
 use crate::front::{Connections, Front, TOO_MANY_CONNECTIONS};
-use crate::payment::Gateway;
 use crate::proxy::Proxy;
 
 /// Starts `threads` workers listening on `addr`, each keeping at most `upstream_pool` idle upstream
@@ -29,7 +29,7 @@ pub fn start(
     threads: usize,
     addr: SocketAddr,
     upstream_pool: usize,
-    gw: Arc<Gateway>,
+    app: Arc<App>,
     conns: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -42,8 +42,8 @@ pub fn start(
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     for i in 0..threads {
-        let (gw, conns, conf, shutdown, ready) = (
-            gw.clone(),
+        let (app, conns, conf, shutdown, ready) = (
+            app.clone(),
             conns.clone(),
             conf.clone(),
             shutdown.clone(),
@@ -69,8 +69,8 @@ pub fn start(
                     };
                     let _ = ready.send(Ok(()));
                     let front = Arc::new(Front::new(
-                        pingora_proxy::http_proxy(&conf, Proxy::new(gw.clone())),
-                        gw,
+                        pingora_proxy::http_proxy(&conf, Proxy::new(app.clone())),
+                        app,
                         conns.clone(),
                     ));
                     accept_until_shutdown(listener, front, conns, shutdown).await;

@@ -32,6 +32,7 @@ pub fn tenant(request: &str) -> (Settings, Tenant) {
     build(file).expect("fuzz config builds")
 }
 
+#[allow(dead_code)] // not every target uses it
 pub fn default_tenant() -> &'static (Settings, Tenant) {
     static T: OnceLock<(Settings, Tenant)> = OnceLock::new();
     T.get_or_init(|| tenant(""))

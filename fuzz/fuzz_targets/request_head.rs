@@ -6,10 +6,22 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
+use std::sync::{Arc, OnceLock};
+
+use tollgate::config::Settings;
+use tollgate::directory::Directory;
 use tollgate::front::{read_head, Head};
 
+fn drop_in() -> &'static (Settings, Directory) {
+    static D: OnceLock<(Settings, Directory)> = OnceLock::new();
+    D.get_or_init(|| {
+        let (settings, tenant) = common::tenant("");
+        (settings, Directory::One(Arc::new(tenant)))
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
-    let (settings, tenant) = common::default_tenant();
+    let (settings, tenant) = drop_in();
     let mut out = Vec::new();
     match read_head(tenant, settings, data, &mut out) {
         Head::Unpaid(n) => {

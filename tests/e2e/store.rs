@@ -162,7 +162,7 @@ async fn attempts_are_written_in_batches_on_both_databases() {
 }
 
 /// A gateway in this process, on `db`, against `anvil`.
-async fn gateway(anvil: &Anvil, db: &Db) -> Arc<tollgate::payment::Gateway> {
+async fn gateway(anvil: &Anvil, db: &Db) -> (Arc<tollgate::payment::Payments>, tollgate::tenant::Tenant) {
     let toml = format!(
         "upstream = \"http://127.0.0.1:9\"\ndatabase = \"{}\"\npay_to = \"{PAYEE}\"\n[networks.base]\nrpc_url = \"{}\"\n[[routes]]\npath = \"/paid/*\"\nprice = \"$0.001\"",
         db.url, anvil.url
@@ -171,18 +171,18 @@ async fn gateway(anvil: &Anvil, db: &Db) -> Arc<tollgate::payment::Gateway> {
     let (settings, tenant) = tollgate::config::build(toml::from_str(&toml).unwrap()).unwrap();
     let store = Store::connect(&db.url).await.unwrap();
     let (log, _) = AttemptLog::start(store.clone());
-    Arc::new(
-        tollgate::payment::Gateway::new(settings, tenant, store, log, Arc::new(tollgate::clock::SystemClock)).unwrap(),
-    )
+    let payments =
+        tollgate::payment::Payments::new(&settings, store, log, Arc::new(tollgate::clock::SystemClock)).unwrap();
+    (Arc::new(payments), tenant)
 }
 
 #[tokio::test]
 async fn reconciliation_finishes_what_a_crash_left_on_both_databases() {
     for db in Db::both().await {
         let anvil = Anvil::start().await;
-        let gw = gateway(&anvil, &db).await;
+        let (gw, tenant) = gateway(&anvil, &db).await;
         let chain = gw.chain("base").unwrap().clone();
-        let offer = gw.tenant.routes[0].pricing.as_ref().unwrap().offers[0].clone();
+        let offer = tenant.routes[0].pricing.as_ref().unwrap().offers[0].clone();
         let o = tollgate::client::Offered::from_offer(&offer, tollgate::x402::Version::V2);
         let payee0 = anvil.usdc_balance(PAYEE).await;
 

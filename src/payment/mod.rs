@@ -1,7 +1,10 @@
 //! The payment pipeline, top to bottom:
 //! decode → match the route's offer → offline checks → replay claim → on-chain check → settle → record.
 //!
-//! The proxy asks this module what to do and acts on the answer; HTTP details live in `proxy`.
+//! The proxy and the management API ask this module what to do and act on the answer; HTTP details
+//! live with them. How a payment reaches the chain is one [`Settler`], chosen at start.
+
+pub mod settle;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,8 +17,9 @@ use crate::clock::Clock;
 use crate::config::{Settings, Settlement};
 use crate::facilitator::FacilitatorClient;
 use crate::store::{Attempt, AttemptLog, Delivery, NewClaim, Outcome, PaymentState, Store};
-use crate::tenant::{Pricing, SettleTiming, Tenant};
+use crate::tenant::{Pricing, SettleTiming};
 use crate::x402::{self, reason, DecodeError, Family, Offer, PaymentPayload, SettleResponse, Version};
+use settle::Settler;
 
 /// Why a paid request is not forwarded. Mapped to HTTP in one place (`proxy::respond`).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -40,12 +44,6 @@ impl From<DecodeError> for Refusal {
     fn from(e: DecodeError) -> Self {
         Refusal::Malformed(e.to_string())
     }
-}
-
-/// How payments reach the chain in this process.
-enum Settler {
-    Local,
-    Facilitator(FacilitatorClient),
 }
 
 /// A payment that passed verification and holds its claim; it travels with the request.
@@ -81,57 +79,66 @@ impl Accepted {
     }
 }
 
-/// The payment side of the gateway: one per process, shared by every request.
-pub struct Gateway {
-    pub settings: Settings,
-    pub tenant: Arc<Tenant>,
+/// The payment pipeline: one per process, shared by every request of every tenant. It holds no
+/// tenant: each call names the one it works for.
+pub struct Payments {
     chains: HashMap<String, Arc<dyn Chain>>,
-    settler: Settler,
+    settler: Box<dyn Settler>,
     pub store: Store,
     attempts: AttemptLog,
     pub clock: Arc<dyn Clock>,
 }
 
-impl Gateway {
+/// How receipts are awaited.
+struct Receipts {
+    confirmations: u64,
+    timeout: Duration,
+    poll: Duration,
+}
+
+impl Payments {
     /// Wires chains, settlement and storage. Contacts no chain: a first run works offline.
     pub fn new(
-        settings: Settings,
-        tenant: Tenant,
+        settings: &Settings,
         store: Store,
         attempts: AttemptLog,
         clock: Arc<dyn Clock>,
-    ) -> Result<Gateway, String> {
-        let (settler, key, key_hint, receipt) = match &settings.settlement {
+    ) -> Result<Payments, String> {
+        let (settler, key, key_hint, receipts): (Box<dyn Settler>, _, String, _) = match &settings.settlement {
             Settlement::Local {
                 key_source,
                 confirmations,
                 receipt_timeout_secs,
                 receipt_poll_ms,
-            } => {
-                let key = key_source.load()?;
-                let hint = format!(
+            } => (
+                Box::new(settle::Relayed),
+                key_source.load()?,
+                format!(
                     "no relayer key: {} (or use settlement.mode = \"facilitator\")",
                     key_source.describe()
-                );
-                (
-                    Settler::Local,
-                    key,
-                    hint,
-                    (*confirmations, *receipt_timeout_secs, *receipt_poll_ms),
-                )
-            }
+                ),
+                Receipts {
+                    confirmations: *confirmations,
+                    timeout: Duration::from_secs(*receipt_timeout_secs),
+                    poll: Duration::from_millis(*receipt_poll_ms),
+                },
+            ),
             Settlement::Facilitator {
                 url,
                 token_env,
                 timeout,
             } => {
                 let token = std::env::var(token_env).ok().filter(|t| !t.is_empty());
-                let f = FacilitatorClient::new(url, token, *timeout)?;
                 (
-                    Settler::Facilitator(f),
+                    Box::new(settle::Facilitated(FacilitatorClient::new(url, token, *timeout)?)),
                     None,
                     "facilitator mode settles through the facilitator".into(),
-                    (1, 30, 100),
+                    // Only reconciliation reads receipts in this mode.
+                    Receipts {
+                        confirmations: 1,
+                        timeout: Duration::from_secs(30),
+                        poll: Duration::from_millis(100),
+                    },
                 )
             }
         };
@@ -148,9 +155,9 @@ impl Gateway {
                         rpc_url: ns.rpc_url.clone(),
                         rpc_timeout: Duration::from_millis(ns.rpc_timeout_ms),
                         gas_limit: ns.gas_limit,
-                        confirmations: receipt.0,
-                        receipt_timeout: Duration::from_secs(receipt.1),
-                        receipt_poll: Duration::from_millis(receipt.2),
+                        confirmations: receipts.confirmations,
+                        receipt_timeout: receipts.timeout,
+                        receipt_poll: receipts.poll,
                         max_batch: ns.max_batch,
                     };
                     let chain = EvmChain::new(net.clone(), opts, relayer)?;
@@ -167,15 +174,18 @@ impl Gateway {
                 }
             }
         }
-        Ok(Gateway {
-            settings,
-            tenant: Arc::new(tenant),
+        Ok(Payments {
             chains,
             settler,
             store,
             attempts,
             clock,
         })
+    }
+
+    /// How payments are settled in this process, for logs.
+    pub fn settler_name(&self) -> &'static str {
+        self.settler.name()
     }
 
     pub fn chain(&self, network: &str) -> Option<&Arc<dyn Chain>> {
@@ -196,6 +206,7 @@ impl Gateway {
     /// settles. On success the request may be forwarded.
     pub async fn accept(
         &self,
+        tenant: &str,
         pricing: &Arc<Pricing>,
         route: &str,
         asked: &crate::x402::Asked,
@@ -229,16 +240,14 @@ impl Gateway {
         let key = checked.replay_key(&offer.network);
         rec.nonce = Some(key.nonce.clone());
 
-        if let Settler::Local = self.settler {
-            if let Some(why) = chain.settle_unavailable() {
-                return Err(Refusal::Unavailable(why));
-            }
+        if let Some(why) = self.settler.unavailable(chain.as_ref()) {
+            return Err(Refusal::Unavailable(why));
         }
 
         // Replay guard: the database's primary key lets exactly one request hold this authorization.
         let claim = NewClaim {
             key: &key,
-            tenant: &self.tenant.id,
+            tenant,
             route,
             pay_to: &offer.pay_to,
             amount: checked.amount().to_string(),
@@ -262,11 +271,7 @@ impl Gateway {
         if !claimed {
             return self.retried(accepted, route, &stored, rec).await;
         }
-        let verified = match &self.settler {
-            Settler::Local => chain.check_onchain(&accepted.checked).await,
-            Settler::Facilitator(f) => self.facilitator_verify(f, &accepted).await,
-        };
-        if let Err(e) = verified {
+        if let Err(e) = self.settler.verify(chain.as_ref(), &accepted).await {
             self.release(&accepted.key).await;
             return Err(chain_refusal(e));
         }
@@ -281,18 +286,12 @@ impl Gateway {
     /// Settles an accepted payment and records the result in the ledger.
     pub async fn settle(&self, a: &mut Accepted, rec: &mut Attempt) -> Result<(), Refusal> {
         let started = Instant::now();
-        let result = match &self.settler {
-            Settler::Local => match self.chains.get(&a.offer.network.name) {
-                Some(chain) => chain.settle(&a.checked).await,
-                None => Err(ChainError::Unavailable(format!(
-                    "network {} is not configured",
-                    a.offer.network.name
-                ))),
-            },
-            Settler::Facilitator(f) => self
-                .facilitator_settle(f, a)
-                .await
-                .map(|tx| SettleOutcome::Settled { tx }),
+        let result = match self.chains.get(&a.offer.network.name) {
+            Some(chain) => self.settler.settle(chain.as_ref(), a).await,
+            None => Err(ChainError::Unavailable(format!(
+                "network {} is not configured",
+                a.offer.network.name
+            ))),
         };
         rec.settle_us = Some(started.elapsed().as_micros() as u64);
         let now = self.clock.now_ms();
@@ -449,29 +448,6 @@ impl Gateway {
         if let Err(e) = self.store.release(key).await {
             // Left claimed, reconciliation releases it later; the client can sign a new one meanwhile.
             tracing::error!(error = %e, "could not release a payment claim");
-        }
-    }
-
-    async fn facilitator_verify(&self, f: &FacilitatorClient, a: &Accepted) -> Result<(), ChainError> {
-        match a.version {
-            Version::V1 => f.verify(&a.payment, &a.offer.to_v1(&self.v1_resource(a))).await,
-            Version::V2 => f.verify(&a.payment, &a.offer.to_v2()).await,
-        }
-    }
-
-    async fn facilitator_settle(&self, f: &FacilitatorClient, a: &Accepted) -> Result<String, ChainError> {
-        match a.version {
-            Version::V1 => f.settle(&a.payment, &a.offer.to_v1(&self.v1_resource(a))).await,
-            Version::V2 => f.settle(&a.payment, &a.offer.to_v2()).await,
-        }
-    }
-
-    fn v1_resource<'a>(&self, a: &'a Accepted) -> x402::Resource<'a> {
-        x402::Resource {
-            url: &a.asked.url,
-            method: &a.asked.method,
-            description: &a.pricing.description,
-            mime_type: &a.pricing.mime_type,
         }
     }
 
