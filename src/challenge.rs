@@ -392,6 +392,7 @@ pub fn refused(
                 .push(failed_settlement(pricing, version, &rej.reason, None, payer));
             reply
         }
+        Refusal::OverQuota { reset } => over_quota(*reset, now_secs(), cors),
         // Maybe charged: not a 503 (which means "nothing charged"), and never a fresh 402 (which
         // makes clients sign and pay again). The same header, sent again, is served once settled.
         Refusal::Pending { tx, detail } => {
@@ -416,6 +417,53 @@ pub fn refused(
             reply
         }
     }
+}
+
+/// A hosted tenant's monthly allowance is used up: 429 with when it refills; nothing forwarded,
+/// nothing charged.
+pub fn over_quota(reset: u64, now: u64, cors: Option<&str>) -> Reply {
+    let mut reply = Reply::json(
+        429,
+        ErrorBody {
+            error: "over_quota",
+            detail: "this API's monthly allowance of paid requests is used up; nothing was charged; try again after the reset",
+        },
+        cors,
+    );
+    reply
+        .headers
+        .push(("retry-after", reset.saturating_sub(now).max(1).to_string()));
+    reply
+}
+
+/// A hosted tenant is suspended: its priced routes take no payment (403), nothing is forwarded.
+pub fn suspended(cors: Option<&str>) -> Reply {
+    Reply::json(
+        403,
+        ErrorBody {
+            error: "tenant_suspended",
+            detail: "this API is suspended by the gateway's operator and takes no payments; nothing was charged",
+        },
+        cors,
+    )
+}
+
+/// A hosted tenant cannot serve yet (no upstream, or a setting the gateway refuses): 503.
+pub fn tenant_not_ready() -> Reply {
+    Reply::json(
+        503,
+        ErrorBody {
+            error: "tenant_not_ready",
+            detail: "this API is not configured on the gateway yet; nothing was charged",
+        },
+        None,
+    )
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The body of a "payment pending" answer.

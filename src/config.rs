@@ -69,6 +69,82 @@ pub struct FileConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The management API's listener (on by default in hosted mode).
+    pub api: Option<ApiConfig>,
+    /// Hosted mode: many tenants from the database instead of the one this file describes.
+    pub hosted: Option<HostedConfig>,
+    /// Plans of the hosted service (default: SAAS.md's free / starter / pro / enterprise).
+    #[serde(default)]
+    pub plans: BTreeMap<String, PlanConfig>,
+}
+
+/// `[api]`: the management API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+}
+
+fn default_api_listen() -> String {
+    "127.0.0.1:8403".into()
+}
+
+/// `[hosted]`: the multi-tenant service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostedConfig {
+    /// Tenants answer at `{slug}.{base_domain}`.
+    pub base_domain: Option<String>,
+    /// Tenants also answer at `/t/{slug}/…` on any host.
+    #[serde(default = "yes")]
+    pub path_prefix: bool,
+    /// Let tenants' upstreams be loopback, private, link-local or cloud-metadata addresses (a
+    /// deployment whose tenants' APIs run beside it); off by default (SSRF).
+    #[serde(default)]
+    pub allow_private_upstreams: bool,
+    /// Where an over-quota answer sends a tenant to upgrade.
+    #[serde(default = "default_upgrade_url")]
+    pub upgrade_url: String,
+    /// How long a tenant's settings are cached by a gateway: the bound for a change made on one
+    /// instance to reach the others.
+    #[serde(default = "default_tenant_cache")]
+    pub tenant_cache_secs: u64,
+    /// How long a key lookup is cached: the bound for a revocation made on one instance to reach
+    /// the others (the instance that revoked it forgets it at once).
+    #[serde(default = "default_key_cache")]
+    pub key_cache_secs: u64,
+    /// Proof verification (`POST /verify`): the least confirmations a transfer needs.
+    #[serde(default = "default_proof_confirmations")]
+    pub proof_confirmations: u64,
+    /// Proof verification: the oldest transfer accepted, in seconds (0: any age).
+    #[serde(default)]
+    pub proof_max_age_secs: u64,
+}
+
+fn default_upgrade_url() -> String {
+    "https://tollgate.example/pricing".into()
+}
+fn default_tenant_cache() -> u64 {
+    5
+}
+fn default_key_cache() -> u64 {
+    30
+}
+fn default_proof_confirmations() -> u64 {
+    1
+}
+
+/// `[plans.NAME]`: one plan of the hosted service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Verifications a month; -1 for unlimited.
+    pub verifications: i64,
+    /// Chains enabled (test networks are enabled on every plan); `["*"]` for every configured one.
+    pub chains: Vec<String>,
+    #[serde(default)]
+    pub price_usd: u64,
 }
 
 /// `[request]`: what the upstream makes of a request, so that tollgate reads it the same way.
@@ -181,7 +257,7 @@ fn default_database() -> String {
 }
 
 /// A price: `"$0.01"`, `"10000"` (atomic units) or `10000`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(untagged)]
 pub enum PriceValue {
     Text(String),
@@ -311,7 +387,7 @@ fn default_origins() -> Vec<String> {
     vec!["*".into()]
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// `GET`, `POST`, … or `*` (the default) for any method.
@@ -353,6 +429,13 @@ pub struct Settings {
     pub networks: Vec<NetworkSettings>,
     pub cors_origins: Vec<String>,
     pub limits: LimitsConfig,
+    /// The management API's address, when it runs.
+    pub api_listen: Option<std::net::SocketAddr>,
+    /// Hosted mode's settings; `None` for the drop-in gateway.
+    pub hosted: Option<HostedConfig>,
+    pub plans: crate::tenancy::Plans,
+    /// How requests are read (the drop-in tenant's, and every hosted tenant's).
+    pub rules: Rules,
 }
 
 /// How payments get on chain.
@@ -412,7 +495,23 @@ pub struct NetworkSettings {
     pub max_batch: usize,
 }
 
-/// Reads and validates a config file.
+/// Reads and validates a config file of either kind (drop-in: with its tenant; hosted: without).
+pub fn load_any(path: &Path) -> Result<(Settings, Option<Tenant>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let file: FileConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.into(),
+        source,
+    })?;
+    build_any(file).map_err(|problems| ConfigError::Invalid {
+        path: path.into(),
+        problems,
+    })
+}
+
+/// Reads and validates a drop-in config file.
 pub fn load(path: &Path) -> Result<(Settings, Tenant), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.into(),
@@ -428,9 +527,32 @@ pub fn load(path: &Path) -> Result<(Settings, Tenant), ConfigError> {
     })
 }
 
-/// Validates a parsed config, collecting every problem rather than stopping at the first.
+/// Validates a drop-in config (one tenant), collecting every problem rather than stopping at the first.
 pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
+    match build_any(file)? {
+        (s, Some(t)) => Ok((s, t)),
+        (_, None) => Err(vec![
+            "[hosted]: this is a hosted config (tenants come from the database); run it with `tollgate serve`".into(),
+        ]),
+    }
+}
+
+/// Validates a config of either kind: the drop-in gateway's (with its tenant) or hosted mode's.
+pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<String>> {
     let mut problems = Vec::new();
+    let hosted = file.hosted.is_some();
+    if hosted {
+        for (set, key) in [
+            (file.upstream.is_some(), "upstream"),
+            (file.pay_to.is_some(), "pay_to"),
+            (!file.routes.is_empty(), "routes"),
+            (file.default_price.is_some(), "default_price"),
+        ] {
+            if set {
+                problems.push(format!("{key}: set, but [hosted] serves tenants from the database, each with its own; remove it (tenants set theirs through the API or `tollgate tenant`)"));
+            }
+        }
+    }
 
     if file.listen.parse::<std::net::SocketAddr>().is_err() {
         problems.push(format!(
@@ -448,6 +570,7 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
         ));
     }
     let upstream = match file.upstream.as_deref() {
+        None if hosted => None,
         None => {
             problems.push("upstream: missing; set it to the API to protect, like 'http://127.0.0.1:8080'".into());
             None
@@ -461,6 +584,7 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
         },
     };
     let pay_to = match file.pay_to.as_deref() {
+        None if hosted => None,
         None => {
             problems.push("pay_to: missing; set it to the EVM address that receives payments".into());
             None
@@ -568,12 +692,107 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
     }
 
     // Routes.
+    let rules = file.request.rules();
+    let (routes, table, lower) = build_routes(
+        file.routes,
+        file.default_price,
+        &networks,
+        pay_to,
+        &rules,
+        false,
+        &mut problems,
+    );
+    let plans = crate::tenancy::Plans::from_config(&file.plans, &mut problems);
+    let api_listen = match (&file.api, hosted) {
+        (Some(a), _) => Some(a.listen.clone()),
+        (None, true) => Some(default_api_listen()),
+        (None, false) => None,
+    }
+    .and_then(|a| match a.parse::<std::net::SocketAddr>() {
+        Ok(x) => Some(x),
+        Err(_) => {
+            problems.push(format!("api.listen: '{a}' is not an address like '127.0.0.1:8403'"));
+            None
+        }
+    });
+    if let Some(h) = &file.hosted {
+        if h.base_domain.is_none() && !h.path_prefix {
+            problems.push("hosted: neither base_domain nor path_prefix is set, so no request could name its tenant; set base_domain = \"gw.example.com\" or path_prefix = true".into());
+        }
+        if h.proof_confirmations == 0 {
+            problems.push("hosted.proof_confirmations: must be at least 1".into());
+        }
+    }
+    let l = &file.limits;
+    if l.max_head_bytes < 1024 || l.max_head_bytes > 1024 * 1024 {
+        problems.push(format!(
+            "limits.max_head_bytes: {} is outside 1024..=1048576; payment headers alone can be 16 KiB, so 32768 is a good value",
+            l.max_head_bytes
+        ));
+    }
+    if l.head_timeout_secs == 0 || l.idle_timeout_secs == 0 {
+        problems.push("limits.head_timeout_secs and limits.idle_timeout_secs: must be at least 1".into());
+    }
+    if l.max_connections == Some(0) {
+        problems.push(
+            "limits.max_connections: must be at least 1 (leave it out to derive it from the open-file limit)".into(),
+        );
+    }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let settings = Settings {
+        listen: file.listen,
+        database: file.database,
+        threads: file
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),
+        settlement,
+        reconcile_every: std::time::Duration::from_secs(reconcile_every),
+        reconcile_after: std::time::Duration::from_secs(reconcile_after),
+        networks,
+        cors_origins: file.cors.allow_origins,
+        limits: file.limits,
+        api_listen,
+        hosted: file.hosted,
+        plans,
+        rules: rules.clone(),
+    };
+    if hosted {
+        return Ok((settings, None));
+    }
+    let tenant = Tenant {
+        id: "default".into(),
+        pay_to: pay_to.expect("checked above"),
+        upstream: upstream.expect("checked above"),
+        routes,
+        table,
+        lower,
+        rules,
+        hosted: None,
+    };
+    Ok((settings, Some(tenant)))
+}
+
+/// The routes of one tenant, from the drop-in file's `[[routes]]` or a hosted tenant's stored
+/// specs: offers on `networks` (the ones its plan allows) paid to `pay_to`. Problems name the key.
+pub fn build_routes(
+    mut route_cfgs: Vec<RouteConfig>,
+    default_price: Option<PriceValue>,
+    networks: &[NetworkSettings],
+    pay_to: Option<Address>,
+    rules: &Rules,
+    lenient: bool,
+    problems: &mut Vec<String>,
+) -> (Vec<Route>, RouteTable, Option<RouteTable>) {
     let mut routes = Vec::new();
     let mut table = RouteTable::new();
     let all_networks: Vec<String> = networks.iter().map(|n| n.network.name.clone()).collect();
-    let mut route_cfgs = file.routes;
+
     let listed = route_cfgs.len();
-    if let Some(p) = file.default_price {
+    if let Some(p) = default_price {
         route_cfgs.push(RouteConfig {
             method: None,
             path: "/*".into(),
@@ -608,7 +827,7 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
             problems.push(format!("{key}.path: {e}"));
             continue;
         }
-        let pricing = match build_pricing(&key, &rc, &networks, &all_networks, pay_to) {
+        let pricing = match build_pricing(&key, &rc, networks, &all_networks, pay_to, lenient) {
             Ok(p) => p,
             Err(mut e) => {
                 problems.append(&mut e);
@@ -623,7 +842,6 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
     }
 
     // Routes that differ only by letter case are one route to an upstream that ignores case.
-    let rules = file.request.rules();
     let lower = (rules.path_case == PathCase::Any).then(|| {
         let mut lower = RouteTable::new();
         for (i, r) in routes.iter().enumerate() {
@@ -636,49 +854,7 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
         }
         lower
     });
-    let l = &file.limits;
-    if l.max_head_bytes < 1024 || l.max_head_bytes > 1024 * 1024 {
-        problems.push(format!(
-            "limits.max_head_bytes: {} is outside 1024..=1048576; payment headers alone can be 16 KiB, so 32768 is a good value",
-            l.max_head_bytes
-        ));
-    }
-    if l.head_timeout_secs == 0 || l.idle_timeout_secs == 0 {
-        problems.push("limits.head_timeout_secs and limits.idle_timeout_secs: must be at least 1".into());
-    }
-    if l.max_connections == Some(0) {
-        problems.push(
-            "limits.max_connections: must be at least 1 (leave it out to derive it from the open-file limit)".into(),
-        );
-    }
-
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    let settings = Settings {
-        listen: file.listen,
-        database: file.database,
-        threads: file
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
-        public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),
-        settlement,
-        reconcile_every: std::time::Duration::from_secs(reconcile_every),
-        reconcile_after: std::time::Duration::from_secs(reconcile_after),
-        networks,
-        cors_origins: file.cors.allow_origins,
-        limits: file.limits,
-    };
-    let tenant = Tenant {
-        id: "default".into(),
-        pay_to: pay_to.expect("checked above"),
-        upstream: upstream.expect("checked above"),
-        routes,
-        table,
-        lower,
-        rules,
-    };
-    Ok((settings, tenant))
+    (routes, table, lower)
 }
 
 fn build_network(name: &str, nc: &NetworkConfig) -> Result<NetworkSettings, String> {
@@ -761,6 +937,7 @@ fn build_pricing(
     networks: &[NetworkSettings],
     all: &[String],
     pay_to: Option<Address>,
+    lenient: bool,
 ) -> Result<Option<Pricing>, Vec<String>> {
     let mut problems = Vec::new();
     let price_text = match &rc.price {
@@ -774,7 +951,7 @@ fn build_pricing(
         Some(PriceValue::Atomic(n)) => n.to_string(),
     };
     let wanted = rc.networks.clone().unwrap_or_else(|| all.to_vec());
-    if wanted.is_empty() {
+    if wanted.is_empty() && !lenient {
         problems.push(format!("{key}.networks: empty; list at least one of {all:?}"));
     }
     let max_timeout = rc.max_timeout_seconds.unwrap_or(60);
@@ -784,6 +961,11 @@ fn build_pricing(
     let mut offers = Vec::new();
     for (j, w) in wanted.iter().enumerate() {
         let Some(ns) = networks.iter().find(|n| n.network.is_named(w)) else {
+            // A hosted tenant's stored route may name a chain its plan no longer enables (or the
+            // operator no longer runs): that offer is left out; the route stays priced.
+            if lenient {
+                continue;
+            }
             problems.push(format!(
                 "{key}.networks[{j}]: '{w}' is not configured; add [networks.{w}] or use one of {all:?}"
             ));
@@ -911,6 +1093,34 @@ mod tests {
     }
 
     #[test]
+    fn hosted_configs_leave_tenants_to_the_database() {
+        let file: FileConfig = toml::from_str(&format!("{BASE}\n[hosted]\npath_prefix = true")).unwrap();
+        let p = build_any(file).unwrap_err();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("upstream: set, but [hosted] serves tenants from the database"),
+            "{p:?}"
+        );
+        let file: FileConfig = toml::from_str(
+            "[hosted]\npath_prefix = false\n[plans.x]\nverifications = -5\nchains = []\n[api]\nlisten = \"nope\"",
+        )
+        .unwrap();
+        let p = build_any(file).unwrap_err();
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("plans.x.verifications: -5 is not a count")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|m| m.starts_with("plans.x.chains: empty")), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("api.listen: 'nope'")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("hosted: neither base_domain nor path_prefix")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn solana_is_refused_with_a_reason() {
         let p = problems("[networks.solana]");
         assert!(p[0].contains("Solana is not supported by this build yet"), "{p:?}");
@@ -918,9 +1128,11 @@ mod tests {
 
     #[test]
     fn the_shipped_configs_are_valid() {
-        for f in ["config/tollgate.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
-            load(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
-        }
+        let path = |f: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+        load(&path("config/tollgate.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let (settings, tenant) = load_any(&path("config/hosted.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(tenant.is_none() && settings.hosted.is_some());
+        assert_eq!(settings.plans, crate::tenancy::Plans::defaults());
+        assert_eq!(settings.api_listen, Some("127.0.0.1:8403".parse().unwrap()));
     }
 }

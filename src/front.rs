@@ -335,6 +335,10 @@ pub fn read_head(
         return other();
     };
     let tenant = &found.tenant;
+    // A suspended tenant's answer is the proxy's (403), not a 402 inviting payment.
+    if tenant.hosted.as_ref().is_some_and(|h| !h.active) {
+        return other();
+    }
     // The same reading as the proxy's; anything it refuses is pingora's to answer (400).
     let request = reading::Request {
         method,
@@ -353,9 +357,16 @@ pub fn read_head(
     let Some(pricing) = route.pricing.as_ref() else {
         return other();
     };
+    let full;
+    let path = if found.prefix > 0 {
+        full = format!("{}{}", &target[..found.prefix], read.path());
+        full.as_str()
+    } else {
+        read.path()
+    };
     let asked = challenge::asked_raw(
         &read.method,
-        read.path(),
+        path,
         settings.public_url.as_deref(),
         seen.x_forwarded_proto,
         seen.x_forwarded_host,

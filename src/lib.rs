@@ -4,6 +4,7 @@
 //! tenant) → [`tenant`] (route) → [`challenge`] (402) or [`payment`] (decode → verify → claim →
 //! settle, through one [`payment::settle::Settler`]) → [`chains`] (EVM) → [`store`] (ledger and records).
 
+pub mod api;
 pub mod app;
 pub mod chains;
 pub mod challenge;
@@ -22,6 +23,7 @@ pub mod redact;
 pub mod routes;
 pub mod serve;
 pub mod store;
+pub mod tenancy;
 pub mod tenant;
 pub mod workers;
 pub mod x402;

@@ -16,6 +16,7 @@ use crate::app::App;
 use crate::chains::SettleOutcome;
 use crate::challenge::names::*;
 use crate::challenge::{self, Reply};
+use crate::directory::Lookup;
 use crate::payment::{refusal_outcome, Accepted, Refusal};
 use crate::store::{Attempt, Delivery, Outcome};
 use crate::tenant::{Pricing, SettleTiming, Tenant};
@@ -87,13 +88,15 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
         let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
-        let Some(found) = self.app.directory.find(host, req.raw_path()).await else {
-            session.set_keepalive(None);
-            return send(session, challenge::unknown_tenant()).await;
+        let found = match self.app.directory.find(host, req.raw_path()).await {
+            Lookup::Found(f) => f,
+            Lookup::Unknown => return send(session, challenge::unknown_tenant()).await,
+            Lookup::NotReady(_) => return send(session, challenge::tenant_not_ready()).await,
         };
+        let prefix = found.prefix;
         let tenant = ctx.tenant.insert(found.tenant).clone();
         let req = session.req_header();
-        let read = match challenge::reading(req, found.prefix, &tenant.rules) {
+        let read = match challenge::reading(req, prefix, &tenant.rules) {
             Ok(r) => r,
             Err(e) => {
                 // Not a client mistake worth keeping the connection for.
@@ -102,7 +105,8 @@ impl ProxyHttp for Proxy {
             }
         };
         // What is forwarded is exactly what was read and priced.
-        if read.rewritten() {
+        // (Behind a `/t/{slug}` prefix, the target without it.)
+        if read.rewritten() || prefix > 0 {
             ctx.target = Some(read.target.to_string());
         }
         ctx.close_upstream = !tenant.rules.reuse_upstream_after_body && challenge::has_body(req);
@@ -116,7 +120,15 @@ impl ProxyHttp for Proxy {
             return Ok(false);
         };
         ctx.cors = challenge::allowed_origin(req, &self.app.settings.cors_origins);
-        let asked = challenge::asked(req, read.path(), self.app.settings.public_url.as_deref());
+        if tenant.hosted.as_ref().is_some_and(|h| !h.active) {
+            return send(session, challenge::suspended(ctx.cors.as_deref())).await;
+        }
+        let asked = if prefix > 0 {
+            let path = format!("{}{}", String::from_utf8_lossy(&req.raw_path()[..prefix]), read.path());
+            challenge::asked(req, &path, self.app.settings.public_url.as_deref())
+        } else {
+            challenge::asked(req, read.path(), self.app.settings.public_url.as_deref())
+        };
         drop(read);
 
         let req = session.req_header();
@@ -132,7 +144,7 @@ impl ProxyHttp for Proxy {
         let payments = &self.app.payments;
         let mut rec = new_attempt(payments.clock.now_ms(), &tenant.id, &ctx.route, req);
         match payments
-            .accept(&tenant.id, &pricing, &ctx.route, &asked, version, &header, &mut rec)
+            .accept(&tenant, &pricing, &ctx.route, &asked, version, &header, &mut rec)
             .await
         {
             Ok(accepted) => {

@@ -15,14 +15,14 @@ use std::time::Duration;
 use crate::app::App;
 use crate::clock::SystemClock;
 use crate::config;
-use crate::directory::Directory;
+use crate::directory::{Directory, Hosted};
 use crate::front::Connections;
 use crate::payment::Payments;
 use crate::store::{AttemptLog, Store};
 
 /// Runs the gateway until a shutdown signal.
 pub fn serve(config_path: &Path) -> Result<(), String> {
-    let (settings, tenant) = config::load(config_path).map_err(|e| e.to_string())?;
+    let (settings, tenant) = config::load_any(config_path).map_err(|e| e.to_string())?;
     let listen: std::net::SocketAddr = settings
         .listen
         .parse()
@@ -43,13 +43,20 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     let (app, writer) = core.block_on(async {
         let store = Store::connect(&settings.database).await.map_err(|e| e.to_string())?;
         let (log, writer) = AttemptLog::start(store.clone());
-        let payments = Payments::new(&settings, store, log, Arc::new(SystemClock))?;
-        let app = App {
+        let payments = Payments::new(&settings, store.clone(), log, Arc::new(SystemClock))?;
+        let directory = match tenant {
+            Some(t) => Directory::One(Arc::new(t)),
+            None => Directory::Hosted(Hosted::new(store, Arc::new(settings.clone()))),
+        };
+        let app = Arc::new(App {
             settings,
             payments: Arc::new(payments),
-            directory: Directory::One(Arc::new(tenant)),
-        };
-        Ok::<_, String>((Arc::new(app), writer))
+            directory,
+        });
+        if let Some(addr) = app.settings.api_listen {
+            crate::api::serve(addr, crate::api::Api::new(app.clone())).await?;
+        }
+        Ok::<_, String>((app, writer))
     })?;
     describe(&app);
     let reconciler = core.spawn(reconcile_forever(app.clone()));

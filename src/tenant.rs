@@ -14,7 +14,7 @@ use crate::routes::{MethodMatch, RouteTable};
 use crate::x402::{AmountMatch, Offer};
 
 /// When the payment is settled relative to forwarding.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SettleTiming {
     /// Settle on chain, then forward: the upstream only ever sees paid requests.
@@ -92,35 +92,74 @@ pub struct Upstream {
     pub preserve_host: bool,
 }
 
-impl Upstream {
-    /// Parses `http(s)://host[:port][/prefix]` and resolves the host once.
-    pub fn parse(s: &str, preserve_host: bool) -> Result<Upstream, String> {
+/// An upstream URL, parsed but not resolved.
+#[derive(Debug, Clone)]
+pub struct UpstreamUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub authority: String,
+    pub path_prefix: String,
+}
+
+impl UpstreamUrl {
+    /// Parses `http(s)://host[:port][/prefix]`.
+    pub fn parse(s: &str) -> Result<UpstreamUrl, String> {
         let u = url::Url::parse(s).map_err(|e| format!("'{s}' is not a URL like 'http://127.0.0.1:8080' ({e})"))?;
         let tls = match u.scheme() {
             "http" => false,
             "https" => true,
             other => return Err(format!("'{s}': scheme '{other}' is not http or https")),
         };
+        if !u.username().is_empty() || u.password().is_some() || u.query().is_some() || u.fragment().is_some() {
+            return Err(format!(
+                "'{s}': an upstream URL has no user, password, query or fragment; give 'http(s)://host[:port][/path]'"
+            ));
+        }
         let host = u.host_str().ok_or_else(|| format!("'{s}' names no host"))?.to_string();
         let port = u.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
-        let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("'{s}': cannot resolve {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("'{s}': {host} resolves to no address"))?;
         let authority = match u.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
         };
         let path_prefix = u.path().trim_end_matches('/').to_string();
-        Ok(Upstream {
-            addr,
+        Ok(UpstreamUrl {
             tls,
             host,
+            port,
             authority,
             path_prefix,
-            preserve_host,
         })
+    }
+
+    /// The host without IPv6 brackets, for resolving.
+    pub fn bare_host(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// The upstream at one resolved address.
+    pub fn at(self, addr: SocketAddr, preserve_host: bool) -> Upstream {
+        Upstream {
+            addr,
+            tls: self.tls,
+            host: self.host,
+            authority: self.authority,
+            path_prefix: self.path_prefix,
+            preserve_host,
+        }
+    }
+}
+
+impl Upstream {
+    /// Parses `http(s)://host[:port][/prefix]` and resolves the host once (blocking: at load).
+    pub fn parse(s: &str, preserve_host: bool) -> Result<Upstream, String> {
+        let u = UpstreamUrl::parse(s)?;
+        let addr = (u.bare_host(), u.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("'{s}': cannot resolve {}: {e}", u.host))?
+            .next()
+            .ok_or_else(|| format!("'{s}': {} resolves to no address", u.host))?;
+        Ok(u.at(addr, preserve_host))
     }
 }
 
@@ -136,6 +175,17 @@ pub struct Tenant {
     pub lower: Option<RouteTable>,
     /// How requests to this upstream are read.
     pub rules: Rules,
+    /// Hosted mode: the tenant's name, plan and standing; `None` for the drop-in tenant.
+    pub hosted: Option<Hosting>,
+}
+
+/// What a hosted tenant is besides its paywall.
+#[derive(Debug, Clone)]
+pub struct Hosting {
+    pub slug: String,
+    pub plan: crate::tenancy::Plan,
+    /// `false` while suspended: priced routes refuse, nothing is forwarded unpaid.
+    pub active: bool,
 }
 
 impl Tenant {

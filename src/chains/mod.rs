@@ -134,6 +134,37 @@ pub enum ChainStatus {
     Unspent,
 }
 
+/// A transfer found on chain for a proof of payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proof {
+    pub tx: String,
+    pub from: String,
+    pub to: String,
+    /// Atomic units of the network's USDC paid to `to` in the transaction.
+    pub amount: alloy::primitives::U256,
+    /// 1 = in the latest block.
+    pub confirmations: u64,
+    /// The block's time (unix seconds).
+    pub block_time: u64,
+}
+
+/// Why a transaction is not a proof of payment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("no mined transaction with this hash on this chain")]
+    NotFound,
+    #[error("the transaction reverted")]
+    Reverted,
+    #[error("the transaction moves no USDC to this tenant's payTo address")]
+    NoTransfer,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("proofs are not supported on this chain yet")]
+    Unsupported,
+}
+
 /// One chain family's verifier and settler for one network.
 #[async_trait]
 pub trait Chain: Send + Sync {
@@ -163,4 +194,9 @@ pub trait Chain: Send + Sync {
 
     /// Looks up what became of an authorization (and of `tx`, if one was sent).
     async fn status(&self, c: &Checked, tx: Option<&str>, now_secs: u64) -> Result<ChainStatus, ChainError>;
+
+    /// A payment already made: the USDC that transaction `tx` moved to `pay_to`.
+    async fn proof(&self, _tx: &str, _pay_to: &str) -> Result<Proof, ProofError> {
+        Err(ProofError::Unsupported)
+    }
 }

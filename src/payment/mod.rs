@@ -16,8 +16,8 @@ use crate::chains::{Chain, ChainError, ChainStatus, Checked, Rejection, ReplayKe
 use crate::clock::Clock;
 use crate::config::{Settings, Settlement};
 use crate::facilitator::FacilitatorClient;
-use crate::store::{Attempt, AttemptLog, Delivery, NewClaim, Outcome, PaymentState, Store};
-use crate::tenant::{Pricing, SettleTiming};
+use crate::store::{Attempt, AttemptLog, Counted, Delivery, NewClaim, Outcome, PaymentState, Store};
+use crate::tenant::{Pricing, SettleTiming, Tenant};
 use crate::x402::{self, reason, DecodeError, Family, Offer, PaymentPayload, SettleResponse, Version};
 use settle::Settler;
 
@@ -38,6 +38,10 @@ pub enum Refusal {
     /// pending and reconciled from the chain; the same header, sent again, is served once it settles.
     #[error("{detail}")]
     Pending { tx: Option<String>, detail: String },
+    /// The tenant's allowance for this period is used up: 429, nothing charged. `reset` is when the
+    /// next period starts (unix seconds).
+    #[error("this API's monthly allowance of verified payments is used up")]
+    OverQuota { reset: u64 },
 }
 
 impl From<DecodeError> for Refusal {
@@ -206,7 +210,7 @@ impl Payments {
     /// settles. On success the request may be forwarded.
     pub async fn accept(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         pricing: &Arc<Pricing>,
         route: &str,
         asked: &crate::x402::Asked,
@@ -247,7 +251,7 @@ impl Payments {
         // Replay guard: the database's primary key lets exactly one request hold this authorization.
         let claim = NewClaim {
             key: &key,
-            tenant,
+            tenant: &tenant.id,
             route,
             pay_to: &offer.pay_to,
             amount: checked.amount().to_string(),
@@ -271,6 +275,14 @@ impl Payments {
         if !claimed {
             return self.retried(accepted, route, &stored, rec).await;
         }
+        // A hosted tenant's allowance counts payments that passed the offline checks (a real
+        // signature, for this price and payee) and are not replays: strangers' junk never burns it.
+        if let Some(h) = &tenant.hosted {
+            if let Err(refusal) = self.count(&tenant.id, h.plan.verifications).await {
+                self.release(&accepted.key).await;
+                return Err(refusal);
+            }
+        }
         if let Err(e) = self.settler.verify(chain.as_ref(), &accepted).await {
             self.release(&accepted.key).await;
             return Err(chain_refusal(e));
@@ -281,6 +293,22 @@ impl Payments {
             self.settle(&mut accepted, rec).await?;
         }
         Ok(accepted)
+    }
+
+    /// Counts one verification against a tenant's allowance of this month (`limit` -1: unlimited),
+    /// atomically in the database, so that concurrent requests on any number of gateways never
+    /// pass it.
+    pub async fn count(&self, tenant: &str, limit: i64) -> Result<(), Refusal> {
+        let (period, next) = crate::clock::month_bounds(self.clock.now_secs() as i64);
+        match self
+            .store
+            .count_use(tenant, limit, period)
+            .await
+            .map_err(db_unavailable)?
+        {
+            Counted::Yes => Ok(()),
+            Counted::OverQuota => Err(Refusal::OverQuota { reset: next as u64 }),
+        }
     }
 
     /// Settles an accepted payment and records the result in the ledger.
@@ -570,5 +598,6 @@ pub fn refusal_outcome(r: &Refusal) -> (Outcome, String) {
         Refusal::Rejected(rej) => (Outcome::Rejected, rej.reason.to_string()),
         Refusal::Unavailable(m) => (Outcome::Unavailable, m.clone()),
         Refusal::Pending { detail, .. } => (Outcome::Pending, detail.clone()),
+        Refusal::OverQuota { .. } => (Outcome::Rejected, "over_quota".into()),
     }
 }

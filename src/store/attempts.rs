@@ -116,6 +116,29 @@ impl Store {
         Ok(())
     }
 
+    /// A tenant's paid-request attempts since `since_ms`, by day, network and outcome.
+    pub async fn attempt_breakdown(&self, tenant: &str, since_ms: i64) -> Result<super::Breakdown, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at_ms / 86400000 AS day, COALESCE(network, '') AS network, outcome, COUNT(*) AS n FROM attempts \
+             WHERE tenant = $1 AND at_ms >= $2 GROUP BY at_ms / 86400000, COALESCE(network, ''), outcome ORDER BY 1, 2, 3",
+        )
+        .bind(tenant)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    crate::clock::civil_day(r.try_get("day")?),
+                    r.try_get("network")?,
+                    r.try_get("outcome")?,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     /// Counts attempts with `outcome` (tests and the CLI).
     pub async fn count_attempts(&self, outcome: Outcome) -> Result<i64, StoreError> {
         let r = sqlx::query("SELECT COUNT(*) AS n FROM attempts WHERE outcome = $1")

@@ -3,10 +3,16 @@
 //! The same portable migrations and queries run on both, through sqlx's `Any` driver.
 
 mod attempts;
+mod keys;
 mod payments;
+mod tenants;
+mod verifications;
 
 pub use attempts::{Attempt, AttemptLog, Outcome};
+pub use keys::KeyRow;
 pub use payments::{ClaimRow, Delivery, NewClaim, PaymentState};
+pub use tenants::{Counted, TenantChange, TenantRow};
+pub use verifications::{Breakdown, Listing, VerificationRow};
 
 use std::str::FromStr;
 use std::time::Duration;

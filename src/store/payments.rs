@@ -261,3 +261,35 @@ impl Store {
         Ok(r.try_get::<i64, _>("n")?)
     }
 }
+
+impl ClaimRow {
+    /// The second half of a listing cursor (the first is `claimed_at`).
+    pub fn cursor_id(&self) -> String {
+        format!("{}:{}", self.key.payer, self.key.nonce)
+    }
+}
+
+impl Store {
+    /// A tenant's ledger rows, newest first, filtered by time, network (CAIP-2 or name given as
+    /// stored) and state, and paged by `(claimed_at, payer:nonce)`.
+    pub async fn payments_of(&self, tenant: &str, l: &super::Listing) -> Result<Vec<ClaimRow>, StoreError> {
+        let (after_at, after_id) = l.after.clone().unwrap_or((i64::MAX, String::new()));
+        let rows = sqlx::query(
+            "SELECT * FROM payments WHERE tenant = $1 AND claimed_at >= $2 AND claimed_at < $3 \
+             AND ($4 = '' OR network = $4) AND ($5 = '' OR state = $5) \
+             AND (claimed_at < $6 OR (claimed_at = $6 AND ($7 = '' OR payer || ':' || nonce < $7))) \
+             ORDER BY claimed_at DESC, payer DESC, nonce DESC LIMIT $8",
+        )
+        .bind(tenant)
+        .bind(l.since_ms.unwrap_or(0))
+        .bind(l.until_ms.unwrap_or(i64::MAX))
+        .bind(l.chain.clone().unwrap_or_default())
+        .bind(l.outcome.clone().unwrap_or_default())
+        .bind(after_at)
+        .bind(after_id)
+        .bind(l.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(row_to_claim).collect::<Result<_, _>>()?)
+    }
+}

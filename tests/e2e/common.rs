@@ -37,6 +37,7 @@ sol! {
         function initializeV2_2(address[] accountsToBlacklist, string newSymbol);
         function configureMinter(address minter, uint256 minterAllowedAmount) returns (bool);
         function mint(address to, uint256 amount) returns (bool);
+        function transfer(address to, uint256 value) returns (bool);
         function blacklist(address account);
         function name() view returns (string);
         function authorizationState(address authorizer, bytes32 nonce) view returns (bool);
@@ -274,6 +275,23 @@ impl Anvil {
         .await;
     }
 
+    /// A plain USDC payment of `amount` (atomic units) from the owner to `to`, mined; its hash.
+    pub async fn pay_usdc(&self, to: Address, amount: u64) -> B256 {
+        self.mint(OWNER, amount).await;
+        let r = self
+            .send_as_owner(
+                TransactionRequest::default().with_to(USDC).with_input(Bytes::from(
+                    IFiatToken::transferCall {
+                        to,
+                        value: U256::from(amount),
+                    }
+                    .abi_encode(),
+                )),
+            )
+            .await;
+        r.transaction_hash
+    }
+
     pub async fn usdc_balance(&self, who: Address) -> U256 {
         tollgate::chains::evm::usdc_balance(self.provider.root(), USDC, who)
             .await
@@ -497,10 +515,29 @@ rpc_timeout_ms = 2000
             spec.networks_extra,
             spec.routes
         );
+        let env: Vec<(&str, &str)> = spec.relayer_key.map(|k| ("TEST_RELAYER_KEY", k)).into_iter().collect();
+        Self::spawn(dir, port, &config, spec.nofile, &env).await
+    }
+
+    /// A tollgate on `config(port)`, a whole config file, with `env` set.
+    pub async fn start_text(config: impl FnOnce(u16) -> String, env: &[(&str, &str)]) -> Tollgate {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let text = config(port);
+        Self::spawn(dir, port, &text, None, env).await
+    }
+
+    async fn spawn(
+        dir: tempfile::TempDir,
+        port: u16,
+        config: &str,
+        nofile: Option<u32>,
+        env: &[(&str, &str)],
+    ) -> Tollgate {
         let cfg = dir.path().join("tollgate.toml");
         std::fs::write(&cfg, config).unwrap();
         let log = std::fs::File::create(dir.path().join("tollgate.log")).unwrap();
-        let mut cmd = match spec.nofile {
+        let mut cmd = match nofile {
             None => Command::new(env!("CARGO_BIN_EXE_tollgate")),
             Some(n) => {
                 let mut c = Command::new("sh");
@@ -514,9 +551,10 @@ rpc_timeout_ms = 2000
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         cmd.env_remove("TEST_RELAYER_KEY")
+            .env_remove("TOLLGATE_ADMIN_KEY")
             .env("TOLLGATE_LOG", "info,tollgate=debug");
-        if let Some(k) = spec.relayer_key {
-            cmd.env("TEST_RELAYER_KEY", k);
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
         let tg = Tollgate {

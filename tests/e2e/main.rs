@@ -5,6 +5,7 @@ mod common;
 mod faults;
 mod front;
 mod gateway;
+mod hosted;
 mod interop;
 mod reading;
 mod store;

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod eip3009;
+mod proof;
 pub mod receipts;
 pub mod relayer;
 
@@ -310,6 +311,10 @@ impl Chain for EvmChain {
                 Ok(SettleOutcome::Pending { tx })
             }
         }
+    }
+
+    async fn proof(&self, tx: &str, pay_to: &str) -> Result<super::Proof, super::ProofError> {
+        self.evm_proof(tx, pay_to).await
     }
 
     async fn status(&self, c: &Checked, tx: Option<&str>, now: u64) -> Result<ChainStatus, ChainError> {

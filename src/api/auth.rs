@@ -1,0 +1,192 @@
+//! Who is calling: a tenant's API key (`Authorization: Bearer x402_…`), or the operator's admin key
+//! (`X-Admin-Key`, compared in constant time).
+//!
+//! Keys are looked up by their SHA-256 and cached for `hosted.key_cache_secs`, so that a steady
+//! stream of requests makes no database query for its key. A revocation is seen at once by the
+//! gateway that made it (it forgets the key) and within that bound by the others. `last_used_at`
+//! is written at most once a minute per key, in the background.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+
+use super::{Api, ApiError};
+use crate::store::{KeyRow, Store, StoreError, TenantRow};
+use crate::tenancy::keys;
+
+/// How often `last_used_at` is written per key, at most.
+const TOUCH_EVERY_MS: i64 = 60_000;
+
+/// A key the cache knows.
+pub struct Known {
+    pub row: KeyRow,
+    touched: AtomicI64,
+}
+
+impl Known {
+    /// Whether the key carries `scope` (a key with no scopes carries them all).
+    pub fn allows(&self, scope: &str) -> bool {
+        self.row.scopes.is_empty() || self.row.scopes.split(',').any(|s| s == scope)
+    }
+}
+
+/// The key cache.
+pub struct Keys {
+    store: Store,
+    cache: moka::sync::Cache<String, Option<Arc<Known>>>,
+    lookups: AtomicI64,
+}
+
+impl Keys {
+    pub fn new(store: Store, bound_secs: u64) -> Keys {
+        Keys {
+            store,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(200_000)
+                .time_to_live(Duration::from_secs(bound_secs.max(1)))
+                .build(),
+            lookups: AtomicI64::new(0),
+        }
+    }
+
+    /// The key with this hash, from the cache or the database (unknown keys are cached too, so
+    /// that a flood of made-up keys costs one query each per bound, not one per request).
+    async fn lookup(&self, hash: &str) -> Result<Option<Arc<Known>>, StoreError> {
+        if let Some(k) = self.cache.get(hash) {
+            return Ok(k);
+        }
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        let known = self.store.key_by_hash(hash).await?.map(|row| {
+            Arc::new(Known {
+                touched: AtomicI64::new(row.last_used_at.unwrap_or(0)),
+                row,
+            })
+        });
+        self.cache.insert(hash.to_string(), known.clone());
+        Ok(known)
+    }
+
+    /// Forgets a key here at once (after a revocation).
+    pub fn forget(&self, hash: &str) {
+        self.cache.invalidate(hash);
+    }
+
+    /// Database lookups made for keys so far (the benchmark counts them).
+    pub fn lookups(&self) -> i64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+
+    fn touch(&self, k: &Arc<Known>, now_ms: i64) {
+        let last = k.touched.load(Ordering::Relaxed);
+        if now_ms - last < TOUCH_EVERY_MS
+            || k.touched
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let (store, hash) = (self.store.clone(), k.row.hash.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_key(&hash, now_ms).await {
+                tracing::debug!(error = %e, "could not record a key's last use");
+            }
+        });
+    }
+}
+
+/// A tenant's authenticated call.
+pub struct Caller {
+    pub key: Arc<Known>,
+    pub tenant: TenantRow,
+}
+
+impl Api {
+    /// The tenant behind the bearer key, which must carry `scope`; a suspended tenant is refused.
+    pub async fn caller(&self, headers: &HeaderMap, scope: &str) -> Result<Caller, ApiError> {
+        let caller = self.caller_any(headers, scope).await?;
+        if !caller.tenant.active() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "TENANT_SUSPENDED",
+                "this tenant is suspended; contact the operator",
+            ));
+        }
+        Ok(caller)
+    }
+
+    /// As [`Self::caller`], suspended tenants included.
+    pub async fn caller_any(&self, headers: &HeaderMap, scope: &str) -> Result<Caller, ApiError> {
+        let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+            return Err(ApiError::unauthorized(
+                "missing API key; send 'Authorization: Bearer x402_live_…'",
+            ));
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|k| keys::well_formed(k))
+            .ok_or_else(|| ApiError::unauthorized("malformed API key; send 'Authorization: Bearer x402_live_…'"))?;
+        let known = self
+            .keys
+            .lookup(&keys::hash(key))
+            .await
+            .map_err(ApiError::db)?
+            .filter(|k| k.row.revoked_at.is_none())
+            .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
+        if !known.allows(scope) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "INSUFFICIENT_SCOPE",
+                format!("this key lacks the '{scope}' scope; create a key with it"),
+            ));
+        }
+        self.keys.touch(&known, self.now_ms());
+        let tenant = self
+            .app
+            .payments
+            .store
+            .tenant(&known.row.tenant_id)
+            .await
+            .map_err(ApiError::db)?
+            .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
+        Ok(Caller { key: known, tenant })
+    }
+
+    /// The operator: `X-Admin-Key` equal to `TOLLGATE_ADMIN_KEY`.
+    pub fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.admin_key else {
+            return Err(ApiError::unauthorized(
+                "admin endpoints are disabled: TOLLGATE_ADMIN_KEY is not set on this gateway",
+            ));
+        };
+        let given = headers.get("x-admin-key").map(|v| v.as_bytes()).unwrap_or_default();
+        if !constant_time_eq(given, expected.as_bytes()) {
+            return Err(ApiError::unauthorized("missing or wrong X-Admin-Key"));
+        }
+        Ok(())
+    }
+}
+
+/// Equality whose time depends only on the lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    // Compare digests, so that the time does not depend on where the inputs differ or on their
+    // lengths either.
+    let (x, y) = (Sha256::digest(a), Sha256::digest(b));
+    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_comparison_is_equality() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"abcd"));
+        assert!(!super::constant_time_eq(b"", b"x"));
+    }
+}

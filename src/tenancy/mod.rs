@@ -1,0 +1,136 @@
+//! Hosted mode's tenancy: plans and their chain allow-lists, API keys, building a tenant's paywall
+//! from its stored settings, and the guard on where a tenant's upstream may point.
+
+pub mod build;
+pub mod keys;
+pub mod ops;
+pub mod ssrf;
+
+use std::collections::BTreeMap;
+
+use crate::config::{NetworkSettings, PlanConfig};
+
+/// Networks enabled on every plan and not counted among its chains.
+pub const TEST_NETWORKS: &[&str] = &["base-sepolia", "solana-devnet"];
+
+/// One plan: a monthly allowance and the chains it enables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub name: String,
+    /// Verifications a month; -1 for unlimited.
+    pub verifications: i64,
+    /// Chain names (`base`, `solana`, …); `*` for every configured one.
+    pub chains: Vec<String>,
+    pub price_usd: u64,
+}
+
+impl Plan {
+    /// Whether payments on this network (by v1 name) are allowed.
+    pub fn allows(&self, network: &str) -> bool {
+        TEST_NETWORKS.contains(&network) || self.chains.iter().any(|c| c == "*" || c == network)
+    }
+
+    /// The configured networks this plan enables, in configuration order.
+    pub fn enabled<'n>(&self, configured: &'n [NetworkSettings]) -> Vec<&'n NetworkSettings> {
+        configured.iter().filter(|n| self.allows(&n.network.name)).collect()
+    }
+
+    /// The chain names the plan enables that this service runs (`enabled_chains` in the API).
+    pub fn enabled_names(&self, configured: &[NetworkSettings]) -> Vec<String> {
+        self.enabled(configured)
+            .iter()
+            .map(|n| n.network.name.clone())
+            .collect()
+    }
+}
+
+/// The service's plans, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plans(BTreeMap<String, Plan>);
+
+impl Plans {
+    /// SAAS.md's defaults. `pro`'s sixth chain is `sei`, as the contract lists (offered only when
+    /// the operator configures it).
+    pub fn defaults() -> Plans {
+        let p = |name: &str, verifications: i64, chains: &[&str], price_usd: u64| Plan {
+            name: name.into(),
+            verifications,
+            chains: chains.iter().map(|c| c.to_string()).collect(),
+            price_usd,
+        };
+        Plans(
+            [
+                p("free", 1_000, &["solana", "base"], 0),
+                p("starter", 50_000, &["solana", "base", "ethereum"], 99),
+                p(
+                    "pro",
+                    500_000,
+                    &["solana", "base", "ethereum", "polygon", "avalanche", "sei"],
+                    299,
+                ),
+                p("enterprise", -1, &["*"], 999),
+            ]
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect(),
+        )
+    }
+
+    /// The `[plans.*]` tables, or the defaults when there are none.
+    pub fn from_config(cfg: &BTreeMap<String, PlanConfig>, problems: &mut Vec<String>) -> Plans {
+        if cfg.is_empty() {
+            return Plans::defaults();
+        }
+        let mut plans = BTreeMap::new();
+        for (name, c) in cfg {
+            if c.verifications < -1 {
+                problems.push(format!(
+                    "plans.{name}.verifications: {} is not a count; give a number of verifications a month, or -1 for unlimited",
+                    c.verifications
+                ));
+            }
+            if c.chains.is_empty() {
+                problems.push(format!(
+                    "plans.{name}.chains: empty; list chains like [\"base\", \"solana\"], or [\"*\"] for all"
+                ));
+            }
+            plans.insert(
+                name.clone(),
+                Plan {
+                    name: name.clone(),
+                    verifications: c.verifications,
+                    chains: c.chains.clone(),
+                    price_usd: c.price_usd,
+                },
+            );
+        }
+        Plans(plans)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Plan> {
+        self.0.get(name)
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_plans_follow_the_contract() {
+        let p = Plans::defaults();
+        assert_eq!(p.names(), vec!["enterprise", "free", "pro", "starter"]);
+        let free = p.get("free").unwrap();
+        assert_eq!(free.verifications, 1000);
+        assert!(free.allows("base") && free.allows("solana") && free.allows("base-sepolia"));
+        assert!(!free.allows("ethereum") && !free.allows("polygon"));
+        assert!(p.get("starter").unwrap().allows("ethereum"));
+        assert!(p.get("pro").unwrap().allows("avalanche"));
+        assert!(p.get("enterprise").unwrap().allows("anything-configured"));
+        assert_eq!(p.get("enterprise").unwrap().verifications, -1);
+    }
+}
