@@ -40,6 +40,79 @@ enum Command {
         #[arg(long, short, default_value = "config/tollgate.toml", env = "TOLLGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Hosted mode: manage tenants on the configured database.
+    Tenant {
+        #[arg(
+            long,
+            short,
+            global = true,
+            default_value = "config/hosted.toml",
+            env = "TOLLGATE_CONFIG"
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: TenantAction,
+    },
+    /// Hosted mode: manage a tenant's API keys on the configured database.
+    Key {
+        #[arg(
+            long,
+            short,
+            global = true,
+            default_value = "config/hosted.toml",
+            env = "TOLLGATE_CONFIG"
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantAction {
+    /// Create a tenant and print its first API key (shown this once).
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "free")]
+        tier: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        slug: Option<String>,
+        /// An `x402_test_` key instead of a live one.
+        #[arg(long)]
+        test: bool,
+    },
+    /// List tenants.
+    List,
+    /// Show one tenant.
+    Show { id: String },
+    /// Move a tenant to another plan.
+    SetPlan { id: String, tier: String },
+    /// Suspend a tenant: its priced routes take no payment, its keys are refused.
+    Suspend { id: String },
+    /// Reactivate a suspended tenant.
+    Resume { id: String },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Create a key for a tenant and print it (shown this once).
+    Create {
+        tenant: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// verify, settle, analytics, manage (repeat; none = all).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        #[arg(long)]
+        test: bool,
+    },
+    /// List a tenant's keys (prefixes only).
+    List { tenant: String },
+    /// Revoke a key (on other running gateways within hosted.key_cache_secs).
+    Revoke { tenant: String, key_id: String },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +130,8 @@ fn main() -> ExitCode {
         Command::Serve { config } => tollgate::serve::serve(&config),
         Command::CheckConfig { file } => check_config(&file),
         Command::Migrate { config } => migrate(&config),
+        Command::Tenant { config, action } => tenant_cmd(&config, action),
+        Command::Key { config, action } => key_cmd(&config, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,9 +143,28 @@ fn main() -> ExitCode {
 }
 
 fn check_config(file: &std::path::Path) -> Result<(), String> {
-    let (settings, tenant) = tollgate::config::load(file).map_err(|e| e.to_string())?;
+    let (settings, tenant) = tollgate::config::load_any(file).map_err(|e| e.to_string())?;
     println!("{}: ok", file.display());
     println!("  listen    {}", settings.listen);
+    let Some(tenant) = tenant else {
+        println!("  mode      hosted (tenants from the database)");
+        println!("  database  {}", settings.database);
+        if let Some(a) = settings.api_listen {
+            println!("  api       {a}");
+        }
+        for n in &settings.networks {
+            println!("  network   {} ({})", n.network.name, n.network.caip2);
+        }
+        for name in settings.plans.names() {
+            let p = settings.plans.get(name).expect("listed");
+            println!(
+                "  plan      {name}: {} verifications/month, chains {}",
+                p.verifications,
+                p.enabled_names(&settings.networks).join(", ")
+            );
+        }
+        return Ok(());
+    };
     println!("  upstream  {}", tenant.upstream.addr);
     println!("  database  {}", settings.database);
     println!("  pay_to    {}", tenant.pay_to);
@@ -102,8 +196,181 @@ fn check_config(file: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs `f` on the config's database (migrated), on a small runtime.
+fn with_store<T>(
+    config: &std::path::Path,
+    f: impl AsyncFnOnce(&tollgate::store::Store, &tollgate::config::Settings) -> Result<T, String>,
+) -> Result<T, String> {
+    let (settings, _) = tollgate::config::load_any(config).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let store = tollgate::store::Store::connect(&settings.database)
+            .await
+            .map_err(|e| e.to_string())?;
+        let out = f(&store, &settings).await;
+        store.close().await;
+        out
+    })
+}
+
+fn now_ms() -> i64 {
+    use tollgate::clock::Clock;
+    tollgate::clock::SystemClock.now_ms() as i64
+}
+
+fn print_tenant(t: &tollgate::store::TenantRow) {
+    println!(
+        "{}  {:<24} {:<10} {:<9} {} used this period {}  upstream {}",
+        t.id,
+        t.slug,
+        t.plan,
+        t.status,
+        t.email,
+        t.used,
+        t.upstream.as_deref().unwrap_or("-")
+    );
+}
+
+fn tenant_cmd(config: &std::path::Path, action: TenantAction) -> Result<(), String> {
+    use tollgate::store::TenantChange;
+    use tollgate::tenancy::ops;
+    with_store(config, async |store, settings| {
+        let plans = &settings.plans;
+        let change = |c: TenantChange, id: String| async move {
+            let t = ops::change_tenant(store, plans, &id, c, now_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+            print_tenant(&t);
+            Ok(())
+        };
+        match action {
+            TenantAction::Create {
+                email,
+                tier,
+                name,
+                slug,
+                test,
+            } => {
+                let new = ops::NewTenant {
+                    email,
+                    tier,
+                    name,
+                    slug,
+                    live: !test,
+                };
+                let (t, key) = ops::create_tenant(store, plans, new, now_ms())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                print_tenant(&t);
+                println!("api key (shown once): {key}");
+                Ok(())
+            }
+            TenantAction::List => {
+                let mut after: Option<String> = None;
+                loop {
+                    let page = store.tenants(after.as_deref(), 500).await.map_err(|e| e.to_string())?;
+                    for t in &page {
+                        print_tenant(t);
+                    }
+                    match page.last() {
+                        Some(t) if page.len() == 500 => after = Some(t.id.clone()),
+                        _ => return Ok(()),
+                    }
+                }
+            }
+            TenantAction::Show { id } => {
+                let t = store
+                    .tenant(&id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("no tenant {id}"))?;
+                print_tenant(&t);
+                println!("routes: {}", t.routes);
+                println!("pay_to: evm {}", t.pay_to_evm.as_deref().unwrap_or("-"));
+                Ok(())
+            }
+            TenantAction::SetPlan { id, tier } => {
+                change(
+                    TenantChange {
+                        plan: Some(tier),
+                        ..Default::default()
+                    },
+                    id,
+                )
+                .await
+            }
+            TenantAction::Suspend { id } => {
+                change(
+                    TenantChange {
+                        status: Some("suspended".into()),
+                        ..Default::default()
+                    },
+                    id,
+                )
+                .await
+            }
+            TenantAction::Resume { id } => {
+                change(
+                    TenantChange {
+                        status: Some("active".into()),
+                        ..Default::default()
+                    },
+                    id,
+                )
+                .await
+            }
+        }
+    })
+}
+
+fn key_cmd(config: &std::path::Path, action: KeyAction) -> Result<(), String> {
+    use tollgate::tenancy::ops;
+    with_store(config, async |store, _| match action {
+        KeyAction::Create {
+            tenant,
+            name,
+            scopes,
+            test,
+        } => {
+            store
+                .tenant(&tenant)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no tenant {tenant}"))?;
+            let (row, key) = ops::create_key(store, &tenant, &name, &scopes, !test, now_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}  {}", row.id, row.name);
+            println!("api key (shown once): {key}");
+            Ok(())
+        }
+        KeyAction::List { tenant } => {
+            for k in store.keys_of(&tenant).await.map_err(|e| e.to_string())? {
+                println!(
+                    "{}  {}…  {:<16} scopes [{}]{}",
+                    k.id,
+                    k.prefix,
+                    k.name,
+                    k.scopes,
+                    if k.revoked_at.is_some() { "  revoked" } else { "" }
+                );
+            }
+            Ok(())
+        }
+        KeyAction::Revoke { tenant, key_id } => {
+            store
+                .revoke_key(&tenant, &key_id, now_ms())
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("tenant {tenant} has no live key {key_id}"))?;
+            println!("revoked {key_id}");
+            Ok(())
+        }
+    })
+}
+
 fn migrate(config: &std::path::Path) -> Result<(), String> {
-    let (settings, _) = tollgate::config::load(config).map_err(|e| e.to_string())?;
+    let (settings, _) = tollgate::config::load_any(config).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let store = tollgate::store::Store::connect(&settings.database)

@@ -744,8 +744,110 @@ async fn quota_is_exact_across_two_gateways_on_one_postgres() {
         .count();
     assert_eq!(settled, 10, "{p}");
     let _ = payee_before;
+    // A key revoked through one gateway stops on the other within hosted.key_cache_secs (2 s here).
+    let (_, nk, _) = g1
+        .call(
+            "POST",
+            "/api/v1/x402/keys",
+            Auth::Key(&key),
+            Some(json!({"name": "temp"})),
+        )
+        .await;
+    let temp = nk["api_key"].as_str().unwrap().to_string();
+    let (st, _, _) = g2.call("GET", "/api/v1/x402/usage", Auth::Key(&temp), None).await;
+    assert_eq!(st, 200);
+    let id = nk["key"]["id"].as_str().unwrap();
+    let (st, _, _) = g1
+        .call("DELETE", &format!("/api/v1/x402/keys/{id}"), Auth::Key(&key), None)
+        .await;
+    assert_eq!(st, 200);
+    let revoked = std::time::Instant::now();
+    eventually("the revocation to reach the other gateway", || async {
+        g2.call("GET", "/api/v1/x402/usage", Auth::Key(&temp), None).await.0 == 401
+    })
+    .await;
+    assert!(revoked.elapsed() < Duration::from_secs(4), "{:?}", revoked.elapsed());
     eventually("ten payments on chain", || async {
         anvil.usdc_balance(PAYEE_A).await == U256::from(10_000u64)
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_operators_cli_manages_tenants_and_keys_on_the_database() {
+    let db = Db::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hosted.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "database = \"{}\"\n[hosted]\npath_prefix = true\n[networks.base]\nrpc_url = \"http://127.0.0.1:9\"\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, out) = run(&[
+        "tenant",
+        "create",
+        "--email",
+        "cli@acme.test",
+        "--tier",
+        "starter",
+        "--slug",
+        "cli",
+    ]);
+    assert!(ok, "{out}");
+    let id = out.split_whitespace().next().unwrap().to_string();
+    assert!(id.starts_with("tn_"), "{out}");
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("api key (shown once): "))
+        .unwrap()
+        .to_string();
+    assert!(key.starts_with("x402_live_"));
+    let (ok, out) = run(&["tenant", "create", "--email", "x@y.z", "--tier", "platinum"]);
+    assert!(!ok && out.contains("tier: 'platinum' is not one of"), "{out}");
+    let (ok, out) = run(&["tenant", "set-plan", &id, "pro"]);
+    assert!(ok && out.contains(" pro "), "{out}");
+    let (ok, out) = run(&["key", "create", &id, "--name", "ci", "--scope", "verify"]);
+    assert!(ok, "{out}");
+    let second = out
+        .lines()
+        .find_map(|l| l.strip_prefix("api key (shown once): "))
+        .unwrap()
+        .to_string();
+    let key_id = out.split_whitespace().next().unwrap().to_string();
+    let (ok, out) = run(&["key", "list", &id]);
+    assert!(ok && out.lines().count() == 2 && !out.contains(&key[10..]), "{out}");
+    let (ok, out) = run(&["key", "revoke", &id, &key_id]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["tenant", "suspend", &id]);
+    assert!(ok && out.contains("suspended"), "{out}");
+    let (ok, out) = run(&["tenant", "resume", &id]);
+    assert!(ok && out.contains("active"), "{out}");
+    let (ok, out) = run(&["tenant", "list"]);
+    assert!(ok && out.contains("cli@acme.test"), "{out}");
+
+    // The gateway on the same database honours what the CLI did.
+    let h = Hosted::start(&HostedSpec::new(&db.url, "http://127.0.0.1:9")).await;
+    let (st, u, _) = h.call("GET", "/api/v1/x402/usage", Auth::Key(&key), None).await;
+    assert_eq!(st, 200, "{u}");
+    assert_eq!(u["tier"], json!("pro"));
+    assert_eq!(u["verifications_limit"], json!(500_000));
+    let (st, _, _) = h.call("GET", "/api/v1/x402/usage", Auth::Key(&second), None).await;
+    assert_eq!(st, 401, "revoked by the CLI");
 }
