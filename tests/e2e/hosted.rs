@@ -301,6 +301,55 @@ async fn the_contract_flow_field_by_field_on_both_databases() {
             .await;
         assert_eq!(v["error_code"], json!("TX_NOT_FOUND"), "{v}");
 
+        // The x402 form: a signed payment checked as a facilitator's /verify would, never settled.
+        let x402 = |pay_to: Address, signer: alloy::signers::local::PrivateKeySigner| {
+            let net = std::sync::Arc::new(tollgate::x402::Network::from_known(
+                tollgate::x402::network::builtin("base").unwrap(),
+            ));
+            let offer = tollgate::x402::Offer::exact(net, U256::from(10_000u64), pay_to.to_checksum(None), 60);
+            let o = tollgate::client::Offered::from_offer(&offer, tollgate::x402::Version::V2);
+            let auth = tollgate::client::authorize(&o, &payer(), now()).authorization;
+            let (_, header) = tollgate::client::payment_header(&o, &tollgate::client::sign(&o, &signer, auth));
+            json!({"x402Version": 2, "paymentPayload": decode_b64_json(&header), "paymentRequirements": offer.to_v2()})
+        };
+        let payer_before = anvil.usdc_balance(PAYER).await;
+        let (st, v, _) = h
+            .call(
+                "POST",
+                "/api/v1/x402/verify",
+                Auth::Key(&key),
+                Some(x402(PAYEE_A, payer())),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v, json!({"isValid": true, "payer": PAYER.to_string()}));
+        let (_, v, _) = h
+            .call(
+                "POST",
+                "/api/v1/x402/verify",
+                Auth::Key(&key),
+                Some(x402(PAYEE_B, payer())),
+            )
+            .await;
+        assert_eq!(v["isValid"], json!(false), "another payee than the tenant's own: {v}");
+        assert_eq!(v["invalidReason"], json!(tollgate::x402::reason::RECIPIENT));
+        let stranger: alloy::signers::local::PrivateKeySigner = RELAYER_KEY.parse().unwrap();
+        let (_, v, _) = h
+            .call(
+                "POST",
+                "/api/v1/x402/verify",
+                Auth::Key(&key),
+                Some(x402(PAYEE_A, stranger)),
+            )
+            .await;
+        assert_eq!(v["isValid"], json!(false), "{v}");
+        assert_eq!(v["invalidReason"], json!(tollgate::x402::reason::INVALID_SIGNATURE));
+        assert_eq!(
+            anvil.usdc_balance(PAYER).await,
+            payer_before,
+            "verify never moves money"
+        );
+
         // Chains: a known chain outside the plan is 403; an unknown name is a 400.
         let (st, v) = h.verify(&key, &tx, "ethereum", json!(1)).await;
         assert_eq!(st, 403, "{v}");
@@ -319,10 +368,10 @@ async fn the_contract_flow_field_by_field_on_both_databases() {
         assert_eq!(st, 400, "{v}");
         assert!(v["error"].as_str().unwrap().contains("tx_hash"), "{v}");
 
-        // Counted: every verification that reached the chain (6), not the refused requests.
+        // Counted: every verification that reached the chain (6 proofs, 3 x402), not the refused requests.
         let (_, u, _) = h.call("GET", "/api/v1/x402/usage", Auth::Key(&key), None).await;
-        assert_eq!(u["verifications_used"], json!(6), "{u}");
-        assert_eq!(u["verifications_remaining"], json!(994), "{u}");
+        assert_eq!(u["verifications_used"], json!(9), "{u}");
+        assert_eq!(u["verifications_remaining"], json!(991), "{u}");
 
         // Listed, newest first, paged.
         let (st, l, _) = h
@@ -339,17 +388,33 @@ async fn the_contract_flow_field_by_field_on_both_databases() {
                 None,
             )
             .await;
-        assert_eq!(l2["verifications"].as_array().unwrap().len(), 2, "{l2}");
-        assert_eq!(l2["next_cursor"], Value::Null);
-        let (_, ok, _) = h
+        assert_eq!(l2["verifications"].as_array().unwrap().len(), 4, "{l2}");
+        let cursor = l2["next_cursor"].as_str().unwrap().to_string();
+        let (_, l3, _) = h
             .call(
                 "GET",
-                "/api/v1/x402/verifications?outcome=success",
+                &format!("/api/v1/x402/verifications?limit=4&cursor={cursor}"),
                 Auth::Key(&key),
                 None,
             )
             .await;
-        assert_eq!(ok["verifications"].as_array().unwrap().len(), 2, "{ok}");
+        assert_eq!(l3["verifications"].as_array().unwrap().len(), 1, "{l3}");
+        assert_eq!(l3["next_cursor"], Value::Null);
+        let all: Vec<Value> = [&l, &l2, &l3]
+            .iter()
+            .flat_map(|p| p["verifications"].as_array().unwrap().clone())
+            .collect();
+        let ids: std::collections::HashSet<&str> = all.iter().map(|v| v["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 9, "pages neither overlap nor skip");
+        let (_, ok, _) = h
+            .call(
+                "GET",
+                "/api/v1/x402/verifications?outcome=success&chain=base",
+                Auth::Key(&key),
+                None,
+            )
+            .await;
+        assert_eq!(ok["verifications"].as_array().unwrap().len(), 3, "{ok}");
         let (_, b, _) = h
             .call("GET", "/api/v1/x402/usage/breakdown", Auth::Key(&key), None)
             .await;
@@ -359,7 +424,7 @@ async fn the_contract_flow_field_by_field_on_both_databases() {
             .iter()
             .map(|r| r["count"].as_i64().unwrap())
             .sum();
-        assert_eq!(total, 6, "{b}");
+        assert_eq!(total, 9, "{b}");
 
         // Suspended: 403, and back.
         let id = {
