@@ -4,11 +4,15 @@
 #             (@x402/express + a local facilitator paying real USDC on anvil);
 #   tollgate — in front of the same nginx upstream and the same anvil: free route, 402, paid
 #             (the same pre-signed payments, c8 and c32, settle before and after), CPU per payment,
-#             resident memory idle and at 1,000 keep-alive connections.
+#             resident memory idle and at 1,000 keep-alive connections;
+#   hosted   — tollgate in hosted mode on PostgreSQL with 10,000 tenants: 402 across 1,000 of them, paid
+#             with quota counting, the management API (GET /usage, x402-form POST /verify) and the
+#             database queries its key lookups make, memory with 100,000 tenants and 10,000 active.
 # Prints one table and writes it to benches/results/latest.md (raw data beside it).
 #
 # Knobs: REPS=3  WRK_ARGS="-t2 -c64 -d10s"  N=300  CONCS="8 32"  MODES="before after"  TG_LOG=warn
 #        PEERS=1 (0: skip the peer scripts and reuse benches/results/peers/)  NM_VARIANTS=1  LOAD_MAX=1
+#        HOSTED=1 (0: skip hosted mode)  BENCH_PG=postgres://postgres@127.0.0.1:5432/test (an admin URL)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
@@ -140,5 +144,116 @@ print(json.dumps(d))' "$r" "$B0" "$B1" "$LAST_LOAD" "$LAST_BUSY" "$A0" "$A1" "$G
     done
   done
 done
+
+# One paid run: fresh chain and gateway, warm-up, N pre-signed payments at concurrency $2 to path $3.
+paid_run() { # paid_run LABEL CONC PATH START_CMD
+  local label=$1 c=$2 path=$3 start=$4
+  sed "s#\${C.SRV_URL}/paid#\${C.SRV_URL}$path#" x402ref/pregen.mjs > x402ref/pregen-p.mjs
+  sed "s#\${C.SRV_URL}/paid#\${C.SRV_URL}$path#" x402ref/fire.mjs > x402ref/fire-p.mjs
+  ./chain.sh stop > /dev/null; ./chain.sh start > /dev/null; ANVIL_PID=$(cat run/anvil.pid)
+  $start
+  SRV_PORT=$TG_PORT node x402ref/pregen-p.mjs $WARMUP run/tg/h-warm.json > /dev/null
+  SRV_PORT=$TG_PORT node x402ref/fire-p.mjs run/tg/h-warm.json 8 warmup > /dev/null
+  SRV_PORT=$TG_PORT node x402ref/pregen-p.mjs $N run/tg/h.json > /dev/null
+  wait_quiet
+  echo "[$label rep $r] uptime: $(uptime)"
+  B0=$(payee_bal); A0=$(ticks $ANVIL_PID); G0=$(ticks $TG_PID)
+  OUT_JSON=$(SRV_PORT=$TG_PORT timeout 600 node x402ref/fire-p.mjs run/tg/h.json $c "$label")
+  A1=$(ticks $ANVIL_PID); G1=$(ticks $TG_PID); B1=$(payee_bal)
+  echo "$OUT_JSON" | python3 -c '
+import sys, json
+d = json.loads(sys.stdin.read()); a = sys.argv
+d.update(rep=int(a[1]), landed_onchain=(int(a[3]) - int(a[2])) // 1000, load1=float(a[4]), cpu_busy_pct=int(a[5]),
+         anvil_cpu_s=(int(a[7]) - int(a[6])) / 100, gateway_cpu_s=(int(a[9]) - int(a[8])) / 100)
+print(json.dumps(d))' "$r" "$B0" "$B1" "$LAST_LOAD" "$LAST_BUSY" "$A0" "$A1" "$G0" "$G1" | tee -a "$PAID"
+}
+
+if [ "${HOSTED:-1}" = 1 ]; then
+  echo "== tollgate hosted (PostgreSQL)"
+  PG_ADMIN=${BENCH_PG:-postgres://postgres@127.0.0.1:5432/test}
+  HURL=${PG_ADMIN%/*}/tollgate_bench_hosted
+  API_PORT=18403
+  BENCH_KEY=x402_live_benchbenchbenchbenchbenchbench12
+  KEY_HASH=$(printf '%s' "$BENCH_KEY" | sha256sum | cut -d' ' -f1)
+  cat > run/tg/hosted.toml <<CONF
+listen = "127.0.0.1:$TG_PORT"
+database = "$HURL"
+[api]
+listen = "127.0.0.1:$API_PORT"
+[hosted]
+path_prefix = true
+allow_private_upstreams = true
+tenant_cache_secs = 60
+key_cache_secs = 30
+[networks.base]
+rpc_url = "http://127.0.0.1:18545"
+[plans.bench]
+verifications = 100000000
+chains = ["base"]
+CONF
+  # seed_tenants FROM TO: tenants tFROM..tTO in front of the nginx upstream, one priced route each.
+  seed_tenants() {
+    psql -q "$HURL" -c "INSERT INTO tenants (id, slug, name, email, plan, status, upstream, pay_to_evm, pay_to_solana, routes, period_start, used, created_at, updated_at)
+      SELECT 'tn_' || i, 't' || i, 'Tenant ' || i, 't' || i || '@bench.test', 'bench', 'active', 'http://127.0.0.1:18080',
+             '0x90F79bf6EB2c4f870365E785982E1f101E93b906', NULL,
+             '[{\"method\":\"GET\",\"path\":\"/paid\",\"price\":\"\$0.001\",\"max_timeout_seconds\":600,\"description\":\"paid JSON\"}]',
+             0, 0, 0, 0 FROM generate_series($1, $2) AS i"
+  }
+  reset_hosted_db() {
+    psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS tollgate_bench_hosted WITH (FORCE)" -c "CREATE DATABASE tollgate_bench_hosted"
+    "$TOLLGATE" migrate --config run/tg/hosted.toml > /dev/null
+    seed_tenants 1 "${1:-10000}"
+    psql -q "$HURL" -c "INSERT INTO api_keys (hash, id, tenant_id, name, prefix, scopes, created_at) VALUES ('$KEY_HASH', 'key_bench', 'tn_1', 'bench', 'x402_live_benc', '', 0)"
+  }
+  start_hosted() {
+    [ -n "$TG_PID" ] && { kill "$TG_PID"; wait "$TG_PID" 2>/dev/null || true; }
+    TOLLGATE_RELAYER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a TOLLGATE_LOG=${TG_LOG:-warn} \
+      "$TOLLGATE" serve --config run/tg/hosted.toml >> run/tg/tollgate-hosted.log 2>&1 &
+    TG_PID=$!; PIDS+=($TG_PID)
+    for i in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:$TG_PORT/t/t1/paid && return 0; sleep 0.1; done
+    echo "hosted tollgate did not start"; cat run/tg/tollgate-hosted.log; exit 1
+  }
+  key_scans() { sleep 1.5; psql -Atq "$HURL" -c "SELECT COALESCE(idx_scan,0) + COALESCE(seq_scan,0) FROM pg_stat_user_tables WHERE relname = 'api_keys'"; }
+
+  reset_hosted_db 10000
+  start_hosted
+  TENANTS=1000 run_wrk "t_hosted_402" http://127.0.0.1:$TG_PORT/ -s "$ROOT/benches/load/tenants.lua"
+  # The management API: the key is looked up once, then served from the cache.
+  K0=$(key_scans)
+  run_wrk "t_api_usage" http://127.0.0.1:$API_PORT/api/v1/x402/usage -H "Authorization: Bearer $BENCH_KEY"
+  K1=$(key_scans)
+  USAGE_REQS=$(awk -F'\t' '$1=="t_api_usage" {s+=$6} END {print s}' "$RESULTS")
+  # x402-form verify: a real signed payment (never settled), checked offline and simulated on anvil.
+  psql -q "$HURL" -c "UPDATE tenants SET pay_to_evm = '0x90F79bf6EB2c4f870365E785982E1f101E93b906' WHERE id = 'tn_1'"
+  sed "s#\${C.SRV_URL}/paid#\${C.SRV_URL}/t/t1/paid#" x402ref/pregen.mjs > x402ref/pregen-p.mjs
+  SRV_PORT=$TG_PORT node x402ref/pregen-p.mjs 1 run/tg/h-verify.json > /dev/null
+  python3 -c '
+import base64, json, sys
+h = json.load(open(sys.argv[1]))[0]; p = json.loads(base64.b64decode(list(h.values())[0]))
+json.dump({"x402Version": 2, "paymentPayload": p, "paymentRequirements": p["accepted"]}, open(sys.argv[2], "w"))' run/tg/h-verify.json run/tg/verify-body.json
+  curl -s -X POST -H "Authorization: Bearer $BENCH_KEY" -H 'content-type: application/json' --data @run/tg/verify-body.json \
+    http://127.0.0.1:$API_PORT/api/v1/x402/verify | grep -q '"isValid":true' || { echo "x402 verify is not valid"; exit 1; }
+  KEY=$BENCH_KEY VERIFY_BODY=run/tg/verify-body.json run_wrk "t_api_verify_x402" http://127.0.0.1:$API_PORT/api/v1/x402/verify -s "$ROOT/benches/load/verify.lua"
+  printf '{"key_table_scans":%s,"usage_requests":%s}\n' "$((K1 - K0))" "${USAGE_REQS:-0}" > "$OUT/raw/tollgate-api-keys.json"
+  echo "api_keys table scans during $USAGE_REQS authenticated GET /usage: $((K1 - K0))"
+
+  # Paid, with quota counting, against the drop-in rows above (settle before).
+  for C in $CONCS; do
+    for r in $(seq 1 "$REPS"); do
+      reset_hosted_db 10000
+      paid_run "t_hosted_paid_before_c$C" "$C" /t/t1/paid start_hosted
+    done
+  done
+
+  # Memory: 100,000 tenants in the database, 10,000 of them active.
+  reset_hosted_db 100000
+  start_hosted
+  sleep 1; H_IDLE=$(rss_kb $TG_PID)
+  TOUCHED=$(python3 "$ROOT/benches/load/touch_tenants.py" $TG_PORT 10000)
+  H_ACTIVE=$(rss_kb $TG_PID)
+  echo "hosted rss: idle ${H_IDLE} kB, 10,000 active tenants ${H_ACTIVE} kB ($TOUCHED)"
+  printf '{"rss_idle_kb":%s,"rss_10k_active_kb":%s,"touched":"%s"}\n' "$H_IDLE" "$H_ACTIVE" "$TOUCHED" > "$OUT/raw/tollgate-hosted-rss.json"
+  psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS tollgate_bench_hosted WITH (FORCE)"
+fi
 
 python3 "$ROOT/benches/load/summary.py" "$OUT" | tee "$OUT/latest.md"

@@ -152,6 +152,12 @@ async fn wait_for_signal() -> bool {
 
 fn describe(app: &App) {
     let Some(t) = app.directory.single() else {
+        tracing::info!(
+            plans = ?app.settings.plans.names(),
+            networks = ?app.settings.networks.iter().map(|n| n.network.name.as_str()).collect::<Vec<_>>(),
+            api = ?app.settings.api_listen,
+            "tollgate configured: hosted mode, tenants from the database"
+        );
         return;
     };
     let priced = t.routes.iter().filter(|r| r.pricing.is_some()).count();

@@ -59,6 +59,11 @@ row("unpaid → 402, nginx with as many workers as tollgate", tg.get("t_tollgate
 row("unpaid → 402", tg.get("t_tollgate_402"), peers.get("e_express_unpaid_402"), None, "reference x402 402")
 row("free route", tg.get("t_tollgate_free"), peers.get("d_express_free"), None, "reference x402 free")
 
+row("hosted: unpaid → 402, 10,000 tenants in PostgreSQL, 1,000 hit at random", tg.get("t_hosted_402"), tg.get("t_tollgate_402"), 0.9, "drop-in 402")
+for label, name in [("t_api_usage", "management API: authenticated GET /usage"), ("t_api_verify_x402", "management API: x402-form POST /verify (offline checks + eth_call on anvil)")]:
+    if tg.get(label):
+        print(f"| {name} | {med(tg[label],'rps'):,.0f} rps, p50 {med(tg[label],'p50'):.2f} / p99 {med(tg[label],'p99'):.2f} ms | Unkey's key verification (published): ~30 ms | | |")
+
 print()
 print("| paid (N pre-signed payments) | paid/s | p50 / p99 ms | settled on chain per run | gateway CPU ms/payment | anvil CPU ms/payment | vs reference (c same) |")
 print("|---|---|---|---|---|---|---|")
@@ -72,6 +77,20 @@ for label, ds in list(tg_paid.items()) + list(ref_paid.items()):
     print(f"| {label} | {med(ds,'paid_rps'):.1f} | {med(ds,'p50_ms'):.0f} / {med(ds,'p99_ms'):.0f} "
           f"| {', '.join(str(d['landed_onchain']) + '/' + str(d['n']) for d in ds)} | {gw:.2f} | {per_pay(ds,'anvil_cpu_s'):.2f} | {vs} |")
 print("\n(reference rows `f_paid_nm1_*`: gateway CPU = facilitator + express server.)")
+for c in sorted({d[0]["conc"] for d in tg_paid.values()}):
+    h, d = tg_paid.get(f"t_hosted_paid_before_c{c}"), tg_paid.get(f"t_paid_before_c{c}")
+    if h and d:
+        r = med(h, "paid_rps") / med(d, "paid_rps")
+        print(f"\nHosted paid with quota counting, c{c}: {med(h,'paid_rps'):.1f} paid/s vs drop-in {med(d,'paid_rps'):.1f}: "
+              f"{r:.2f}× (target ≥ 0.9×{' ✓' if r >= 0.9 else ' ✗'}).")
+keys = json.load(open(f"{out}/raw/tollgate-api-keys.json")) if os.path.exists(f"{out}/raw/tollgate-api-keys.json") else None
+if keys:
+    print(f"\nKey lookups: {keys['key_table_scans']} reads of the api_keys table (pg_stat_user_tables) during "
+          f"{keys['usage_requests']:,} authenticated requests (target: 0 at steady state).")
+hrss = json.load(open(f"{out}/raw/tollgate-hosted-rss.json")) if os.path.exists(f"{out}/raw/tollgate-hosted-rss.json") else None
+if hrss:
+    print(f"\nHosted memory, 100,000 tenants in the database: idle {hrss['rss_idle_kb']/1024:.1f} MB, "
+          f"with 10,000 active {hrss['rss_10k_active_kb']/1024:.1f} MB ({hrss['touched']}).")
 if rss:
     print(f"\nResident memory of the gateway: idle {rss['rss_idle_kb']/1024:.1f} MB, after the wrk runs "
           f"{rss['rss_after_wrk_kb']/1024:.1f} MB, holding 1,000 keep-alive connections "

@@ -71,7 +71,7 @@ pub async fn show(
     Ok(Json(json!({"success": true, "tenant": v})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanBody {
     tier: String,

@@ -18,7 +18,7 @@ use crate::store::{TenantRow, VerificationRow};
 use crate::tenancy::{keys, ops, Plan};
 use crate::x402::{AmountMatch, Offer, PaymentPayload, VerifyResponse};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     email: String,
@@ -129,7 +129,7 @@ pub async fn supported_chains(axum::extract::State(api): State, headers: HeaderM
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyBody {
     #[serde(rename = "tx_hash")]
@@ -137,6 +137,7 @@ pub struct VerifyBody {
     chain: Option<String>,
     #[serde(rename = "expected_amount")]
     expected_amount: Option<Value>,
+    #[schemars(with = "Option<serde_json::Value>")]
     payment_payload: Option<Box<serde_json::value::RawValue>>,
     payment_requirements: Option<Value>,
     /// Sent by x402 facilitator clients beside the two above.

@@ -42,7 +42,7 @@ pub async fn list_keys(axum::extract::State(api): State, headers: HeaderMap) -> 
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKeyBody {
     name: String,
@@ -99,14 +99,14 @@ pub async fn show_tenant(axum::extract::State(api): State, headers: HeaderMap) -
     Ok(Json(json!({"success": true, "tenant": tenant_json(&c.tenant, &api)})))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PayTo {
     evm: Option<String>,
     solana: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantPatch {
     name: Option<String>,

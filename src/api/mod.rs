@@ -9,15 +9,18 @@ mod admin;
 mod auth;
 mod contract;
 mod manage;
+pub mod openapi;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post, MethodRouter};
 use axum::{Json, Router};
-use serde_json::json;
+use serde_json::{json, Value};
+
+use openapi::Doc;
 
 use crate::app::App;
 pub use auth::Keys;
@@ -53,33 +56,161 @@ impl Api {
     }
 }
 
-/// The router: the contract's four endpoints, then what tenants and operators also need.
+/// Every endpoint: its documentation and its handler, in one table (the router and the OpenAPI
+/// document are both built from it).
+fn endpoints() -> Vec<(Doc, MethodRouter<Arc<Api>>)> {
+    use openapi::{array, nullable, object, schema, t, Auth::*};
+    let tenant = || {
+        object(&[
+            ("id", t("string")),
+            ("slug", t("string")),
+            ("name", t("string")),
+            ("email", t("string")),
+            ("tier", t("string")),
+            ("status", t("string")),
+            ("upstream", nullable("string")),
+            ("pay_to", t("object")),
+            ("routes", t("array")),
+            ("enabled_chains", array(t("string"))),
+            ("created_at", t("string")),
+            ("updated_at", t("string")),
+        ])
+    };
+    let ok_tenant = || object(&[("success", t("boolean")), ("tenant", tenant())]);
+    let key = || {
+        object(&[
+            ("id", t("string")),
+            ("name", t("string")),
+            ("prefix", t("string")),
+            ("scopes", array(t("string"))),
+            ("created_at", t("string")),
+            ("last_used_at", nullable("string")),
+            ("revoked_at", nullable("string")),
+        ])
+    };
+    let usage = object(&[
+        ("tier", t("string")),
+        ("verifications_used", t("integer")),
+        ("verifications_limit", t("integer")),
+        ("verifications_remaining", t("integer")),
+        ("quota_reset_date", t("string")),
+        ("enabled_chains", array(t("string"))),
+    ]);
+    let verify = json!({"oneOf": [
+        object(&[
+            ("success", t("boolean")), ("tx_hash", t("string")), ("chain", t("string")),
+            ("amount_usdc", nullable("number")), ("from_address", nullable("string")),
+            ("to_address", nullable("string")), ("confirmations", t("integer")), ("risk_score", t("integer")),
+        ]),
+        object(&[("isValid", t("boolean"))]),
+    ]});
+    let list = |field: &str| {
+        object(&[
+            ("success", t("boolean")),
+            (field, t("array")),
+            ("next_cursor", nullable("string")),
+        ])
+    };
+    let filters: &[(&str, &str, &str)] = &[
+        ("since", "integer", "unix seconds, inclusive"),
+        ("until", "integer", "unix seconds, exclusive"),
+        ("chain", "string", "a network name"),
+        (
+            "outcome",
+            "string",
+            "verifications: success | failure; payments: claimed | pending | settled",
+        ),
+        ("limit", "integer", "1 to 500 (default 50)"),
+        ("cursor", "string", "the next_cursor of the previous page"),
+    ];
+    let d = |method, path, auth, summary, body: Option<Value>, query, ok: (u16, Value)| Doc {
+        method,
+        path,
+        auth,
+        summary,
+        body,
+        query,
+        ok,
+    };
+    vec![
+        (
+            d("POST", "/api/v1/x402/admin/create-tenant", Admin, "Create a tenant and its first API key (shown once)",
+              Some(schema::<contract::CreateTenant>()), &[],
+              (201, object(&[("success", t("boolean")), ("tenant", tenant()), ("api_key", t("string"))]))),
+            post(contract::create_tenant),
+        ),
+        (d("GET", "/api/v1/x402/usage", Key("analytics"), "This month's allowance and use", None, &[], (200, usage)), get(contract::usage)),
+        (
+            d("GET", "/api/v1/x402/supported-chains", Key("analytics"), "Chains enabled on the tenant's plan, and all the service runs", None, &[],
+              (200, object(&[("tier", t("string")), ("enabled_chains", array(t("string"))), ("all_chains", array(t("string")))]))),
+            get(contract::supported_chains),
+        ),
+        (
+            d("POST", "/api/v1/x402/verify", Key("verify"),
+              "Verify a payment: a transfer already on chain (tx_hash, chain, expected_amount; consumed once), or the x402 form (paymentPayload, paymentRequirements)",
+              Some(schema::<contract::VerifyBody>()), &[], (200, verify)),
+            post(contract::verify),
+        ),
+        (
+            d("GET", "/api/v1/x402/usage/breakdown", Key("analytics"), "Verifications and proxy payments by day, network and outcome", None,
+              &[("since", "integer", "unix seconds (default: this month)")],
+              (200, object(&[("success", t("boolean")), ("since", t("string")), ("verifications", t("array")), ("proxy", t("array"))]))),
+            get(manage::breakdown),
+        ),
+        (d("GET", "/api/v1/x402/keys", Key("manage"), "The tenant's keys (prefixes only)", None, &[],
+           (200, object(&[("success", t("boolean")), ("keys", array(key()))]))), get(manage::list_keys)),
+        (
+            d("POST", "/api/v1/x402/keys", Key("manage"), "Create a key (shown once)", Some(schema::<manage::NewKeyBody>()), &[],
+              (201, object(&[("success", t("boolean")), ("key", key()), ("api_key", t("string"))]))),
+            post(manage::create_key),
+        ),
+        (d("DELETE", "/api/v1/x402/keys/{id}", Key("manage"), "Revoke a key", None, &[],
+           (200, object(&[("success", t("boolean")), ("revoked", t("string"))]))), delete(manage::revoke_key)),
+        (d("GET", "/api/v1/x402/tenant", Key("manage"), "The tenant's settings", None, &[], (200, ok_tenant())), get(manage::show_tenant)),
+        (
+            d("PATCH", "/api/v1/x402/tenant", Key("manage"), "Change the tenant's upstream, routes, payTo or name",
+              Some(schema::<manage::TenantPatch>()), &[], (200, ok_tenant())),
+            patch(manage::update_tenant),
+        ),
+        (d("GET", "/api/v1/x402/verifications", Key("analytics"), "Verifications, newest first", None, filters, (200, list("verifications"))),
+         get(manage::verifications)),
+        (d("GET", "/api/v1/x402/payments", Key("analytics"), "Payments through the proxy, newest first", None, filters, (200, list("payments"))),
+         get(manage::payments)),
+        (
+            d("GET", "/api/v1/x402/admin/tenants", Admin, "List tenants", None,
+              &[("after", "string", "the next_cursor of the previous page"), ("limit", "integer", "1 to 1000 (default 100)")],
+              (200, object(&[("success", t("boolean")), ("tenants", array(tenant())), ("next_cursor", nullable("string"))]))),
+            get(admin::list),
+        ),
+        (d("GET", "/api/v1/x402/admin/tenants/{id}", Admin, "A tenant and this month's usage", None, &[], (200, ok_tenant())), get(admin::show)),
+        (d("POST", "/api/v1/x402/admin/tenants/{id}/plan", Admin, "Move a tenant to another plan", Some(schema::<admin::PlanBody>()), &[], (200, ok_tenant())),
+         post(admin::set_plan)),
+        (d("POST", "/api/v1/x402/admin/tenants/{id}/suspend", Admin, "Suspend a tenant", None, &[], (200, ok_tenant())), post(admin::suspend)),
+        (d("POST", "/api/v1/x402/admin/tenants/{id}/resume", Admin, "Reactivate a tenant", None, &[], (200, ok_tenant())), post(admin::resume)),
+        (d("GET", "/status", Public, "Alive", None, &[], (200, object(&[("status", t("string"))]))),
+         get(|| async { Json(json!({"status": "ok"})) })),
+    ]
+}
+
+/// The OpenAPI document of this API.
+pub fn openapi_document() -> Value {
+    let docs: Vec<Doc> = endpoints().into_iter().map(|(d, _)| d).collect();
+    openapi::document(&docs)
+}
+
+/// The router: every endpoint of the table, and the document describing them.
 pub fn router(api: Arc<Api>) -> Router {
-    Router::new()
-        .route("/api/v1/x402/admin/create-tenant", post(contract::create_tenant))
-        .route("/api/v1/x402/usage", get(contract::usage))
-        .route("/api/v1/x402/supported-chains", get(contract::supported_chains))
-        .route("/api/v1/x402/verify", post(contract::verify))
-        .route("/api/v1/x402/usage/breakdown", get(manage::breakdown))
-        .route("/api/v1/x402/keys", get(manage::list_keys).post(manage::create_key))
-        .route("/api/v1/x402/keys/{id}", delete(manage::revoke_key))
-        .route(
-            "/api/v1/x402/tenant",
-            get(manage::show_tenant).patch(manage::update_tenant),
-        )
-        .route("/api/v1/x402/verifications", get(manage::verifications))
-        .route("/api/v1/x402/payments", get(manage::payments))
-        .route("/api/v1/x402/admin/tenants", get(admin::list))
-        .route("/api/v1/x402/admin/tenants/{id}", get(admin::show))
-        .route("/api/v1/x402/admin/tenants/{id}/plan", post(admin::set_plan))
-        .route("/api/v1/x402/admin/tenants/{id}/suspend", post(admin::suspend))
-        .route("/api/v1/x402/admin/tenants/{id}/resume", post(admin::resume))
-        .route("/status", get(|| async { Json(json!({"status": "ok"})) }))
+    let doc = Arc::new(openapi_document());
+    let mut r = Router::new();
+    for (d, route) in endpoints() {
+        r = r.route(d.path, route);
+    }
+    r.route("/api/v1/openapi.json", get(move || async move { Json((*doc).clone()) }))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "NOT_FOUND",
-                "no such endpoint; see /api/v1/x402/…",
+                "no such endpoint; see /api/v1/openapi.json",
             )
         })
         // Bodies are small JSON documents.

@@ -916,3 +916,117 @@ async fn the_operators_cli_manages_tenants_and_keys_on_the_database() {
     let (st, _, _) = h.call("GET", "/api/v1/x402/usage", Auth::Key(&second), None).await;
     assert_eq!(st, 401, "revoked by the CLI");
 }
+
+/// Whether `v` fits `schema` (the subset the document uses: type, required, properties, items, oneOf).
+fn fits(v: &Value, schema: &Value) -> Result<(), String> {
+    if let Some(alts) = schema.get("oneOf").and_then(Value::as_array) {
+        return alts
+            .iter()
+            .find(|s| fits(v, s).is_ok())
+            .map(|_| ())
+            .ok_or_else(|| format!("{v} fits none of {schema}"));
+    }
+    let ty_ok = |t: &str| match t {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "number" => v.is_number(),
+        "boolean" => v.is_boolean(),
+        "null" => v.is_null(),
+        _ => true,
+    };
+    match schema.get("type") {
+        Some(Value::String(t)) if !ty_ok(t) => return Err(format!("{v} is not {t}")),
+        Some(Value::Array(ts)) if !ts.iter().any(|t| ty_ok(t.as_str().unwrap_or(""))) => {
+            return Err(format!("{v} is none of {ts:?}"))
+        }
+        _ => {}
+    }
+    for k in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+        let k = k.as_str().unwrap();
+        let field = v.get(k).ok_or_else(|| format!("missing '{k}' in {v}"))?;
+        if let Some(s) = schema["properties"].get(k) {
+            fits(field, s).map_err(|e| format!("{k}: {e}"))?;
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
+        for x in arr {
+            fits(x, items)?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_what_the_api_answers() {
+    let db = Db::sqlite();
+    let anvil = Anvil::start().await;
+    let h = Hosted::start(&HostedSpec::new(&db.url, &anvil.url)).await;
+    let (st, doc, _) = h.call("GET", "/api/v1/openapi.json", Auth::None, None).await;
+    assert_eq!(st, 200);
+    assert_eq!(doc["openapi"], json!("3.1.0"));
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/v1/x402/admin/create-tenant",
+        "/api/v1/x402/usage",
+        "/api/v1/x402/supported-chains",
+        "/api/v1/x402/verify",
+    ] {
+        assert!(paths.contains_key(p), "{p} is not documented");
+    }
+    // Request schemas come from the request types.
+    let create = &paths["/api/v1/x402/admin/create-tenant"]["post"];
+    let body = &create["requestBody"]["content"]["application/json"]["schema"];
+    assert!(body["required"].as_array().unwrap().contains(&json!("email")), "{body}");
+    assert!(body["properties"].get("tier").is_some(), "{body}");
+
+    // Live answers fit the documented success schemas.
+    let schema_of = |path: &str, method: &str, status: &str| {
+        paths[path][method]["responses"][status]["content"]["application/json"]["schema"].clone()
+    };
+    let (st, created, _) = h
+        .call(
+            "POST",
+            "/api/v1/x402/admin/create-tenant",
+            Auth::Admin(ADMIN),
+            Some(json!({"email": "d@d.test", "tier": "free"})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    fits(&created, &schema_of("/api/v1/x402/admin/create-tenant", "post", "201")).unwrap();
+    let key = created["api_key"].as_str().unwrap().to_string();
+    h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
+    let tx = anvil.pay_usdc(PAYEE_A, 10_000).await.to_string();
+    for (method, path, body, status) in [
+        ("get", "/api/v1/x402/usage", None, "200"),
+        ("get", "/api/v1/x402/supported-chains", None, "200"),
+        (
+            "post",
+            "/api/v1/x402/verify",
+            Some(json!({"tx_hash": tx, "chain": "base", "expected_amount": 0.01})),
+            "200",
+        ),
+        (
+            "post",
+            "/api/v1/x402/verify",
+            Some(json!({"tx_hash": tx, "chain": "base"})),
+            "200",
+        ),
+        ("get", "/api/v1/x402/keys", None, "200"),
+        ("get", "/api/v1/x402/tenant", None, "200"),
+        ("get", "/api/v1/x402/verifications", None, "200"),
+        ("get", "/api/v1/x402/payments", None, "200"),
+        ("get", "/api/v1/x402/usage/breakdown", None, "200"),
+    ] {
+        let (st, v, _) = h.call(&method.to_uppercase(), path, Auth::Key(&key), body).await;
+        assert_eq!(st.to_string(), status, "{path}: {v}");
+        fits(&v, &schema_of(path, method, status)).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    }
+    // Refusals fit the error schema.
+    let (st, v, _) = h.call("GET", "/api/v1/x402/usage", Auth::None, None).await;
+    assert_eq!(st, 401);
+    fits(&v, &schema_of("/api/v1/x402/usage", "get", "401")).unwrap();
+    let (st, v, _) = h.call("GET", "/api/v1/x402/nothing-here", Auth::None, None).await;
+    assert_eq!(st, 404, "{v}");
+}
