@@ -35,7 +35,7 @@ impl Known {
 /// The key cache.
 pub struct Keys {
     store: Store,
-    cache: moka::sync::Cache<String, Option<Arc<Known>>>,
+    cache: moka::future::Cache<String, Option<Arc<Known>>>,
     lookups: AtomicI64,
 }
 
@@ -43,7 +43,7 @@ impl Keys {
     pub fn new(store: Store, bound_secs: u64) -> Keys {
         Keys {
             store,
-            cache: moka::sync::Cache::builder()
+            cache: moka::future::Cache::builder()
                 .max_capacity(200_000)
                 .time_to_live(Duration::from_secs(bound_secs.max(1)))
                 .build(),
@@ -53,24 +53,29 @@ impl Keys {
 
     /// The key with this hash, from the cache or the database (unknown keys are cached too, so
     /// that a flood of made-up keys costs one query each per bound, not one per request).
+    /// Concurrent misses for one key wait for a single query.
     async fn lookup(&self, hash: &str) -> Result<Option<Arc<Known>>, StoreError> {
-        if let Some(k) = self.cache.get(hash) {
-            return Ok(k);
-        }
-        self.lookups.fetch_add(1, Ordering::Relaxed);
-        let known = self.store.key_by_hash(hash).await?.map(|row| {
-            Arc::new(Known {
-                touched: AtomicI64::new(row.last_used_at.unwrap_or(0)),
-                row,
+        self.cache
+            .try_get_with_by_ref(hash, async {
+                self.lookups.fetch_add(1, Ordering::Relaxed);
+                let row = self.store.key_by_hash(hash).await?;
+                Ok::<_, StoreError>(row.map(|row| {
+                    Arc::new(Known {
+                        touched: AtomicI64::new(row.last_used_at.unwrap_or(0)),
+                        row,
+                    })
+                }))
             })
-        });
-        self.cache.insert(hash.to_string(), known.clone());
-        Ok(known)
+            .await
+            .map_err(|e: Arc<StoreError>| match Arc::try_unwrap(e) {
+                Ok(e) => e,
+                Err(shared) => StoreError::Shared(shared.to_string()),
+            })
     }
 
     /// Forgets a key here at once (after a revocation).
-    pub fn forget(&self, hash: &str) {
-        self.cache.invalidate(hash);
+    pub async fn forget(&self, hash: &str) {
+        self.cache.invalidate(hash).await;
     }
 
     /// Database lookups made for keys so far (the benchmark counts them).

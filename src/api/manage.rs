@@ -89,7 +89,7 @@ pub async fn revoke_key(
         .await
         .map_err(ApiError::db)?
         .ok_or_else(|| ApiError::not_found("live key"))?;
-    api.keys.forget(&hash);
+    api.keys.forget(&hash).await;
     Ok(Json(json!({"success": true, "revoked": id})))
 }
 

@@ -277,13 +277,19 @@ impl Payments {
         }
         // A hosted tenant's allowance counts payments that passed the offline checks (a real
         // signature, for this price and payee) and are not replays: strangers' junk never burns it.
-        if let Some(h) = &tenant.hosted {
-            if let Err(refusal) = self.count(&tenant.id, h.plan.verifications).await {
-                self.release(&accepted.key).await;
-                return Err(refusal);
+        // Counted while the chain is asked (neither moves money; both must pass before anything does).
+        let counting = async {
+            match &tenant.hosted {
+                Some(h) => self.count(&tenant.id, h.plan.verifications).await,
+                None => Ok(()),
             }
+        };
+        let (counted, verified) = tokio::join!(counting, self.settler.verify(chain.as_ref(), &accepted));
+        if let Err(refusal) = counted {
+            self.release(&accepted.key).await;
+            return Err(refusal);
         }
-        if let Err(e) = self.settler.verify(chain.as_ref(), &accepted).await {
+        if let Err(e) = verified {
             self.release(&accepted.key).await;
             return Err(chain_refusal(e));
         }

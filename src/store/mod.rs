@@ -33,6 +33,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database: {0}")]
     Query(#[from] sqlx::Error),
+    /// A failure that several waiting callers share (one query answered them all).
+    #[error("database: {0}")]
+    Shared(String),
 }
 
 /// Which database is behind the pool.
