@@ -809,6 +809,20 @@ async fn quota_is_exact_across_two_gateways_on_one_postgres() {
         .count();
     assert_eq!(settled, 10, "{p}");
     let _ = payee_before;
+    // A price changed through one gateway reaches the other within hosted.tenant_cache_secs (2 s).
+    let (st, v) = g1
+        .patch(
+            &key,
+            json!({"routes": [{"method": "GET", "path": "/paid/*", "price": "$0.002"}]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let changed = std::time::Instant::now();
+    eventually("the new price to reach the other gateway", || async {
+        offers(&urls[1], true).await[0].amount == U256::from(2000u64)
+    })
+    .await;
+    assert!(changed.elapsed() < Duration::from_secs(4), "{:?}", changed.elapsed());
     // A key revoked through one gateway stops on the other within hosted.key_cache_secs (2 s here).
     let (_, nk, _) = g1
         .call(
