@@ -276,7 +276,13 @@ pub async fn payments(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let c = api.caller(&headers, "analytics").await?;
-    let listing = query(q)?.listing()?;
+    let mut listing = query(q)?.listing()?;
+    // The ledger keys payments by CAIP-2 id; a filter may name the network either way.
+    if let Some(n) = listing.chain.as_mut() {
+        if let Some(ns) = api.app.settings.networks.iter().find(|ns| ns.network.is_named(n)) {
+            *n = ns.network.caip2.clone();
+        }
+    }
     let rows = api
         .app
         .payments

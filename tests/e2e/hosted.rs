@@ -798,8 +798,23 @@ async fn quota_is_exact_across_two_gateways_on_one_postgres() {
     assert_eq!(up.count(), 10, "exactly the allowance forwarded");
     let (_, u, _) = g2.call("GET", "/api/v1/x402/usage", Auth::Key(&key), None).await;
     assert_eq!(u["verifications_used"], json!(10), "{u}");
+    let (_, none, _) = g1
+        .call("GET", "/api/v1/x402/payments?chain=ethereum", Auth::Key(&key), None)
+        .await;
+    assert_eq!(none["payments"].as_array().unwrap().len(), 0, "{none}");
+    // last_used_at is written (in the background, at most once a minute), not left empty.
+    eventually("last_used_at to be written", || async {
+        let (_, k, _) = g1.call("GET", "/api/v1/x402/keys", Auth::Key(&key), None).await;
+        k["keys"][0]["last_used_at"].is_string()
+    })
+    .await;
     let (_, p, _) = g1
-        .call("GET", "/api/v1/x402/payments?limit=100", Auth::Key(&key), None)
+        .call(
+            "GET",
+            "/api/v1/x402/payments?limit=100&chain=base",
+            Auth::Key(&key),
+            None,
+        )
         .await;
     let settled = p["payments"]
         .as_array()
