@@ -121,31 +121,8 @@ CP=$!; sleep 3; RSS_1000=$(rss_kb $TG_PID); wait $CP || true
 echo "rss: idle ${RSS_IDLE} kB, after wrk ${RSS_BEFORE_CONNS} kB, 1000 keep-alive connections ${RSS_1000} kB ($(cat run/tg/conns.out))"
 printf '{"rss_idle_kb":%s,"rss_after_wrk_kb":%s,"rss_1000_conns_kb":%s,"conns":"%s"}\n' "$RSS_IDLE" "$RSS_BEFORE_CONNS" "$RSS_1000" "$(cat run/tg/conns.out)" > "$OUT/raw/tollgate-rss.json"
 
-for MODE in $MODES; do
-  for C in $CONCS; do
-    for r in $(seq 1 "$REPS"); do
-      # Fresh chain from the saved state (anvil slows as its chain grows), fresh gateway, warm-up.
-      ./chain.sh stop > /dev/null; ./chain.sh start > /dev/null; ANVIL_PID=$(cat run/anvil.pid)
-      start_tollgate $MODE
-      SRV_PORT=$TG_PORT node x402ref/pregen.mjs $WARMUP run/tg/h-warm.json > /dev/null
-      SRV_PORT=$TG_PORT node x402ref/fire.mjs run/tg/h-warm.json 8 warmup > /dev/null
-      SRV_PORT=$TG_PORT node x402ref/pregen.mjs $N run/tg/h.json > /dev/null
-      wait_quiet
-      echo "[tollgate paid $MODE c$C rep $r] uptime: $(uptime)"
-      B0=$(payee_bal); A0=$(ticks $ANVIL_PID); G0=$(ticks $TG_PID)
-      OUT_JSON=$(SRV_PORT=$TG_PORT timeout 600 node x402ref/fire.mjs run/tg/h.json $C "t_paid_${MODE}_c$C")
-      A1=$(ticks $ANVIL_PID); G1=$(ticks $TG_PID); B1=$(payee_bal)
-      echo "$OUT_JSON" | python3 -c '
-import sys, json
-d = json.loads(sys.stdin.read()); a = sys.argv
-d.update(rep=int(a[1]), landed_onchain=(int(a[3]) - int(a[2])) // 1000, load1=float(a[4]), cpu_busy_pct=int(a[5]),
-         anvil_cpu_s=(int(a[7]) - int(a[6])) / 100, gateway_cpu_s=(int(a[9]) - int(a[8])) / 100)
-print(json.dumps(d))' "$r" "$B0" "$B1" "$LAST_LOAD" "$LAST_BUSY" "$A0" "$A1" "$G0" "$G1" | tee -a "$PAID"
-    done
-  done
-done
-
-# One paid run: fresh chain and gateway, warm-up, N pre-signed payments at concurrency $2 to path $3.
+# One paid run: a fresh chain from the saved state (anvil slows as its chain grows), a fresh gateway,
+# warm-up, N pre-signed payments at concurrency $2 to path $3.
 paid_run() { # paid_run LABEL CONC PATH START_CMD
   local label=$1 c=$2 path=$3 start=$4
   sed "s#\${C.SRV_URL}/paid#\${C.SRV_URL}$path#" x402ref/pregen.mjs > x402ref/pregen-p.mjs
@@ -167,6 +144,15 @@ d.update(rep=int(a[1]), landed_onchain=(int(a[3]) - int(a[2])) // 1000, load1=fl
          anvil_cpu_s=(int(a[7]) - int(a[6])) / 100, gateway_cpu_s=(int(a[9]) - int(a[8])) / 100)
 print(json.dumps(d))' "$r" "$B0" "$B1" "$LAST_LOAD" "$LAST_BUSY" "$A0" "$A1" "$G0" "$G1" | tee -a "$PAID"
 }
+
+for MODE in $MODES; do
+  for C in $CONCS; do
+    for r in $(seq 1 "$REPS"); do
+      paid_run "t_paid_${MODE}_c$C" "$C" /paid "start_tollgate $MODE"
+    done
+  done
+done
+
 
 if [ "${HOSTED:-1}" = 1 ]; then
   echo "== tollgate hosted (PostgreSQL)"
