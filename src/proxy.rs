@@ -144,7 +144,15 @@ impl ProxyHttp for Proxy {
         let payments = &self.app.payments;
         let mut rec = new_attempt(payments.clock.now_ms(), &tenant.id, &ctx.route, req);
         match payments
-            .accept(&tenant, &pricing, &ctx.route, &asked, version, &header, &mut rec)
+            .accept(
+                tenant.account(),
+                &pricing,
+                &ctx.route,
+                &asked,
+                version,
+                &header,
+                &mut rec,
+            )
             .await
         {
             Ok(accepted) => {

@@ -179,6 +179,23 @@ pub struct Tenant {
     pub hosted: Option<Hosting>,
 }
 
+/// Who a payment is for, as the pipeline needs it: the tenant's id, and its monthly allowance when it
+/// is metered (`-1`: unlimited but counted).
+#[derive(Debug, Clone, Copy)]
+pub struct Account<'a> {
+    pub id: &'a str,
+    pub quota: Option<i64>,
+}
+
+impl Tenant {
+    pub fn account(&self) -> Account<'_> {
+        Account {
+            id: &self.id,
+            quota: self.hosted.as_ref().map(|h| h.plan.verifications),
+        }
+    }
+}
+
 /// What a hosted tenant is besides its paywall.
 #[derive(Debug, Clone)]
 pub struct Hosting {

@@ -173,7 +173,7 @@ pub async fn verify(
 }
 
 /// The chain a tenant may use: known, in its plan and run by this service.
-fn enabled_chain(
+pub(super) fn enabled_chain(
     api: &Api,
     t: &TenantRow,
     name: &str,
@@ -216,35 +216,38 @@ async fn count(api: &Api, t: &TenantRow) -> Result<(), ApiError> {
     let plan = tenant_plan(api, t)?;
     match api.app.payments.count(&t.id, plan.verifications).await {
         Ok(()) => Ok(()),
-        Err(crate::payment::Refusal::OverQuota { reset }) => {
-            let now = api.now_ms() / 1000;
-            let upgrade = api
-                .app
-                .settings
-                .hosted
-                .as_ref()
-                .map(|h| h.upgrade_url.clone())
-                .unwrap_or_default();
-            let mut e = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "QUOTA_EXCEEDED",
-                format!(
-                    "the '{}' plan's {} verifications this month are used up; the allowance refills at {}",
-                    t.plan,
-                    plan.verifications,
-                    rfc3339(reset as i64)
-                ),
-            )
-            .with(json!({"upgrade_url": upgrade, "quota_reset_date": rfc3339(reset as i64)}));
-            e.retry_after = Some((reset as i64 - now).max(1) as u64);
-            Err(e)
-        }
+        Err(crate::payment::Refusal::OverQuota { reset }) => Err(over_quota(api, t, reset)),
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "SERVICE_UNAVAILABLE",
             "the service's database is unavailable; try again shortly",
         )),
     }
+}
+
+/// The contract's 429: when the allowance refills, and where to upgrade.
+pub(super) fn over_quota(api: &Api, t: &TenantRow, reset: u64) -> ApiError {
+    let limit = api.app.settings.plans.get(&t.plan).map_or(0, |p| p.verifications);
+    let now = api.now_ms() / 1000;
+    let upgrade = api
+        .app
+        .settings
+        .hosted
+        .as_ref()
+        .map(|h| h.upgrade_url.clone())
+        .unwrap_or_default();
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "QUOTA_EXCEEDED",
+        format!(
+            "the '{}' plan's {limit} verifications this month are used up; the allowance refills at {}",
+            t.plan,
+            rfc3339(reset as i64)
+        ),
+    )
+    .with(json!({"upgrade_url": upgrade, "quota_reset_date": rfc3339(reset as i64)}));
+    e.retry_after = Some((reset as i64 - now).max(1) as u64);
+    e
 }
 
 /// Gives a count back when the service, not the verification, failed.
@@ -472,21 +475,17 @@ async fn save(api: &Api, v: &VerificationRow) {
 /// The x402 form: the payment checked as a facilitator's `/verify` would (offline checks, then the
 /// on-chain simulation), against the requirement the tenant's server sent — whose payee must be the
 /// tenant's own payTo. Nothing is claimed or settled.
-async fn verify_x402(api: &Api, caller: &Caller, payload: &str, req: &Value) -> Result<VerifyResponse, ApiError> {
+pub(super) async fn verify_x402(
+    api: &Api,
+    caller: &Caller,
+    payload: &str,
+    req: &Value,
+) -> Result<VerifyResponse, ApiError> {
     let t = &caller.tenant;
     let payment: PaymentPayload =
         serde_json::from_str(payload).map_err(|e| ApiError::invalid(format!("paymentPayload: {e}")))?;
-    let field = |k: &str| req.get(k).and_then(Value::as_str);
-    let network_name = field("network").ok_or_else(|| ApiError::invalid("paymentRequirements.network: missing"))?;
-    let amount_text = field("amount")
-        .or_else(|| field("maxAmountRequired"))
-        .ok_or_else(|| ApiError::invalid("paymentRequirements.amount (or maxAmountRequired): missing"))?;
-    let amount = U256::from_str_radix(amount_text, 10).map_err(|_| {
-        ApiError::invalid(format!(
-            "paymentRequirements.amount: '{amount_text}' is not atomic units"
-        ))
-    })?;
-    let pay_to_given = field("payTo").ok_or_else(|| ApiError::invalid("paymentRequirements.payTo: missing"))?;
+    let r = super::facilitator::Requirement::read(req)?;
+    let (network_name, amount) = (r.network, r.amount);
     let invalid = |reason: &str, payer: Option<String>| VerifyResponse {
         is_valid: false,
         invalid_reason: Some(reason.to_string()),
@@ -514,15 +513,12 @@ async fn verify_x402(api: &Api, caller: &Caller, payload: &str, req: &Value) -> 
     };
     // Payee safety: only the tenant's own address; never whatever the caller put in.
     let own = t.pay_to_evm.as_deref().unwrap_or_default();
-    if !own.eq_ignore_ascii_case(pay_to_given)
-        || field("asset").is_some_and(|a| !a.eq_ignore_ascii_case(&network.asset))
-    {
+    if !r.own(t.pay_to_evm.as_deref(), &network.asset) {
         record.error_code = Some(crate::x402::reason::RECIPIENT.into());
         save(api, &record).await;
         return Ok(invalid(crate::x402::reason::RECIPIENT, None));
     }
-    let max_timeout = req.get("maxTimeoutSeconds").and_then(Value::as_u64).unwrap_or(60);
-    let offer = Offer::exact(network.clone(), amount, own.to_string(), max_timeout);
+    let offer = Offer::exact(network.clone(), amount, own.to_string(), r.max_timeout);
     let now = api.app.payments.clock.now_secs();
     let result: Result<String, Rejection> = match chain.check_offline(&offer, AmountMatch::Exact, &payment, now) {
         Err(r) => Err(r),

@@ -8,6 +8,7 @@
 mod admin;
 mod auth;
 mod contract;
+mod facilitator;
 mod manage;
 pub mod openapi;
 
@@ -187,6 +188,23 @@ fn endpoints() -> Vec<(Doc, MethodRouter<Arc<Api>>)> {
          post(admin::set_plan)),
         (d("POST", "/api/v1/x402/admin/tenants/{id}/suspend", Admin, "Suspend a tenant", None, &[], (200, ok_tenant())), post(admin::suspend)),
         (d("POST", "/api/v1/x402/admin/tenants/{id}/resume", Admin, "Reactivate a tenant", None, &[], (200, ok_tenant())), post(admin::resume)),
+        (
+            d("POST", "/facilitator/verify", Key("verify"), "x402 facilitator: verify a payment (checks only)",
+              Some(schema::<facilitator::FacilitatorBody>()), &[], (200, object(&[("isValid", t("boolean"))]))),
+            post(facilitator::verify),
+        ),
+        (
+            d("POST", "/facilitator/settle", Key("settle"),
+              "x402 facilitator: settle a payment to the tenant's own payTo (a retried settle of a pending payload collects its transaction)",
+              Some(schema::<facilitator::FacilitatorBody>()), &[],
+              (200, object(&[("success", t("boolean")), ("transaction", t("string")), ("network", t("string"))]))),
+            post(facilitator::settle),
+        ),
+        (
+            d("GET", "/facilitator/supported", Key("verify"), "x402 facilitator: the kinds, extensions and signers for the tenant's plan", None, &[],
+              (200, object(&[("kinds", t("array")), ("extensions", t("array")), ("signers", t("object"))]))),
+            get(facilitator::supported),
+        ),
         (d("GET", "/status", Public, "Alive", None, &[], (200, object(&[("status", t("string"))]))),
          get(|| async { Json(json!({"status": "ok"})) })),
     ]

@@ -195,6 +195,11 @@ pub trait Chain: Send + Sync {
     /// Looks up what became of an authorization (and of `tx`, if one was sent).
     async fn status(&self, c: &Checked, tx: Option<&str>, now_secs: u64) -> Result<ChainStatus, ChainError>;
 
+    /// The address that signs settlements here (the relayer), when there is one.
+    fn signer(&self) -> Option<String> {
+        None
+    }
+
     /// A payment already made: the USDC that transaction `tx` moved to `pay_to`.
     async fn proof(&self, _tx: &str, _pay_to: &str) -> Result<Proof, ProofError> {
         Err(ProofError::Unsupported)

@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::config::{Settings, Settlement};
 use crate::facilitator::FacilitatorClient;
 use crate::store::{Attempt, AttemptLog, Counted, Delivery, NewClaim, Outcome, PaymentState, Store};
-use crate::tenant::{Pricing, SettleTiming, Tenant};
+use crate::tenant::{Account, Pricing, SettleTiming};
 use crate::x402::{self, reason, DecodeError, Family, Offer, PaymentPayload, SettleResponse, Version};
 use settle::Settler;
 
@@ -210,7 +210,7 @@ impl Payments {
     /// settles. On success the request may be forwarded.
     pub async fn accept(
         &self,
-        tenant: &Tenant,
+        tenant: Account<'_>,
         pricing: &Arc<Pricing>,
         route: &str,
         asked: &crate::x402::Asked,
@@ -218,10 +218,26 @@ impl Payments {
         header: &[u8],
         rec: &mut Attempt,
     ) -> Result<Accepted, Refusal> {
+        let payment = x402::decode_payment(version, header)?;
+        self.accept_payment(tenant, pricing, route, asked, version, payment, rec)
+            .await
+    }
+
+    /// [`Self::accept`] for a payment already decoded (the facilitator endpoints receive it as JSON).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn accept_payment(
+        &self,
+        tenant: Account<'_>,
+        pricing: &Arc<Pricing>,
+        route: &str,
+        asked: &crate::x402::Asked,
+        version: Version,
+        payment: PaymentPayload,
+        rec: &mut Attempt,
+    ) -> Result<Accepted, Refusal> {
         let started = Instant::now();
         rec.x402_version = version.number();
         rec.settle_mode = pricing.settle.as_str();
-        let payment = x402::decode_payment(version, header)?;
         rec.network = Some(payment.network().to_string());
 
         // The route's own offer for the network the client chose; never the client's copy of it.
@@ -251,7 +267,7 @@ impl Payments {
         // Replay guard: the database's primary key lets exactly one request hold this authorization.
         let claim = NewClaim {
             key: &key,
-            tenant: &tenant.id,
+            tenant: tenant.id,
             route,
             pay_to: &offer.pay_to,
             amount: checked.amount().to_string(),
@@ -279,8 +295,8 @@ impl Payments {
         // signature, for this price and payee) and are not replays: strangers' junk never burns it.
         // Counted while the chain is asked (neither moves money; both must pass before anything does).
         let counting = async {
-            match &tenant.hosted {
-                Some(h) => self.count(&tenant.id, h.plan.verifications).await,
+            match tenant.quota {
+                Some(limit) => self.count(tenant.id, limit).await,
                 None => Ok(()),
             }
         };

@@ -1059,3 +1059,126 @@ async fn the_openapi_document_describes_what_the_api_answers() {
     let (st, v, _) = h.call("GET", "/api/v1/x402/nothing-here", Auth::None, None).await;
     assert_eq!(st, 404, "{v}");
 }
+
+#[tokio::test]
+async fn the_facilitator_endpoints_settle_once_to_the_tenants_own_payto() {
+    let db = Db::postgres().await;
+    let anvil = Anvil::start().await;
+    let mut spec = HostedSpec::new(&db.url, &anvil.url);
+    spec.extra =
+        "[plans.one]\nverifications = 1\nchains = [\"base\"]\n[plans.free]\nverifications = 1000\nchains = [\"base\"]";
+    let h = Hosted::start(&spec).await;
+    let (_, key) = h.tenant("f@f.test", "free", Some("fac")).await;
+    h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
+
+    // /supported: the plan's networks in both versions, and the relayer that signs.
+    let (st, sup, _) = h.call("GET", "/facilitator/supported", Auth::Key(&key), None).await;
+    assert_eq!(st, 200, "{sup}");
+    let kinds = sup["kinds"].as_array().unwrap();
+    assert!(kinds.contains(&json!({"x402Version": 2, "scheme": "exact", "network": "eip155:8453", "extra": {"name": "USD Coin", "version": "2"}})), "{sup}");
+    assert!(
+        kinds
+            .iter()
+            .any(|k| k["x402Version"] == json!(1) && k["network"] == json!("base")),
+        "{sup}"
+    );
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k["network"] == json!("ethereum") || k["network"] == json!("eip155:1")),
+        "not on the plan: {sup}"
+    );
+    assert_eq!(sup["extensions"], json!([]));
+    assert_eq!(sup["signers"], json!({"eip155:*": [RELAYER.to_string()]}));
+
+    let body = |pay_to: Address| {
+        let net = std::sync::Arc::new(tollgate::x402::Network::from_known(
+            tollgate::x402::network::builtin("base").unwrap(),
+        ));
+        let offer = tollgate::x402::Offer::exact(net, U256::from(10_000u64), pay_to.to_checksum(None), 60);
+        let o = tollgate::client::Offered::from_offer(&offer, tollgate::x402::Version::V2);
+        let (_, header) = tollgate::client::payment_header(&o, &tollgate::client::authorize(&o, &payer(), now()));
+        json!({"x402Version": 2, "paymentPayload": decode_b64_json(&header), "paymentRequirements": offer.to_v2()})
+    };
+    let settle = |b: Value, k: String| {
+        let url = format!("{}/facilitator/settle", h.api);
+        async move {
+            let r = http().post(url).bearer_auth(k).json(&b).send().await.unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap())
+        }
+    };
+
+    // Settled once, into the tenant's payTo; counted; in the ledger. The same payload again is a duplicate.
+    let before = anvil.usdc_balance(PAYEE_A).await;
+    let b = body(PAYEE_A);
+    let (st, v) = settle(b.clone(), key.clone()).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["success"], json!(true), "{v}");
+    assert_eq!(v["network"], json!("eip155:8453"));
+    assert_eq!(v["payer"], json!(PAYER.to_string()));
+    assert!(v["transaction"].as_str().unwrap().starts_with("0x"));
+    assert_eq!(anvil.usdc_balance(PAYEE_A).await, before + U256::from(10_000u64));
+    let (_, v2) = settle(b.clone(), key.clone()).await;
+    assert_eq!(
+        (v2["success"].clone(), v2["errorReason"].clone()),
+        (json!(false), json!("duplicate_settlement")),
+        "{v2}"
+    );
+    let (_, u, _) = h.call("GET", "/api/v1/x402/usage", Auth::Key(&key), None).await;
+    assert_eq!(u["verifications_used"], json!(1), "{u}");
+    let (_, p, _) = h.call("GET", "/api/v1/x402/payments", Auth::Key(&key), None).await;
+    assert_eq!(p["payments"][0]["state"], json!("settled"), "{p}");
+    assert_eq!(p["payments"][0]["route"], json!("facilitator"));
+
+    // 100 concurrent settles of one payload: one transfer.
+    let before = anvil.usdc_balance(PAYEE_A).await;
+    let b = body(PAYEE_A);
+    let calls: Vec<_> = (0..100).map(|_| tokio::spawn(settle(b.clone(), key.clone()))).collect();
+    let mut ok = 0;
+    for c in calls {
+        let (st, v) = c.await.unwrap();
+        assert_eq!(st, 200, "{v}");
+        if v["success"] == json!(true) {
+            ok += 1;
+        } else {
+            assert!(
+                ["duplicate_settlement", "settlement_pending"].contains(&v["errorReason"].as_str().unwrap()),
+                "{v}"
+            );
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(
+        anvil.usdc_balance(PAYEE_A).await,
+        before + U256::from(10_000u64),
+        "one transfer"
+    );
+
+    // Another payee than the tenant's own: refused, nothing moves. Wrong key: 401.
+    let before = anvil.usdc_balance(PAYEE_B).await;
+    let (st, v) = settle(body(PAYEE_B), key.clone()).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["errorReason"], json!(tollgate::x402::reason::RECIPIENT), "{v}");
+    assert_eq!(anvil.usdc_balance(PAYEE_B).await, before);
+    let (st, _) = settle(body(PAYEE_A), "x402_live_0000000000000000000000000000000".into()).await;
+    assert_eq!(st, 401);
+
+    // Over quota: 429 with the contract's fields, nothing moves.
+    let (_, one) = h.tenant("o@o.test", "one", Some("onlyone")).await;
+    h.patch(&one, json!({"pay_to": {"evm": PAYEE_B.to_string()}})).await;
+    let (_, v) = settle(body(PAYEE_B), one.clone()).await;
+    assert_eq!(v["success"], json!(true), "{v}");
+    let before = anvil.usdc_balance(PAYEE_B).await;
+    let (st, v) = settle(body(PAYEE_B), one.clone()).await;
+    assert_eq!(st, 429, "{v}");
+    assert_eq!(v["error_code"], json!("QUOTA_EXCEEDED"));
+    assert_eq!(anvil.usdc_balance(PAYEE_B).await, before);
+
+    // /verify in the facilitator's shape.
+    let (st, v, _) = h
+        .call("POST", "/facilitator/verify", Auth::Key(&key), Some(body(PAYEE_A)))
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(v, json!({"isValid": true, "payer": PAYER.to_string()}));
+}

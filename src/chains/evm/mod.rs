@@ -313,6 +313,10 @@ impl Chain for EvmChain {
         }
     }
 
+    fn signer(&self) -> Option<String> {
+        self.relayer_address().map(|a| a.to_checksum(None))
+    }
+
     async fn proof(&self, tx: &str, pay_to: &str) -> Result<super::Proof, super::ProofError> {
         self.evm_proof(tx, pay_to).await
     }

@@ -1,0 +1,237 @@
+//! The x402 facilitator API for stock resource servers (`@x402/express`, the Python middleware,
+//! x402-rs's axum layer): `POST /facilitator/verify`, `POST /facilitator/settle`,
+//! `GET /facilitator/supported`, authenticated by the tenant's key as a bearer token.
+//!
+//! Settlement goes through the same [`crate::payment::Payments`] as the proxy: the same offline and
+//! on-chain checks, ledger row and replay guard, relayer, and quota. A tenant can only settle to its
+//! own payTo address, so a leaked key cannot move other people's authorizations to another payee
+//! through the operator's relayer. A refusal is a 200 with `isValid:false` / `success:false`; a
+//! 4xx/5xx means the call itself failed.
+
+use std::sync::Arc;
+
+use alloy::primitives::U256;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, Body, State};
+use crate::payment::Refusal;
+use crate::store::{Attempt, Delivery};
+use crate::tenant::{Account, Pricing, SettleTiming};
+use crate::x402::{reason, AmountMatch, Asked, Offer, PaymentPayload, Version};
+
+/// The body stock servers send to `/verify` and `/settle`.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FacilitatorBody {
+    #[serde(default)]
+    x402_version: Option<u8>,
+    #[schemars(with = "serde_json::Value")]
+    pub payment_payload: Box<serde_json::value::RawValue>,
+    pub payment_requirements: Value,
+}
+
+/// The fields of a payment requirement (v1 or v2 shape) tollgate reads.
+pub struct Requirement<'a> {
+    pub network: &'a str,
+    pub amount: U256,
+    pub pay_to: &'a str,
+    pub asset: Option<&'a str>,
+    pub max_timeout: u64,
+    /// v1: the resource URL the requirement names.
+    pub resource: Option<&'a str>,
+}
+
+impl<'a> Requirement<'a> {
+    pub fn read(req: &'a Value) -> Result<Requirement<'a>, ApiError> {
+        let field = |k: &str| req.get(k).and_then(Value::as_str);
+        let network = field("network").ok_or_else(|| ApiError::invalid("paymentRequirements.network: missing"))?;
+        let amount_text = field("amount")
+            .or_else(|| field("maxAmountRequired"))
+            .ok_or_else(|| ApiError::invalid("paymentRequirements.amount (or maxAmountRequired): missing"))?;
+        let amount = U256::from_str_radix(amount_text, 10).map_err(|_| {
+            ApiError::invalid(format!(
+                "paymentRequirements.amount: '{amount_text}' is not atomic units"
+            ))
+        })?;
+        let pay_to = field("payTo").ok_or_else(|| ApiError::invalid("paymentRequirements.payTo: missing"))?;
+        if field("scheme").is_some_and(|s| s != "exact") {
+            return Err(ApiError::invalid("paymentRequirements.scheme: only 'exact' is served"));
+        }
+        Ok(Requirement {
+            network,
+            amount,
+            pay_to,
+            asset: field("asset"),
+            max_timeout: req.get("maxTimeoutSeconds").and_then(Value::as_u64).unwrap_or(60),
+            resource: field("resource"),
+        })
+    }
+
+    /// Whether the payee and asset are the tenant's own payTo and the network's USDC.
+    pub fn own(&self, tenant_pay_to: Option<&str>, asset: &str) -> bool {
+        tenant_pay_to.is_some_and(|own| own.eq_ignore_ascii_case(self.pay_to))
+            && self.asset.is_none_or(|a| a.eq_ignore_ascii_case(asset))
+    }
+}
+
+/// `POST /facilitator/verify`: the x402 form of `/verify` (checks only; nothing claimed or moved).
+pub async fn verify(
+    axum::extract::State(api): State,
+    headers: HeaderMap,
+    Body(b): Body<FacilitatorBody>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = api.caller(&headers, "verify").await?;
+    match super::contract::verify_x402(&api, &caller, b.payment_payload.get(), &b.payment_requirements).await {
+        Ok(v) => Ok(Json(serde_json::to_value(v).expect("serializes"))),
+        Err(e) if e.code == "CHAIN_NOT_ENABLED" => Ok(Json(
+            json!({"isValid": false, "invalidReason": reason::INVALID_NETWORK}),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// `POST /facilitator/settle`.
+pub async fn settle(
+    axum::extract::State(api): State,
+    headers: HeaderMap,
+    Body(b): Body<FacilitatorBody>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = api.caller(&headers, "settle").await?;
+    let t = &caller.tenant;
+    let payment: PaymentPayload =
+        serde_json::from_str(b.payment_payload.get()).map_err(|e| ApiError::invalid(format!("paymentPayload: {e}")))?;
+    let version = match b.x402_version.unwrap_or(payment.x402_version) {
+        1 => Version::V1,
+        2 => Version::V2,
+        v => return Err(ApiError::invalid(format!("x402Version: {v} is not 1 or 2"))),
+    };
+    let req = Requirement::read(&b.payment_requirements)?;
+    let refused = |why: &str, payer: Option<String>, tx: Option<String>| {
+        Json(
+            json!({"success": false, "errorReason": why, "transaction": tx.unwrap_or_default(),
+                    "network": req.network, "payer": payer}),
+        )
+    };
+    let (_, network) = match super::contract::enabled_chain(&api, t, req.network) {
+        Ok(c) => c,
+        Err(_) => return Ok(refused(reason::INVALID_NETWORK, None, None)),
+    };
+    // Payee safety: the operator's relayer only ever pays the tenant's own address.
+    if !req.own(t.pay_to_evm.as_deref(), &network.asset) {
+        return Ok(refused(reason::RECIPIENT, None, None));
+    }
+    let offer = Offer::exact(
+        network.clone(),
+        req.amount,
+        t.pay_to_evm.clone().unwrap_or_default(),
+        req.max_timeout,
+    );
+    let pricing = Arc::new(Pricing {
+        offers: vec![offer],
+        description: String::new(),
+        mime_type: "application/json".into(),
+        settle: SettleTiming::Before,
+        amount: AmountMatch::Exact,
+    });
+    let asked = Asked {
+        url: req
+            .resource
+            .map(str::to_string)
+            .or_else(|| payment.resource.as_ref().map(|r| r.url.clone()))
+            .unwrap_or_default(),
+        method: "GET".into(),
+    };
+    let plan = api.app.settings.plans.get(&t.plan).map(|p| p.verifications);
+    let account = Account {
+        id: &t.id,
+        quota: Some(plan.unwrap_or(0)),
+    };
+    let payments = &api.app.payments;
+    let mut rec = Attempt {
+        at_ms: payments.clock.now_ms(),
+        tenant: t.id.clone(),
+        route: ROUTE.into(),
+        method: "POST".into(),
+        path: "/facilitator/settle".into(),
+        ..Default::default()
+    };
+    let network_id = network_id(version, &network);
+    let answer = match payments
+        .accept_payment(account, &pricing, ROUTE, &asked, version, payment, &mut rec)
+        .await
+    {
+        Ok(a) => {
+            let payer = a.payer();
+            match &a.outcome {
+                Some(crate::chains::SettleOutcome::Settled { tx }) => {
+                    Json(json!({"success": true, "transaction": tx, "network": network_id, "payer": payer}))
+                }
+                // Sent, receipt not there in time: the same payload, settled again, collects it.
+                Some(crate::chains::SettleOutcome::Pending { tx }) => {
+                    payments.delivered(&a.key, Delivery::Owed).await;
+                    refused(reason::SETTLEMENT_PENDING, Some(payer), Some(tx.clone()))
+                }
+                None => refused(reason::UNEXPECTED_SETTLE, Some(payer), None),
+            }
+        }
+        Err(Refusal::Rejected(r)) => refused(&r.reason, r.payer, None),
+        Err(Refusal::Pending { tx, .. }) => refused(reason::SETTLEMENT_PENDING, rec.payer.clone(), tx),
+        Err(Refusal::Malformed(m)) => return Err(ApiError::invalid(format!("paymentPayload: {m}"))),
+        Err(Refusal::Unavailable(m)) => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", m))
+        }
+        Err(Refusal::OverQuota { reset }) => return Err(super::contract::over_quota(&api, t, reset)),
+    };
+    let (outcome, why) = match answer.0["success"].as_bool() {
+        Some(true) => (crate::store::Outcome::Settled, None),
+        _ => (
+            crate::store::Outcome::Rejected,
+            answer.0["errorReason"].as_str().map(str::to_string),
+        ),
+    };
+    rec.outcome.get_or_insert(outcome);
+    rec.reason = rec.reason.take().or(why);
+    payments.record(rec);
+    Ok(answer)
+}
+
+/// The route label of facilitator payments in the ledger.
+const ROUTE: &str = "facilitator";
+
+fn network_id(v: Version, n: &crate::x402::Network) -> String {
+    match v {
+        Version::V1 => n.name.clone(),
+        Version::V2 => n.caip2.clone(),
+    }
+}
+
+/// `GET /facilitator/supported`: exactly the tenant plan's networks, both versions, and the relayers.
+pub async fn supported(axum::extract::State(api): State, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let caller = api.caller(&headers, "verify").await?;
+    let plan = api
+        .app
+        .settings
+        .plans
+        .get(&caller.tenant.plan)
+        .ok_or_else(|| ApiError::invalid(format!("plan '{}' is not defined", caller.tenant.plan)))?;
+    let mut kinds = Vec::new();
+    let mut signers: Vec<String> = Vec::new();
+    for ns in plan.enabled(&api.app.settings.networks) {
+        let n = &ns.network;
+        for (v, id) in [(2, &n.caip2), (1, &n.name)] {
+            kinds.push(json!({"x402Version": v, "scheme": "exact", "network": id,
+                              "extra": {"name": n.eip712_name, "version": n.eip712_version}}));
+        }
+        if let Some(s) = api.app.payments.chain(&n.name).and_then(|c| c.signer()) {
+            if !signers.contains(&s) {
+                signers.push(s);
+            }
+        }
+    }
+    Ok(Json(
+        json!({"kinds": kinds, "extensions": [], "signers": {"eip155:*": signers}}),
+    ))
+}
