@@ -155,7 +155,7 @@ pub async fn verify(
 ) -> Result<axum::response::Response, ApiError> {
     let caller = api.caller(&headers, "verify").await?;
     if let (Some(p), Some(r)) = (&b.payment_payload, &b.payment_requirements) {
-        return Ok(Json(verify_x402(&api, &caller, p.get(), r).await?).into_response());
+        return Ok(Json(verify_x402(&api, &caller, p.get(), r, true).await?).into_response());
     }
     let tx = b
         .tx_hash
@@ -480,6 +480,7 @@ pub(super) async fn verify_x402(
     caller: &Caller,
     payload: &str,
     req: &Value,
+    counted: bool,
 ) -> Result<VerifyResponse, ApiError> {
     let t = &caller.tenant;
     let payment: PaymentPayload =
@@ -496,7 +497,9 @@ pub(super) async fn verify_x402(
         Err(e) if e.code == "CHAIN_NOT_ENABLED" => return Err(e),
         Err(_) => return Ok(invalid(crate::x402::reason::INVALID_NETWORK, None)),
     };
-    count(api, t).await?;
+    if counted {
+        count(api, t).await?;
+    }
     let mut record = VerificationRow {
         id: keys::id("vr"),
         tenant_id: t.id.clone(),

@@ -84,7 +84,9 @@ pub async fn verify(
     Body(b): Body<FacilitatorBody>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = api.caller(&headers, "verify").await?;
-    match super::contract::verify_x402(&api, &caller, b.payment_payload.get(), &b.payment_requirements).await {
+    // Not counted: a stock server verifies every payment before settling it, and the settlement is
+    // what counts (one per payment). The contract's own `/api/v1/x402/verify` counts every call.
+    match super::contract::verify_x402(&api, &caller, b.payment_payload.get(), &b.payment_requirements, false).await {
         Ok(v) => Ok(Json(serde_json::to_value(v).expect("serializes"))),
         Err(e) if e.code == "CHAIN_NOT_ENABLED" => Ok(Json(
             json!({"isValid": false, "invalidReason": reason::INVALID_NETWORK}),

@@ -27,6 +27,8 @@ struct HostedSpec<'a> {
     confirmations: u64,
     /// Extra TOML (plans, …).
     extra: &'a str,
+    /// The relayer's key: each gateway instance needs its own (one key's nonces are one sequence).
+    relayer_key: &'a str,
 }
 
 impl<'a> HostedSpec<'a> {
@@ -37,6 +39,7 @@ impl<'a> HostedSpec<'a> {
             allow_private: true,
             confirmations: 1,
             extra: "",
+            relayer_key: RELAYER_KEY,
         }
     }
 }
@@ -85,7 +88,7 @@ rpc_url = "{rpc}"
                     extra = s.extra
                 )
             },
-            &[("TEST_RELAYER_KEY", RELAYER_KEY), ("TOLLGATE_ADMIN_KEY", ADMIN)],
+            &[("TEST_RELAYER_KEY", s.relayer_key), ("TOLLGATE_ADMIN_KEY", ADMIN)],
         )
         .await;
         let api = format!("http://127.0.0.1:{api_port}");
@@ -760,6 +763,8 @@ async fn quota_is_exact_across_two_gateways_on_one_postgres() {
     let mut spec = HostedSpec::new(&db.url, &anvil.url);
     spec.extra = "[plans.ten]\nverifications = 10\nchains = [\"base\"]";
     let g1 = Hosted::start(&spec).await;
+    // Its own relayer key (anvil's account 4): two processes sending from one key would race for nonces.
+    spec.relayer_key = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a";
     let g2 = Hosted::start(&spec).await;
     let up = Upstream::start("127.0.0.1:0").await.unwrap();
     let (_, key) = g1.tenant("q@q.test", "ten", Some("quota")).await;
@@ -1181,4 +1186,52 @@ async fn the_facilitator_endpoints_settle_once_to_the_tenants_own_payto() {
         .await;
     assert_eq!(st, 200);
     assert_eq!(v, json!({"isValid": true, "payer": PAYER.to_string()}));
+}
+
+#[tokio::test]
+async fn a_stock_x402_express_server_uses_tollgate_as_its_facilitator() {
+    let db = Db::sqlite();
+    let anvil = Anvil::start().await;
+    let h = Hosted::start(&HostedSpec::new(&db.url, &anvil.url)).await;
+    let (_, key) = h.tenant("e@e.test", "free", Some("express")).await;
+    h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
+
+    // The official @x402/express middleware, its facilitator client pointed at tollgate with the key.
+    let port = free_port();
+    let mut server = std::process::Command::new("node")
+        .arg(js_dir().join("express-server.mjs"))
+        .arg(port.to_string())
+        .env("FACILITATOR_URL", format!("{}/facilitator", h.api))
+        .env("TENANT_KEY", &key)
+        .env("PAY_TO", PAYEE_A.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the express server", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    let before = anvil.usdc_balance(PAYEE_A).await;
+    // Paid by the official @x402/fetch client.
+    let out = crate::interop::node("pay-v2.mjs", &format!("http://127.0.0.1:{port}/weather")).await;
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(out["status"], json!(200), "{out}");
+    assert_eq!(out["paymentResponse"]["success"], json!(true), "{out}");
+    assert_eq!(
+        anvil.usdc_balance(PAYEE_A).await,
+        before + U256::from(1000u64),
+        "the payee got paid"
+    );
+    let (_, u, _) = h.call("GET", "/api/v1/x402/usage", Auth::Key(&key), None).await;
+    // One payment, counted once (the middleware's verify is not counted, its settle is).
+    assert_eq!(u["verifications_used"], json!(1), "{u}");
+    let (_, p, _) = h.call("GET", "/api/v1/x402/payments", Auth::Key(&key), None).await;
+    assert_eq!(p["payments"].as_array().unwrap().len(), 1, "{p}");
+    assert_eq!(p["payments"][0]["state"], json!("settled"));
+    assert_eq!(
+        p["payments"][0]["tx_hash"], out["paymentResponse"]["transaction"],
+        "the ledger holds the transaction the server was told"
+    );
 }

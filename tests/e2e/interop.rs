@@ -11,7 +11,7 @@ use crate::common::*;
 use crate::upstream::Upstream;
 
 /// Runs a test script from tests/js; returns its JSON line.
-async fn node(script: &str, url: &str) -> serde_json::Value {
+pub async fn node(script: &str, url: &str) -> serde_json::Value {
     let out = Command::new("node")
         .arg(js_dir().join(script))
         .arg(url)
