@@ -392,7 +392,7 @@ pub fn refused(
                 .push(failed_settlement(pricing, version, &rej.reason, None, payer));
             reply
         }
-        Refusal::OverQuota { reset } => over_quota(*reset, now_secs(), cors),
+        Refusal::OverQuota { retry_after, .. } => over_quota(*retry_after, cors),
         // Maybe charged: not a 503 (which means "nothing charged"), and never a fresh 402 (which
         // makes clients sign and pay again). The same header, sent again, is served once settled.
         Refusal::Pending { tx, detail } => {
@@ -421,7 +421,7 @@ pub fn refused(
 
 /// A hosted tenant's monthly allowance is used up: 429 with when it refills; nothing forwarded,
 /// nothing charged.
-pub fn over_quota(reset: u64, now: u64, cors: Option<&str>) -> Reply {
+pub fn over_quota(retry_after: u64, cors: Option<&str>) -> Reply {
     let mut reply = Reply::json(
         429,
         ErrorBody {
@@ -430,9 +430,7 @@ pub fn over_quota(reset: u64, now: u64, cors: Option<&str>) -> Reply {
         },
         cors,
     );
-    reply
-        .headers
-        .push(("retry-after", reset.saturating_sub(now).max(1).to_string()));
+    reply.headers.push(("retry-after", retry_after.max(1).to_string()));
     reply
 }
 
@@ -458,12 +456,6 @@ pub fn tenant_not_ready() -> Reply {
         },
         None,
     )
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The body of a "payment pending" answer.

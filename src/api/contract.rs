@@ -216,7 +216,7 @@ async fn count(api: &Api, t: &TenantRow) -> Result<(), ApiError> {
     let plan = tenant_plan(api, t)?;
     match api.app.payments.count(&t.id, plan.verifications).await {
         Ok(()) => Ok(()),
-        Err(crate::payment::Refusal::OverQuota { reset }) => Err(over_quota(api, t, reset)),
+        Err(crate::payment::Refusal::OverQuota { reset, retry_after }) => Err(over_quota(api, t, reset, retry_after)),
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "SERVICE_UNAVAILABLE",
@@ -226,9 +226,8 @@ async fn count(api: &Api, t: &TenantRow) -> Result<(), ApiError> {
 }
 
 /// The contract's 429: when the allowance refills, and where to upgrade.
-pub(super) fn over_quota(api: &Api, t: &TenantRow, reset: u64) -> ApiError {
+pub(super) fn over_quota(api: &Api, t: &TenantRow, reset: u64, retry_after: u64) -> ApiError {
     let limit = api.app.settings.plans.get(&t.plan).map_or(0, |p| p.verifications);
-    let now = api.now_ms() / 1000;
     let upgrade = api
         .app
         .settings
@@ -246,7 +245,7 @@ pub(super) fn over_quota(api: &Api, t: &TenantRow, reset: u64) -> ApiError {
         ),
     )
     .with(json!({"upgrade_url": upgrade, "quota_reset_date": rfc3339(reset as i64)}));
-    e.retry_after = Some((reset as i64 - now).max(1) as u64);
+    e.retry_after = Some(retry_after);
     e
 }
 

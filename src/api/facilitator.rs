@@ -160,7 +160,7 @@ pub async fn settle(
         path: "/facilitator/settle".into(),
         ..Default::default()
     };
-    let network_id = network_id(version, &network);
+    let network_id = pricing.offers[0].network_id(version);
     let answer = match payments
         .accept_payment(account, &pricing, ROUTE, &asked, version, payment, &mut rec)
         .await
@@ -185,7 +185,9 @@ pub async fn settle(
         Err(Refusal::Unavailable(m)) => {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", m))
         }
-        Err(Refusal::OverQuota { reset }) => return Err(super::contract::over_quota(&api, t, reset)),
+        Err(Refusal::OverQuota { reset, retry_after }) => {
+            return Err(super::contract::over_quota(&api, t, reset, retry_after))
+        }
     };
     let (outcome, why) = match answer.0["success"].as_bool() {
         Some(true) => (crate::store::Outcome::Settled, None),
@@ -202,13 +204,6 @@ pub async fn settle(
 
 /// The route label of facilitator payments in the ledger.
 const ROUTE: &str = "facilitator";
-
-fn network_id(v: Version, n: &crate::x402::Network) -> String {
-    match v {
-        Version::V1 => n.name.clone(),
-        Version::V2 => n.caip2.clone(),
-    }
-}
 
 /// `GET /facilitator/supported`: exactly the tenant plan's networks, both versions, and the relayers.
 pub async fn supported(axum::extract::State(api): State, headers: HeaderMap) -> Result<Json<Value>, ApiError> {

@@ -39,9 +39,9 @@ pub enum Refusal {
     #[error("{detail}")]
     Pending { tx: Option<String>, detail: String },
     /// The tenant's allowance for this period is used up: 429, nothing charged. `reset` is when the
-    /// next period starts (unix seconds).
+    /// next period starts (unix seconds), `retry_after` the seconds until then by the pipeline's clock.
     #[error("this API's monthly allowance of verified payments is used up")]
-    OverQuota { reset: u64 },
+    OverQuota { reset: u64, retry_after: u64 },
 }
 
 impl From<DecodeError> for Refusal {
@@ -321,7 +321,8 @@ impl Payments {
     /// atomically in the database, so that concurrent requests on any number of gateways never
     /// pass it.
     pub async fn count(&self, tenant: &str, limit: i64) -> Result<(), Refusal> {
-        let (period, next) = crate::clock::month_bounds(self.clock.now_secs() as i64);
+        let now = self.clock.now_secs() as i64;
+        let (period, next) = crate::clock::month_bounds(now);
         match self
             .store
             .count_use(tenant, limit, period)
@@ -329,7 +330,10 @@ impl Payments {
             .map_err(db_unavailable)?
         {
             Counted::Yes => Ok(()),
-            Counted::OverQuota => Err(Refusal::OverQuota { reset: next as u64 }),
+            Counted::OverQuota => Err(Refusal::OverQuota {
+                reset: next as u64,
+                retry_after: (next - now).max(1) as u64,
+            }),
         }
     }
 

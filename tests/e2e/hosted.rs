@@ -644,7 +644,7 @@ async fn two_tenants_behind_one_proxy_each_paid_into_its_own_payto() {
         Upstream::start("127.0.0.1:0").await.unwrap(),
         Upstream::start("127.0.0.1:0").await.unwrap(),
     );
-    let (a_id, a) = h.tenant("a@a.test", "free", Some("alpha")).await;
+    let (_, a) = h.tenant("a@a.test", "free", Some("alpha")).await;
     let (b_id, b) = h.tenant("b@b.test", "tiny", Some("beta")).await;
     serve_api(&h, &a, &up_a, PAYEE_A).await;
     serve_api(&h, &b, &up_b, PAYEE_B).await;
@@ -678,7 +678,6 @@ async fn two_tenants_behind_one_proxy_each_paid_into_its_own_payto() {
         assert_eq!(anvil.usdc_balance(payee).await, before + U256::from(1000u64), "{slug}");
         assert_eq!(up.last().unwrap().path, "/paid/report");
     }
-    let _ = a_id;
 
     // Beta's plan allows 2 paid requests: the third is 429, not forwarded, not charged.
     let url = format!("{base}/t/beta/paid/more");
@@ -792,7 +791,6 @@ async fn quota_is_exact_across_two_gateways_on_one_postgres() {
             })
         })
         .collect();
-    let payee_before = anvil.usdc_balance(PAYEE_A).await;
     let mut codes = Vec::new();
     for t in tasks {
         codes.push(t.await.unwrap());
@@ -828,7 +826,6 @@ async fn quota_is_exact_across_two_gateways_on_one_postgres() {
         .filter(|r| r["state"] == json!("settled"))
         .count();
     assert_eq!(settled, 10, "{p}");
-    let _ = payee_before;
     // A price changed through one gateway reaches the other within hosted.tenant_cache_secs (2 s).
     let (st, v) = g1
         .patch(
