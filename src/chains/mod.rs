@@ -132,6 +132,9 @@ pub enum ChainStatus {
     Expired,
     /// Not spent yet; could still be.
     Unspent,
+    /// A transaction sent for it is still waiting in the node's pool: not spent yet, and sending
+    /// another would only race it.
+    InFlight { tx: String },
 }
 
 /// A transfer found on chain for a proof of payment.
@@ -194,6 +197,13 @@ pub trait Chain: Send + Sync {
 
     /// Looks up what became of an authorization (and of `tx`, if one was sent).
     async fn status(&self, c: &Checked, tx: Option<&str>, now_secs: u64) -> Result<ChainStatus, ChainError>;
+
+    /// Waits (bounded, like [`Self::settle`]) for a transaction already sent for this payment:
+    /// settled when it lands and moved this transfer, pending when it is still not in a block.
+    async fn await_sent(&self, c: &Checked, tx: &str) -> Result<SettleOutcome, ChainError> {
+        let _ = c;
+        Ok(SettleOutcome::Pending { tx: tx.to_string() })
+    }
 
     /// The address that signs settlements here (the relayer), when there is one.
     fn signer(&self) -> Option<String> {

@@ -449,8 +449,22 @@ impl Payments {
                     "this payment expired before it settled; nothing was charged; sign a new one",
                 )))
             }
-            // Not on chain yet: settle it (again). The authorization's nonce lets at most one
-            // transfer land, so this cannot charge twice.
+            // The transaction sent for it is still in the node's pool: wait for that one (bounded);
+            // sending a second would only race it and burn gas.
+            Ok(ChainStatus::InFlight { tx }) => match chain.await_sent(&a.checked, &tx).await {
+                Ok(SettleOutcome::Settled { tx }) => self.found_on_chain(a, Some(tx), rec).await,
+                _ => {
+                    rec.tx_hash = Some(tx.clone());
+                    Err(give_back(Refusal::Pending {
+                        tx: Some(tx),
+                        detail: "the transfer was sent and is not in a block yet; send the same header again shortly"
+                            .into(),
+                    })
+                    .await)
+                }
+            },
+            // Not on chain yet, and nothing of ours in flight: settle it (again). The
+            // authorization's nonce lets at most one transfer land, so this cannot charge twice.
             Ok(ChainStatus::Unspent) => match self.settle(&mut a, rec).await {
                 Ok(()) => Ok(a),
                 // Perhaps the first transfer landed meanwhile (nonce used): the chain decides.
@@ -548,7 +562,7 @@ impl Payments {
                 // Not on chain yet, but still valid: a transaction sent for it may still land, so
                 // releasing it now could charge a payment the ledger calls released. Look again
                 // later; once the authorization expires it can no longer land.
-                ChainStatus::Unspent => {
+                ChainStatus::Unspent | ChainStatus::InFlight { .. } => {
                     tracing::debug!(payer = %row.key.payer, state = row.state.as_str(), "reconciliation: not on chain yet and still valid; will look again");
                     continue;
                 }

@@ -123,7 +123,7 @@ impl Anvil {
         anvil
     }
 
-    async fn rpc(&self, method: &'static str, params: serde_json::Value) -> serde_json::Value {
+    pub async fn rpc(&self, method: &'static str, params: serde_json::Value) -> serde_json::Value {
         self.provider
             .raw_request(method.into(), params)
             .await

@@ -10,29 +10,31 @@ use serde_json::{json, Value};
 use crate::common::*;
 use crate::upstream::Upstream;
 
-const ADMIN: &str = "test-admin-key-0123456789abcdef";
-const PAYEE_A: Address = address!("1000000000000000000000000000000000000a0a");
-const PAYEE_B: Address = address!("2000000000000000000000000000000000000b0b");
+pub const ADMIN: &str = "test-admin-key-0123456789abcdef";
+pub const PAYEE_A: Address = address!("1000000000000000000000000000000000000a0a");
+pub const PAYEE_B: Address = address!("2000000000000000000000000000000000000b0b");
 
 /// A hosted gateway: the proxy on `tg.port`, the management API on `api`.
-struct Hosted {
-    tg: Tollgate,
-    api: String,
+pub struct Hosted {
+    pub tg: Tollgate,
+    pub api: String,
 }
 
-struct HostedSpec<'a> {
-    db: &'a str,
-    rpc: &'a str,
-    allow_private: bool,
-    confirmations: u64,
+pub struct HostedSpec<'a> {
+    pub db: &'a str,
+    pub rpc: &'a str,
+    pub allow_private: bool,
+    pub confirmations: u64,
     /// Extra TOML (plans, …).
-    extra: &'a str,
+    pub extra: &'a str,
     /// The relayer's key: each gateway instance needs its own (one key's nonces are one sequence).
-    relayer_key: &'a str,
+    pub relayer_key: &'a str,
+    /// How long a settlement waits for its receipt before it is pending.
+    pub receipt_timeout_secs: u64,
 }
 
 impl<'a> HostedSpec<'a> {
-    fn new(db: &'a str, rpc: &'a str) -> Self {
+    pub fn new(db: &'a str, rpc: &'a str) -> Self {
         HostedSpec {
             db,
             rpc,
@@ -40,12 +42,13 @@ impl<'a> HostedSpec<'a> {
             confirmations: 1,
             extra: "",
             relayer_key: RELAYER_KEY,
+            receipt_timeout_secs: 30,
         }
     }
 }
 
 impl Hosted {
-    async fn start(s: &HostedSpec<'_>) -> Hosted {
+    pub async fn start(s: &HostedSpec<'_>) -> Hosted {
         let api_port = free_port();
         let tg = Tollgate::start_text(
             |port| {
@@ -70,6 +73,7 @@ key_cache_secs = 2
 [settlement]
 relayer_key_env = "TEST_RELAYER_KEY"
 receipt_poll_ms = 20
+receipt_timeout_secs = {receipt}
 
 [networks.base]
 rpc_url = "{rpc}"
@@ -85,7 +89,8 @@ rpc_url = "{rpc}"
                     allow = s.allow_private,
                     conf = s.confirmations,
                     rpc = s.rpc,
-                    extra = s.extra
+                    extra = s.extra,
+                    receipt = s.receipt_timeout_secs
                 )
             },
             &[("TEST_RELAYER_KEY", s.relayer_key), ("TOLLGATE_ADMIN_KEY", ADMIN)],
@@ -101,7 +106,7 @@ rpc_url = "{rpc}"
         panic!("the management API did not start: {}", tg.log());
     }
 
-    async fn call(
+    pub async fn call(
         &self,
         method: &str,
         path: &str,
@@ -126,7 +131,7 @@ rpc_url = "{rpc}"
     }
 
     /// A tenant on `tier`: its id and first key.
-    async fn tenant(&self, email: &str, tier: &str, slug: Option<&str>) -> (String, String) {
+    pub async fn tenant(&self, email: &str, tier: &str, slug: Option<&str>) -> (String, String) {
         let mut body = json!({"email": email, "tier": tier});
         if let Some(s) = slug {
             body["slug"] = json!(s);
@@ -146,7 +151,7 @@ rpc_url = "{rpc}"
         )
     }
 
-    async fn patch(&self, key: &str, body: Value) -> (u16, Value) {
+    pub async fn patch(&self, key: &str, body: Value) -> (u16, Value) {
         let (st, v, _) = self
             .call("PATCH", "/api/v1/x402/tenant", Auth::Key(key), Some(body))
             .await;
@@ -167,7 +172,7 @@ rpc_url = "{rpc}"
 }
 
 #[derive(Clone, Copy)]
-enum Auth<'a> {
+pub enum Auth<'a> {
     None,
     Admin(&'a str),
     Key(&'a str),
@@ -618,7 +623,7 @@ chains = ["solana", "base"]
 }
 
 /// Sets a tenant up behind the proxy: upstream, payee, one priced route.
-async fn serve_api(h: &Hosted, key: &str, up: &Upstream, pay_to: Address) {
+pub async fn serve_api(h: &Hosted, key: &str, up: &Upstream, pay_to: Address) {
     let (st, v) = h
         .patch(
             key,

@@ -2,6 +2,7 @@
 //! USDC on a real anvil, with SQLite and PostgreSQL.
 
 mod common;
+mod facilitator;
 mod faults;
 mod front;
 mod gateway;

@@ -52,6 +52,9 @@ pub struct EvmChain {
     batcher: Option<Batcher>,
     /// Why there is no relayer, as an instruction.
     no_relayer: String,
+    receipts: Arc<ReceiptWatcher>,
+    receipt_timeout: Duration,
+    confirmations: u64,
 }
 
 impl std::fmt::Debug for EvmChain {
@@ -108,6 +111,9 @@ impl EvmChain {
             relayer,
             batcher,
             no_relayer,
+            receipts,
+            receipt_timeout: opts.receipt_timeout,
+            confirmations: opts.confirmations,
         })
     }
 
@@ -313,6 +319,25 @@ impl Chain for EvmChain {
         }
     }
 
+    async fn await_sent(&self, c: &Checked, tx: &str) -> Result<SettleOutcome, ChainError> {
+        let t = Self::transfer(c);
+        let h: B256 = tx
+            .parse()
+            .map_err(|_| ChainError::Unavailable(format!("'{tx}' is not a transaction hash")))?;
+        let rx = self.receipts.expect(h);
+        match self
+            .receipts
+            .wait(h, rx, self.receipt_timeout, self.confirmations)
+            .await
+        {
+            Some(r) => {
+                self.check_receipt(&r, t)?;
+                Ok(SettleOutcome::Settled { tx: tx.to_string() })
+            }
+            None => Ok(SettleOutcome::Pending { tx: tx.to_string() }),
+        }
+    }
+
     fn signer(&self) -> Option<String> {
         self.relayer_address().map(|a| a.to_checksum(None))
     }
@@ -330,7 +355,13 @@ impl Chain for EvmChain {
                         tx: Some(h.to_string()),
                     })
                 }
-                Ok(_) => {}
+                Ok(Some(_)) => {}
+                // Not in a block: still in the node's pool (in flight), or dropped from it.
+                Ok(None) => match self.provider.get_transaction_by_hash(h).await {
+                    Ok(Some(p)) if p.block_number.is_none() => return Ok(ChainStatus::InFlight { tx: h.to_string() }),
+                    Ok(_) => {}
+                    Err(e) => return Err(self.unreachable("reconciliation", e)),
+                },
                 Err(e) => return Err(self.unreachable("reconciliation", e)),
             }
         }
