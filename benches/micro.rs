@@ -104,6 +104,7 @@ fn render_402(c: &mut Criterion) {
         mime_type: "application/json".into(),
         settle: SettleTiming::Before,
         amount: AmountMatch::Exact,
+        payment_id: Default::default(),
     };
     let asked = Asked {
         url: "http://127.0.0.1:8402/api/weather/paris".into(),

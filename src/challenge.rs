@@ -139,7 +139,9 @@ pub fn payment_required(
         Some((reason, _, _)) => (reason, reason),
         None => ("X-PAYMENT header is required", "PAYMENT-SIGNATURE header is required"),
     };
-    let v2 = payment_required_v2(&pricing.offers, &resource, v2_error);
+    let extensions = crate::x402::identifier::declaration(pricing.payment_id)
+        .map(|d| serde_json::json!({ crate::x402::identifier::EXTENSION: d }));
+    let v2 = payment_required_v2(&pricing.offers, &resource, v2_error, extensions);
     let v1 = payment_required_v1(&pricing.offers, &resource, v1_error);
     let body = ChallengeBody {
         x402_version: v1.x402_version,
@@ -364,6 +366,27 @@ pub fn malformed(detail: &str, cors: Option<&str>) -> Reply {
         },
         cors,
     )
+}
+
+/// A payment identifier already used for another payment (409), or in use by a request running
+/// now (409, try again shortly).
+pub fn id_conflict(in_progress: bool, cors: Option<&str>) -> Reply {
+    let (error, detail) = if in_progress {
+        (
+            "payment_identifier_in_progress",
+            "a request with this payment identifier and payment is running; send it again shortly",
+        )
+    } else {
+        (
+            "payment_identifier_conflict",
+            "this payment identifier was used for another payment; use a new id for a new payment",
+        )
+    };
+    let mut r = Reply::json(409, ErrorBody { error, detail }, cors);
+    if in_progress {
+        r.headers.push(("retry-after", "1".into()));
+    }
+    r
 }
 
 /// The answer to a refused payment.

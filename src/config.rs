@@ -410,6 +410,17 @@ pub struct RouteConfig {
     /// `exact` (the value must equal the price) or `at_least`.
     #[serde(default)]
     pub amount: AmountMatch,
+    /// The payment-identifier extension: `off` (default), `optional` or `required`. With an id, a
+    /// paid request is idempotent: the same payment sent again gets the first answer, replayed.
+    #[serde(default, alias = "paymentIdentifier", skip_serializing_if = "is_off")]
+    pub payment_identifier: crate::x402::identifier::IdPolicy,
+    /// List this route in the discovery endpoints (`/.well-known/x402`, `/discovery/resources`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discoverable: bool,
+}
+
+fn is_off(p: &crate::x402::identifier::IdPolicy) -> bool {
+    *p == crate::x402::identifier::IdPolicy::Off
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -803,6 +814,8 @@ pub fn build_routes(
             max_timeout_seconds: None,
             settle: SettleTiming::default(),
             amount: AmountMatch::default(),
+            payment_identifier: Default::default(),
+            discoverable: false,
         });
     }
     for (i, rc) in route_cfgs.into_iter().enumerate() {
@@ -996,6 +1009,7 @@ fn build_pricing(
         mime_type: rc.mime_type.clone().unwrap_or_else(|| "application/json".into()),
         settle: rc.settle,
         amount: rc.amount,
+        payment_id: rc.payment_identifier,
     }))
 }
 

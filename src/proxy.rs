@@ -17,10 +17,13 @@ use crate::chains::SettleOutcome;
 use crate::challenge::names::*;
 use crate::challenge::{self, Reply};
 use crate::directory::Lookup;
+use crate::payment::idempotency::{IdHold, IdStart};
 use crate::payment::{refusal_outcome, Accepted, Refusal};
 use crate::store::{Attempt, Delivery, Outcome};
 use crate::tenant::{Pricing, SettleTiming, Tenant};
+use crate::x402::identifier::{self, IdPolicy};
 use crate::x402::reason;
+use base64::Engine as _;
 
 const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const UPSTREAM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -56,7 +59,24 @@ pub struct Ctx {
     close_upstream: bool,
     /// The upstream's answer is going to the client (the paid content was served).
     served: bool,
+    /// The payment-identifier id this request holds, and its answer as it is captured for replay.
+    id_hold: Option<IdHold>,
+    replay: Option<Capture>,
 }
+
+/// A paid response as it goes to the client, kept for replay under its payment identifier.
+#[derive(Default)]
+struct Capture {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    complete: bool,
+    /// Larger than [`REPLAY_MAX_BYTES`]: not kept.
+    overflow: bool,
+}
+
+/// The largest response body kept for replay under a payment identifier.
+const REPLAY_MAX_BYTES: usize = 256 * 1024;
 
 #[async_trait]
 impl ProxyHttp for Proxy {
@@ -76,6 +96,8 @@ impl ProxyHttp for Proxy {
             target: None,
             close_upstream: false,
             served: false,
+            id_hold: None,
+            replay: None,
         }
     }
 
@@ -143,18 +165,63 @@ impl ProxyHttp for Proxy {
         ctx.route = route.label();
         let payments = &self.app.payments;
         let mut rec = new_attempt(payments.clock.now_ms(), &tenant.id, &ctx.route, req);
-        match payments
-            .accept(
-                tenant.account(),
-                &pricing,
-                &ctx.route,
-                &asked,
-                version,
-                &header,
-                &mut rec,
-            )
-            .await
-        {
+        let accepted = if pricing.payment_id == IdPolicy::Off {
+            payments
+                .accept(
+                    tenant.account(),
+                    &pricing,
+                    &ctx.route,
+                    &asked,
+                    version,
+                    &header,
+                    &mut rec,
+                )
+                .await
+        } else {
+            // The payment-identifier extension: decode first, to read the id.
+            let payment = match crate::x402::decode_payment(version, &header) {
+                Ok(p) => p,
+                Err(e) => return send(session, challenge::malformed(&e.to_string(), ctx.cors.as_deref())).await,
+            };
+            let sent = match identifier::read(payment.extensions.as_deref()) {
+                Ok(s) => s,
+                Err(e) => return send(session, challenge::malformed(&e, ctx.cors.as_deref())).await,
+            };
+            let required = pricing.payment_id == IdPolicy::Required;
+            match payments
+                .hold_id(&tenant.id, &sent, required, &identifier::digest(&header))
+                .await
+            {
+                Ok(IdStart::Untracked) => {}
+                Ok(IdStart::Held(h)) => {
+                    ctx.replay = Some(Capture::default());
+                    ctx.id_hold = Some(h);
+                }
+                Ok(IdStart::Answered(a)) => return replay(session, &a, ctx.cors.as_deref()).await,
+                Ok(IdStart::Conflict) => {
+                    return send(session, challenge::id_conflict(false, ctx.cors.as_deref())).await
+                }
+                Ok(IdStart::InProgress) => {
+                    return send(session, challenge::id_conflict(true, ctx.cors.as_deref())).await
+                }
+                Err(refusal) => {
+                    let reply = challenge::refused(&refusal, &pricing, &asked, version, None, ctx.cors.as_deref());
+                    return send(session, reply).await;
+                }
+            }
+            payments
+                .accept_payment(
+                    tenant.account(),
+                    &pricing,
+                    &ctx.route,
+                    &asked,
+                    version,
+                    payment,
+                    &mut rec,
+                )
+                .await
+        };
+        match accepted {
             Ok(accepted) => {
                 ctx.accepted = Some(accepted);
                 ctx.attempt = Some(rec);
@@ -268,6 +335,20 @@ impl ProxyHttp for Proxy {
         if ctx.pricing.is_some() {
             challenge::add_cors(resp, ctx.cors.as_deref())?;
         }
+        if let Some(c) = ctx.replay.as_mut() {
+            c.status = resp.status.as_u16();
+            c.headers = resp
+                .headers
+                .iter()
+                .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+        }
         ctx.served = true;
         Ok(())
     }
@@ -276,11 +357,22 @@ impl ProxyHttp for Proxy {
         &self,
         _s: &mut Session,
         body: &mut Option<Bytes>,
-        _eos: bool,
+        eos: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         if ctx.replacing {
             *body = ctx.replace_body.take();
+        }
+        if let Some(c) = ctx.replay.as_mut() {
+            if let Some(b) = body.as_ref() {
+                if c.body.len() + b.len() > REPLAY_MAX_BYTES {
+                    c.overflow = true;
+                    c.body = Vec::new();
+                } else if !c.overflow {
+                    c.body.extend_from_slice(b);
+                }
+            }
+            c.complete |= eos;
         }
         Ok(None)
     }
@@ -358,6 +450,9 @@ impl ProxyHttp for Proxy {
 
     /// The request is over: write its attempt record.
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(hold) = ctx.id_hold.take() {
+            self.end_id(&hold, ctx).await;
+        }
         let Some(mut rec) = ctx.attempt.take() else {
             return;
         };
@@ -393,6 +488,83 @@ impl ProxyHttp for Proxy {
         rec.total_us = ctx.started.elapsed().as_micros() as u64;
         self.app.payments.record(rec);
     }
+}
+
+impl Proxy {
+    /// Ends a request's hold on its payment identifier: a served answer is kept for replay; a
+    /// payment charged (or maybe) and not served keeps the id for the same payment; otherwise
+    /// nothing was charged and the id is free again.
+    async fn end_id(&self, hold: &IdHold, ctx: &Ctx) {
+        let payments = &self.app.payments;
+        let charged = ctx.accepted.as_ref().is_some_and(|a| a.outcome.is_some())
+            || ctx
+                .attempt
+                .as_ref()
+                .is_some_and(|r| r.outcome == Some(Outcome::Pending));
+        match ctx.replay.as_ref() {
+            Some(c) if ctx.served && !ctx.replacing && charged => {
+                let answer = if c.complete && !c.overflow {
+                    serde_json::json!({
+                        "status": c.status,
+                        "headers": c.headers,
+                        "body": base64::engine::general_purpose::STANDARD.encode(&c.body),
+                    })
+                } else {
+                    // Too large to keep (or cut short): a retry learns that it was paid and served.
+                    let kept: Vec<&(String, String)> = c
+                        .headers
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("payment-response") || k.starts_with("x-payment-response"))
+                        .collect();
+                    serde_json::json!({
+                        "status": 409,
+                        "headers": kept,
+                        "body": base64::engine::general_purpose::STANDARD.encode(
+                            serde_json::to_vec(&serde_json::json!({
+                                "error": "payment_identifier_answer_not_kept",
+                                "detail": format!("this payment was settled and served; its answer was larger than {} KiB (or cut short) and is not kept for replay", REPLAY_MAX_BYTES / 1024),
+                            })).expect("serializes")),
+                    })
+                };
+                payments.finish_id(hold, Some(&answer.to_string())).await;
+            }
+            _ if charged => payments.finish_id(hold, None).await,
+            _ => payments.forget_id(hold).await,
+        }
+    }
+}
+
+/// Response headers that belong to one connection, not to the answer kept for replay.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "date",
+    "upgrade",
+];
+
+/// Sends an answer kept under a payment identifier again (nothing charged, nothing forwarded).
+async fn replay(session: &mut Session, stored: &str, cors: Option<&str>) -> Result<bool> {
+    use base64::Engine;
+    let v: serde_json::Value = serde_json::from_str(stored).unwrap_or_default();
+    let body = v["body"]
+        .as_str()
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .unwrap_or_default();
+    let status = v["status"].as_u64().unwrap_or(500) as u16;
+    let mut head = ResponseHeader::build(status, None)?;
+    for pair in v["headers"].as_array().into_iter().flatten() {
+        if let (Some(k), Some(val)) = (pair[0].as_str(), pair[1].as_str()) {
+            head.append_header(k.to_string(), val)?;
+        }
+    }
+    head.insert_header("idempotent-replayed", "true")?;
+    head.insert_header("content-length", body.len().to_string())?;
+    if cors.is_some() && head.headers.get("access-control-allow-origin").is_none() {
+        challenge::add_cors(&mut head, cors)?;
+    }
+    send_parts(session, head, Bytes::from(body)).await
 }
 
 /// The tenant `request_filter` found; every forwarded request has one.

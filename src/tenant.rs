@@ -42,6 +42,8 @@ pub struct Pricing {
     pub mime_type: String,
     pub settle: SettleTiming,
     pub amount: AmountMatch,
+    /// The payment-identifier extension on this route.
+    pub payment_id: crate::x402::identifier::IdPolicy,
 }
 
 impl Pricing {

@@ -17,10 +17,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, Body, State};
+use crate::payment::idempotency::IdStart;
 use crate::payment::Refusal;
 use crate::store::{Attempt, Delivery};
 use crate::tenant::{Account, Pricing, SettleTiming};
-use crate::x402::{reason, AmountMatch, Asked, Offer, PaymentPayload, Version};
+use crate::x402::{identifier, reason, AmountMatch, Asked, Offer, PaymentPayload, Version};
 
 /// The body stock servers send to `/verify` and `/settle`.
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -84,6 +85,7 @@ pub async fn verify(
     Body(b): Body<FacilitatorBody>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = api.caller(&headers, "verify").await?;
+    id_rules(b.payment_payload.get())?;
     // Not counted: a stock server verifies every payment before settling it, and the settlement is
     // what counts (one per payment). The contract's own `/api/v1/x402/verify` counts every call.
     match super::contract::verify_x402(&api, &caller, b.payment_payload.get(), &b.payment_requirements, false).await {
@@ -111,13 +113,87 @@ pub async fn settle(
         v => return Err(ApiError::invalid(format!("x402Version: {v} is not 1 or 2"))),
     };
     let req = Requirement::read(&b.payment_requirements)?;
+    // The payment-identifier extension: a settle already answered for this id and payload is
+    // answered the same; another payload under the id is a conflict.
+    let sent = identifier::read(payment.extensions.as_deref()).map_err(ApiError::invalid)?;
+    let hash = identifier::digest(b.payment_payload.get().as_bytes());
+    let payments = &api.app.payments;
+    let hold = match payments.hold_id(&t.id, &sent, sent.required, &hash).await {
+        Ok(IdStart::Untracked) => None,
+        Ok(IdStart::Held(h)) => Some(h),
+        Ok(IdStart::Answered(a)) => {
+            return serde_json::from_str(&a).map(Json).map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL",
+                    "a stored answer is unreadable",
+                )
+            })
+        }
+        Ok(IdStart::Conflict) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "PAYMENT_ID_CONFLICT",
+                "this payment identifier was used for another payment; use a new id for a new payment",
+            ))
+        }
+        Ok(IdStart::InProgress) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "PAYMENT_ID_IN_PROGRESS",
+                "a settlement with this payment identifier is running; send it again shortly",
+            ))
+        }
+        Err(Refusal::Unavailable(m)) => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", m))
+        }
+        Err(e) => return Err(ApiError::invalid(format!("paymentPayload: {e}"))),
+    };
+    let answer = settle_once(&api, t, version, payment, &req).await;
+    if let Some(h) = &hold {
+        match &answer {
+            // Settled: kept for retries under this id.
+            Ok(Json(v)) if v["success"] == json!(true) => payments.finish_id(h, Some(&v.to_string())).await,
+            // In doubt: only this payment may come back for it.
+            Ok(Json(v)) if v["errorReason"] == json!(reason::SETTLEMENT_PENDING) => payments.finish_id(h, None).await,
+            // Refused or failed: nothing was charged; the id is free again.
+            _ => payments.forget_id(h).await,
+        }
+    }
+    answer
+}
+
+/// The payment-identifier rules a verify checks too: a well-formed id, present when required.
+fn id_rules(payload: &str) -> Result<(), ApiError> {
+    let ext = serde_json::from_str::<Value>(payload)
+        .ok()
+        .and_then(|v| v.get("extensions").cloned())
+        .map(|e| serde_json::value::to_raw_value(&e).expect("serializes"));
+    let sent = identifier::read(ext.as_deref()).map_err(ApiError::invalid)?;
+    if sent.required && sent.id.is_none() {
+        return Err(ApiError::invalid(format!(
+            "paymentPayload.extensions.{}.info.id: required by this resource and missing",
+            identifier::EXTENSION
+        )));
+    }
+    Ok(())
+}
+
+/// One settlement through the pipeline, answered in the facilitator's words.
+async fn settle_once(
+    api: &super::Api,
+    t: &crate::store::TenantRow,
+    version: Version,
+    payment: PaymentPayload,
+    req: &Requirement<'_>,
+) -> Result<Json<Value>, ApiError> {
     let refused = |why: &str, payer: Option<String>, tx: Option<String>| {
         Json(
             json!({"success": false, "errorReason": why, "transaction": tx.unwrap_or_default(),
                     "network": req.network, "payer": payer}),
         )
     };
-    let (_, network) = match super::contract::enabled_chain(&api, t, req.network) {
+    let (_, network) = match super::contract::enabled_chain(api, t, req.network) {
         Ok(c) => c,
         Err(_) => return Ok(refused(reason::INVALID_NETWORK, None, None)),
     };
@@ -137,6 +213,7 @@ pub async fn settle(
         mime_type: "application/json".into(),
         settle: SettleTiming::Before,
         amount: AmountMatch::Exact,
+        payment_id: Default::default(),
     });
     let asked = Asked {
         url: req
@@ -186,7 +263,7 @@ pub async fn settle(
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", m))
         }
         Err(Refusal::OverQuota { reset, retry_after }) => {
-            return Err(super::contract::over_quota(&api, t, reset, retry_after))
+            return Err(super::contract::over_quota(api, t, reset, retry_after))
         }
     };
     let (outcome, why) = match answer.0["success"].as_bool() {
@@ -229,6 +306,6 @@ pub async fn supported(axum::extract::State(api): State, headers: HeaderMap) -> 
         }
     }
     Ok(Json(
-        json!({"kinds": kinds, "extensions": [], "signers": {"eip155:*": signers}}),
+        json!({"kinds": kinds, "extensions": [identifier::EXTENSION], "signers": {"eip155:*": signers}}),
     ))
 }

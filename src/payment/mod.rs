@@ -4,6 +4,7 @@
 //! The proxy and the management API ask this module what to do and act on the answer; HTTP details
 //! live with them. How a payment reaches the chain is one [`Settler`], chosen at start.
 
+pub mod idempotency;
 pub mod settle;
 
 use std::collections::HashMap;

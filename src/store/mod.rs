@@ -4,12 +4,14 @@
 
 mod attempts;
 mod keys;
+mod payment_ids;
 mod payments;
 mod tenants;
 mod verifications;
 
 pub use attempts::{Attempt, AttemptLog, Outcome};
 pub use keys::KeyRow;
+pub use payment_ids::IdClaim;
 pub use payments::{ClaimRow, Delivery, NewClaim, PaymentState};
 pub use tenants::{Counted, TenantChange, TenantRow};
 pub use verifications::{Breakdown, Listing, VerificationRow};

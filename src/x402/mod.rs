@@ -2,6 +2,7 @@
 //! requirement builder. Pure data and functions: nothing here touches the network.
 
 pub mod codec;
+pub mod identifier;
 pub mod network;
 pub mod requirements;
 pub mod types;

@@ -115,7 +115,12 @@ pub fn payment_required_v1(offers: &[Offer], resource: &Resource<'_>, error: &st
 }
 
 /// The v2 `PAYMENT-REQUIRED` value for these offers (before base64).
-pub fn payment_required_v2(offers: &[Offer], resource: &Resource<'_>, error: &str) -> PaymentRequiredV2 {
+pub fn payment_required_v2(
+    offers: &[Offer],
+    resource: &Resource<'_>,
+    error: &str,
+    extensions: Option<serde_json::Value>,
+) -> PaymentRequiredV2 {
     PaymentRequiredV2 {
         x402_version: 2,
         error: Some(error.to_string()),
@@ -125,6 +130,7 @@ pub fn payment_required_v2(offers: &[Offer], resource: &Resource<'_>, error: &st
             mime_type: resource.mime_type.to_string(),
         },
         accepts: offers.iter().map(Offer::to_v2).collect(),
+        extensions,
     }
 }
 
@@ -162,7 +168,7 @@ mod tests {
                 "resource":"https://api.example.com/premium-data","description":"d","mimeType":"application/json",
                 "outputSchema":{"input":{"type":"http","method":"GET","discoverable":true}},"maxTimeoutSeconds":60,"extra":{"name":"USDC","version":"2"}}]})
         );
-        let v2 = serde_json::to_value(payment_required_v2(&[offer], &res, "e")).unwrap();
+        let v2 = serde_json::to_value(payment_required_v2(&[offer], &res, "e", None)).unwrap();
         assert_eq!(v2["accepts"][0]["network"], "eip155:84532");
         assert_eq!(v2["accepts"][0]["amount"], "10000");
         assert_eq!(v2["resource"]["url"], "https://api.example.com/premium-data");

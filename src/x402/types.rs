@@ -104,6 +104,9 @@ pub struct PaymentRequiredV2 {
     pub error: Option<String>,
     pub resource: ResourceInfo,
     pub accepts: Vec<RequirementsV2>,
+    /// Extensions the server declares (`payment-identifier`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<serde_json::Value>,
 }
 
 /// A payment as the client sends it, either version. The scheme-specific `payload` is kept raw

@@ -117,3 +117,195 @@ async fn a_stock_server_retrying_a_pending_settlement_gets_the_first_transaction
     let (_, p, _) = h.call("GET", "/api/v1/x402/payments", Auth::Key(&key), None).await;
     assert_eq!(p["payments"][0]["state"], json!("settled"), "{p}");
 }
+
+/// A payment header (as `payment_header` makes it) with a payment-identifier id added.
+fn with_id(header: &str, id: &str) -> String {
+    let mut p = decode_b64_json(header);
+    p["extensions"] = json!({"payment-identifier": {"info": {"required": true, "id": id}}});
+    tollgate::x402::encode_header(&p)
+}
+
+#[tokio::test]
+async fn the_proxy_answers_a_retried_payment_identifier_from_its_first_answer() {
+    for db in Db::both().await {
+        let anvil = Anvil::start().await;
+        let up = crate::upstream::Upstream::start("127.0.0.1:0").await.unwrap();
+        let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+        spec.routes = r#"
+[[routes]]
+path = "/idem/*"
+price = "$0.001"
+payment_identifier = "required"
+"#
+        .into();
+        let tg = Tollgate::start(&spec).await;
+        let url = format!("{}/idem/order", tg.url);
+
+        // The 402 declares the extension, required.
+        let r = http().get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 402);
+        let pr = decode_b64_json(r.headers()["payment-required"].to_str().unwrap());
+        assert_eq!(
+            pr["extensions"]["payment-identifier"]["info"]["required"],
+            json!(true),
+            "{pr}"
+        );
+        assert_eq!(
+            pr["extensions"]["payment-identifier"]["schema"]["properties"]["id"]["minLength"],
+            json!(16)
+        );
+
+        let o = &offers(&url, true).await[0];
+        let fresh = || tollgate::client::payment_header(o, &tollgate::client::authorize(o, &payer(), now())).1;
+        let pay = |h: String| {
+            let url = url.clone();
+            #[allow(clippy::redundant_async_block)]
+            async move {
+                let r = http().get(url).header("payment-signature", h).send().await.unwrap();
+                let st = r.status().as_u16();
+                let headers = r.headers().clone();
+                (st, headers, r.text().await.unwrap())
+            }
+        };
+        let before = anvil.usdc_balance(PAYEE).await;
+
+        // Required and missing: 400, nothing forwarded or charged.
+        let (st, _, body) = pay(fresh()).await;
+        assert_eq!(st, 400, "{body}");
+        assert!(body.contains("payment-identifier"), "{body}");
+        // An id outside the rules: 400.
+        let (st, _, body) = pay(with_id(&fresh(), "short")).await;
+        assert_eq!(st, 400, "{body}");
+        assert_eq!(up.count(), 0);
+
+        // Paid with an id: served once.
+        let first = with_id(&fresh(), "order_0001_abcdefgh");
+        let (st, h1, b1) = pay(first.clone()).await;
+        assert_eq!(st, 200, "{b1}");
+        assert_eq!(up.count(), 1);
+        assert_eq!(anvil.usdc_balance(PAYEE).await, before + U256::from(1000u64));
+        // The same payment again: the first answer, replayed; not forwarded, not charged.
+        let (st, h2, b2) = pay(first.clone()).await;
+        assert_eq!(st, 200, "{b2}");
+        assert_eq!(b2, b1);
+        assert_eq!(h2["payment-response"], h1["payment-response"]);
+        assert_eq!(h2["idempotent-replayed"], "true");
+        assert_eq!(h2["content-type"], h1["content-type"]);
+        assert_eq!(up.count(), 1, "a replay is not forwarded");
+        assert_eq!(
+            anvil.usdc_balance(PAYEE).await,
+            before + U256::from(1000u64),
+            "nor charged"
+        );
+
+        // Another payment under the same id: 409, and that payment is not charged.
+        let other = fresh();
+        let (st, _, body) = pay(with_id(&other, "order_0001_abcdefgh")).await;
+        assert_eq!(st, 409, "{body}");
+        assert!(body.contains("payment_identifier_conflict"), "{body}");
+        assert_eq!(anvil.usdc_balance(PAYEE).await, before + U256::from(1000u64));
+        // The same payment under a new id: served.
+        let (st, _, body) = pay(with_id(&other, "order_0002_abcdefgh")).await;
+        assert_eq!(st, 200, "{body}");
+        assert_eq!(up.count(), 2);
+
+        // A refused payment frees its id (nothing was charged): the id then serves a good payment.
+        let o_bad = tollgate::client::Offered {
+            amount: U256::from(1u64),
+            ..o.clone()
+        };
+        let cheap = tollgate::client::payment_header(&o_bad, &tollgate::client::authorize(&o_bad, &payer(), now())).1;
+        let (st, _, body) = pay(with_id(&cheap, "order_0003_abcdefgh")).await;
+        assert_eq!(st, 402, "{body}");
+        let (st, _, body) = pay(with_id(&fresh(), "order_0003_abcdefgh")).await;
+        assert_eq!(st, 200, "{body}");
+        assert_eq!(up.count(), 3);
+
+        // Ten concurrent sends of one payment with one id: forwarded and charged once; each of the
+        // others gets the replay or "in progress".
+        let same = with_id(&fresh(), "order_0004_abcdefgh");
+        let before = anvil.usdc_balance(PAYEE).await;
+        let calls: Vec<_> = (0..10).map(|_| tokio::spawn(pay(same.clone()))).collect();
+        let mut all = Vec::new();
+        for c in calls {
+            all.push(c.await.unwrap());
+        }
+        let ok = all.iter().filter(|(st, _, _)| *st == 200).count();
+        let busy = all
+            .iter()
+            .filter(|(st, _, b)| *st == 409 && b.contains("payment_identifier_in_progress"))
+            .count();
+        assert_eq!(ok + busy, 10, "{all:?}");
+        assert!(ok >= 1);
+        assert_eq!(up.count(), 4, "forwarded once");
+        assert_eq!(
+            anvil.usdc_balance(PAYEE).await,
+            before + U256::from(1000u64),
+            "charged once"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_facilitator_honours_payment_identifiers() {
+    let db = Db::sqlite();
+    let anvil = Anvil::start().await;
+    let h = Hosted::start(&HostedSpec::new(&db.url, &anvil.url)).await;
+    let (_, key) = h.tenant("i@i.test", "free", Some("ids")).await;
+    h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
+    let net = std::sync::Arc::new(tollgate::x402::Network::from_known(
+        tollgate::x402::network::builtin("base").unwrap(),
+    ));
+    let offer = tollgate::x402::Offer::exact(net, U256::from(10_000u64), PAYEE_A.to_checksum(None), 60);
+    let o = tollgate::client::Offered::from_offer(&offer, tollgate::x402::Version::V2);
+    let body = |id: Option<&str>| {
+        let (_, header) = tollgate::client::payment_header(&o, &tollgate::client::authorize(&o, &payer(), now()));
+        let mut p = decode_b64_json(&header);
+        p["extensions"] = json!({"payment-identifier": {"info": {"required": true}}});
+        if let Some(id) = id {
+            p["extensions"]["payment-identifier"]["info"]["id"] = json!(id);
+        }
+        json!({"x402Version": 2, "paymentPayload": p, "paymentRequirements": offer.to_v2()})
+    };
+    let call = |what: &'static str, b: Value| {
+        let url = format!("{}/facilitator/{what}", h.api);
+        let k = key.clone();
+        async move {
+            let r = http().post(url).bearer_auth(k).json(&b).send().await.unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap())
+        }
+    };
+    let before = anvil.usdc_balance(PAYEE_A).await;
+
+    // Required (the declaration the client copied says so) and missing: 400 on verify and settle.
+    for what in ["verify", "settle"] {
+        let (st, v) = call(what, body(None)).await;
+        assert_eq!(st, 400, "{what}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("payment-identifier"), "{v}");
+    }
+    // Settled under an id; the same payload again: the same answer, no second transfer, no second count.
+    let b = body(Some("settle_0001_abcdefgh"));
+    let (st, first) = call("settle", b.clone()).await;
+    assert_eq!((st, &first["success"]), (200, &json!(true)), "{first}");
+    let (st, again) = call("settle", b.clone()).await;
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(again, first, "the stored answer, not duplicate_settlement");
+    assert_eq!(anvil.usdc_balance(PAYEE_A).await, before + U256::from(10_000u64));
+    // Another payload under the same id: 409, not settled.
+    let (st, v) = call("settle", body(Some("settle_0001_abcdefgh"))).await;
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["error_code"], json!("PAYMENT_ID_CONFLICT"), "{v}");
+    assert_eq!(anvil.usdc_balance(PAYEE_A).await, before + U256::from(10_000u64));
+    let (_, u, _) = h.call("GET", "/api/v1/x402/usage", Auth::Key(&key), None).await;
+    assert_eq!(u["verifications_used"], json!(1), "{u}");
+    // /supported lists the extension.
+    let (_, sup, _) = h.call("GET", "/facilitator/supported", Auth::Key(&key), None).await;
+    assert!(
+        sup["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("payment-identifier")),
+        "{sup}"
+    );
+}
