@@ -84,6 +84,11 @@ pub struct FileConfig {
 pub struct ApiConfig {
     #[serde(default = "default_api_listen")]
     pub listen: String,
+    /// Drop-in mode: the SHA-256 (hex) of each bearer key the facilitator endpoints accept
+    /// (`printf %s "$KEY" | sha256sum`), besides `TOLLGATE_ADMIN_KEY`. The keys themselves are
+    /// never written down.
+    #[serde(default)]
+    pub facilitator_keys: Vec<String>,
 }
 
 fn default_api_listen() -> String {
@@ -442,6 +447,8 @@ pub struct Settings {
     pub limits: LimitsConfig,
     /// The management API's address, when it runs.
     pub api_listen: Option<std::net::SocketAddr>,
+    /// `[api] facilitator_keys`, lower-case hex.
+    pub facilitator_keys: Vec<String>,
     /// Hosted mode's settings; `None` for the drop-in gateway.
     pub hosted: Option<HostedConfig>,
     pub plans: crate::tenancy::Plans,
@@ -714,6 +721,17 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
         &mut problems,
     );
     let plans = crate::tenancy::Plans::from_config(&file.plans, &mut problems);
+    let mut facilitator_keys = Vec::new();
+    for (i, k) in file.api.iter().flat_map(|a| a.facilitator_keys.iter()).enumerate() {
+        let k = k.trim().to_ascii_lowercase();
+        if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) {
+            facilitator_keys.push(k);
+        } else {
+            problems.push(format!(
+                "api.facilitator_keys[{i}]: not a SHA-256 in hex; write the key's digest (printf %s \"$KEY\" | sha256sum), never the key"
+            ));
+        }
+    }
     let api_listen = match (&file.api, hosted) {
         (Some(a), _) => Some(a.listen.clone()),
         (None, true) => Some(default_api_listen()),
@@ -767,6 +785,7 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
         cors_origins: file.cors.allow_origins,
         limits: file.limits,
         api_listen,
+        facilitator_keys,
         hosted: file.hosted,
         plans,
         rules: rules.clone(),

@@ -103,7 +103,8 @@ impl Keys {
 
 /// A tenant's authenticated call.
 pub struct Caller {
-    pub key: Arc<Known>,
+    /// The key used; `None` for the drop-in gateway's facilitator keys.
+    pub key: Option<Arc<Known>>,
     pub tenant: TenantRow,
 }
 
@@ -158,7 +159,61 @@ impl Api {
             .await
             .map_err(ApiError::db)?
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
-        Ok(Caller { key: known, tenant })
+        Ok(Caller {
+            key: Some(known),
+            tenant,
+        })
+    }
+
+    /// Whose payments a facilitator call settles: in hosted mode the tenant behind the bearer key
+    /// (with `scope`); in the drop-in mode the one configured tenant, for the admin key or a key
+    /// whose SHA-256 is in `[api] facilitator_keys`.
+    pub async fn payee(&self, headers: &HeaderMap, scope: &str) -> Result<Caller, ApiError> {
+        let crate::directory::Directory::One(t) = &self.app.directory else {
+            return self.caller(headers, scope).await;
+        };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| ApiError::unauthorized("missing key; send 'Authorization: Bearer <key>'"))?;
+        let admin = self
+            .admin_key
+            .as_ref()
+            .is_some_and(|k| constant_time_eq(given.as_bytes(), k.as_bytes()));
+        let hash = keys::hash(given);
+        let listed = self
+            .app
+            .settings
+            .facilitator_keys
+            .iter()
+            .any(|h| constant_time_eq(h.as_bytes(), hash.as_bytes()));
+        if !(admin || listed) {
+            return Err(ApiError::unauthorized(
+                "unknown key; use TOLLGATE_ADMIN_KEY or a key whose SHA-256 is in [api] facilitator_keys",
+            ));
+        }
+        let now = self.now_ms();
+        Ok(Caller {
+            key: None,
+            tenant: TenantRow {
+                id: t.id.clone(),
+                slug: t.id.clone(),
+                name: t.id.clone(),
+                email: String::new(),
+                plan: DROP_IN_PLAN.into(),
+                status: "active".into(),
+                upstream: None,
+                pay_to_evm: Some(t.pay_to.to_checksum(None)),
+                pay_to_solana: None,
+                routes: "[]".into(),
+                period_start: 0,
+                used: 0,
+                created_at: now,
+                updated_at: now,
+            },
+        })
     }
 
     /// The operator: `X-Admin-Key` equal to `TOLLGATE_ADMIN_KEY`.
@@ -175,6 +230,15 @@ impl Api {
         Ok(())
     }
 }
+
+/// The plan of the drop-in gateway's one tenant: every configured network, not metered.
+pub const DROP_IN_PLAN: &str = "(drop-in)";
+pub static DROP_IN: std::sync::LazyLock<crate::tenancy::Plan> = std::sync::LazyLock::new(|| crate::tenancy::Plan {
+    name: DROP_IN_PLAN.into(),
+    verifications: -1,
+    chains: vec!["*".into()],
+    price_usd: 0,
+});
 
 /// Equality whose time depends only on the lengths.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -85,7 +85,10 @@ pub fn allowance(t: &TenantRow, plan: &Plan, now_ms: i64) -> (i64, i64, i64, i64
     (used, limit, remaining, next)
 }
 
-fn tenant_plan<'a>(api: &'a Api, t: &TenantRow) -> Result<&'a Plan, ApiError> {
+pub(super) fn tenant_plan<'a>(api: &'a Api, t: &TenantRow) -> Result<&'a Plan, ApiError> {
+    if t.plan == super::auth::DROP_IN_PLAN {
+        return Ok(&super::auth::DROP_IN);
+    }
     api.app.settings.plans.get(&t.plan).ok_or_else(|| {
         tracing::error!(tenant = %t.id, plan = %t.plan, "tenant on a plan the config no longer defines");
         ApiError::new(

@@ -84,7 +84,7 @@ pub async fn verify(
     headers: HeaderMap,
     Body(b): Body<FacilitatorBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = api.caller(&headers, "verify").await?;
+    let caller = api.payee(&headers, "verify").await?;
     id_rules(b.payment_payload.get())?;
     // Not counted: a stock server verifies every payment before settling it, and the settlement is
     // what counts (one per payment). The contract's own `/api/v1/x402/verify` counts every call.
@@ -103,7 +103,7 @@ pub async fn settle(
     headers: HeaderMap,
     Body(b): Body<FacilitatorBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = api.caller(&headers, "settle").await?;
+    let caller = api.payee(&headers, "settle").await?;
     let t = &caller.tenant;
     let payment: PaymentPayload =
         serde_json::from_str(b.payment_payload.get()).map_err(|e| ApiError::invalid(format!("paymentPayload: {e}")))?;
@@ -223,10 +223,11 @@ async fn settle_once(
             .unwrap_or_default(),
         method: "GET".into(),
     };
-    let plan = api.app.settings.plans.get(&t.plan).map(|p| p.verifications);
+    let plan = super::contract::tenant_plan(api, t)?;
     let account = Account {
         id: &t.id,
-        quota: Some(plan.unwrap_or(0)),
+        // The drop-in gateway's one tenant is not metered (and has no counter row).
+        quota: (t.plan != super::auth::DROP_IN_PLAN).then_some(plan.verifications),
     };
     let payments = &api.app.payments;
     let mut rec = Attempt {
@@ -284,13 +285,8 @@ const ROUTE: &str = "facilitator";
 
 /// `GET /facilitator/supported`: exactly the tenant plan's networks, both versions, and the relayers.
 pub async fn supported(axum::extract::State(api): State, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let caller = api.caller(&headers, "verify").await?;
-    let plan = api
-        .app
-        .settings
-        .plans
-        .get(&caller.tenant.plan)
-        .ok_or_else(|| ApiError::invalid(format!("plan '{}' is not defined", caller.tenant.plan)))?;
+    let caller = api.payee(&headers, "verify").await?;
+    let plan = super::contract::tenant_plan(&api, &caller.tenant)?;
     let mut kinds = Vec::new();
     let mut signers: Vec<String> = Vec::new();
     for ns in plan.enabled(&api.app.settings.networks) {

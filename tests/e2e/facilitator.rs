@@ -25,14 +25,14 @@ impl Drop for ExpressServer {
 }
 
 impl ExpressServer {
-    async fn start(facilitator: &str, key: &str) -> ExpressServer {
+    async fn start(facilitator: &str, key: &str, pay_to: alloy::primitives::Address) -> ExpressServer {
         let port = free_port();
         let child = std::process::Command::new("node")
             .arg(js_dir().join("express-server.mjs"))
             .arg(port.to_string())
             .env("FACILITATOR_URL", facilitator)
             .env("TENANT_KEY", key)
-            .env("PAY_TO", PAYEE_A.to_string())
+            .env("PAY_TO", pay_to.to_string())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -57,7 +57,7 @@ async fn a_stock_server_retrying_a_pending_settlement_gets_the_first_transaction
     let h = Hosted::start(&spec).await;
     let (_, key) = h.tenant("p@p.test", "free", Some("pending")).await;
     h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
-    let server = ExpressServer::start(&format!("{}/facilitator", h.api), &key).await;
+    let server = ExpressServer::start(&format!("{}/facilitator", h.api), &key, PAYEE_A).await;
     let relayer = RELAYER_KEY.parse::<PrivateKeySigner>().unwrap().address();
     let sent_before = anvil.tx_count(relayer).await;
     let before = anvil.usdc_balance(PAYEE_A).await;
@@ -308,4 +308,64 @@ async fn the_facilitator_honours_payment_identifiers() {
             .contains(&json!("payment-identifier")),
         "{sup}"
     );
+}
+
+#[tokio::test]
+async fn the_drop_in_gateway_is_a_private_facilitator_for_its_one_payee() {
+    let db = Db::sqlite();
+    let anvil = Anvil::start().await;
+    let up = crate::upstream::Upstream::start("127.0.0.1:0").await.unwrap();
+    let api_port = free_port();
+    let key = "dropin-facilitator-key-0123456789";
+    let digest = tollgate::tenancy::keys::hash(key);
+    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+    let top = format!("[api]\nlisten = \"127.0.0.1:{api_port}\"\nfacilitator_keys = [\"{digest}\"]\n");
+    spec.top_extra = &top;
+    let _tg = Tollgate::start(&spec).await;
+    let base = format!("http://127.0.0.1:{api_port}/facilitator");
+    eventually("the API listener", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", api_port)).await.is_ok()
+    })
+    .await;
+
+    // A wrong key: 401; the right one: the configured networks and relayer.
+    let r = http()
+        .get(format!("{base}/supported"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let sup: Value = http()
+        .get(format!("{base}/supported"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        sup["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["network"] == json!("eip155:8453")),
+        "{sup}"
+    );
+    assert_eq!(sup["signers"]["eip155:*"], json!([RELAYER.to_string()]), "{sup}");
+
+    // The stock server with this gateway as its facilitator, paying the gateway's own payTo.
+    let server = ExpressServer::start(&base, key, PAYEE).await;
+    let before = anvil.usdc_balance(PAYEE).await;
+    let out = crate::interop::node("pay-v2.mjs", &server.url).await;
+    assert_eq!(out["status"], json!(200), "{out}");
+    assert_eq!(out["paymentResponse"]["success"], json!(true), "{out}");
+    assert_eq!(anvil.usdc_balance(PAYEE).await, before + U256::from(1000u64));
+    // Another payee is refused: the relayer only ever pays the configured one.
+    let other = ExpressServer::start(&base, key, PAYEE_A).await;
+    let out = crate::interop::node("pay-v2.mjs", &other.url).await;
+    assert_ne!(out["status"], json!(200), "{out}");
+    assert_eq!(anvil.usdc_balance(PAYEE_A).await, U256::ZERO);
+    assert_eq!(up.count(), 0, "the facilitator never touches the proxy's upstream");
 }
