@@ -368,6 +368,13 @@ pub fn malformed(detail: &str, cors: Option<&str>) -> Reply {
     )
 }
 
+/// A public JSON document (discovery), cacheable for five minutes.
+pub fn document(v: &serde_json::Value) -> Reply {
+    let mut r = Reply::json(200, v, Some("*"));
+    r.headers.push(("cache-control", "public, max-age=300".into()));
+    r
+}
+
 /// A payment identifier already used for another payment (409), or in use by a request running
 /// now (409, try again shortly).
 pub fn id_conflict(in_progress: bool, cors: Option<&str>) -> Reply {

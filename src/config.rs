@@ -419,9 +419,11 @@ pub struct RouteConfig {
     /// paid request is idempotent: the same payment sent again gets the first answer, replayed.
     #[serde(default, alias = "paymentIdentifier", skip_serializing_if = "is_off")]
     pub payment_identifier: crate::x402::identifier::IdPolicy,
-    /// List this route in the discovery endpoints (`/.well-known/x402`, `/discovery/resources`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub discoverable: bool,
+    /// Discovery: `true` publishes the route in the facilitator's catalog (`/discovery/resources`,
+    /// the bazaar); `false` keeps it out of the proxy's `/.well-known/x402` too (which lists every
+    /// other priced route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discoverable: Option<bool>,
 }
 
 fn is_off(p: &crate::x402::identifier::IdPolicy) -> bool {
@@ -834,7 +836,7 @@ pub fn build_routes(
             settle: SettleTiming::default(),
             amount: AmountMatch::default(),
             payment_identifier: Default::default(),
-            discoverable: false,
+            discoverable: None,
         });
     }
     for (i, rc) in route_cfgs.into_iter().enumerate() {
@@ -870,6 +872,7 @@ pub fn build_routes(
             method,
             pattern: rc.path.clone(),
             pricing: pricing.map(Arc::new),
+            discoverable: rc.discoverable,
         });
     }
 

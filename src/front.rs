@@ -348,7 +348,7 @@ pub fn read_head(
     let Ok(read) = reading::read(&request, &tenant.rules) else {
         return other();
     };
-    if !read.also.is_empty() {
+    if !read.also.is_empty() || read.path() == crate::discovery::WELL_KNOWN {
         return other();
     }
     let Some((_, route)) = tenant.route_for(&read) else {

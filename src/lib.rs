@@ -12,6 +12,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod directory;
+pub mod discovery;
 pub mod facilitator;
 pub mod fenced;
 pub mod front;

@@ -68,6 +68,9 @@ pub struct Route {
     pub method: MethodMatch,
     pub pattern: String,
     pub pricing: Option<Arc<Pricing>>,
+    /// `discoverable` of its spec: `Some(true)` published in the catalog, `Some(false)` hidden
+    /// from `/.well-known/x402` too.
+    pub discoverable: Option<bool>,
 }
 
 impl Route {

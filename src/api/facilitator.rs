@@ -302,6 +302,37 @@ pub async fn supported(axum::extract::State(api): State, headers: HeaderMap) -> 
         }
     }
     Ok(Json(
-        json!({"kinds": kinds, "extensions": [identifier::EXTENSION], "signers": {"eip155:*": signers}}),
+        json!({"kinds": kinds, "extensions": [identifier::EXTENSION, "bazaar"], "signers": {"eip155:*": signers}}),
     ))
+}
+
+/// The query of `/discovery/resources`.
+#[derive(Deserialize)]
+pub struct DiscoveryQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+/// `GET /discovery/resources`: the bazaar catalog of published routes (public, like the spec's).
+pub async fn discovery(
+    axum::extract::State(api): State,
+    axum::extract::Query(q): axum::extract::Query<DiscoveryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if q.kind.as_deref().is_some_and(|k| k != "http") {
+        return Err(ApiError::invalid("type: only 'http' resources are listed"));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit: {limit} is not between 1 and 1000")));
+    }
+    let offset = q.offset.unwrap_or(0);
+    let items = api.catalog.items(&api.app).await.map_err(ApiError::db)?;
+    let page: Vec<&Value> = items.iter().skip(offset).take(limit).collect();
+    Ok(Json(json!({
+        "x402Version": 2,
+        "items": page,
+        "pagination": {"limit": limit, "offset": offset, "total": items.len()},
+    })))
 }

@@ -32,6 +32,8 @@ pub struct Api {
     pub keys: Keys,
     /// `TOLLGATE_ADMIN_KEY`; admin endpoints answer 401 while it is unset.
     admin_key: Option<String>,
+    /// The published routes, for `/discovery/resources`.
+    pub catalog: crate::discovery::Catalog,
 }
 
 type State = axum::extract::State<Arc<Api>>;
@@ -45,8 +47,10 @@ impl Api {
         if admin_key.as_ref().is_some_and(|k| k.len() < 24) {
             tracing::warn!("TOLLGATE_ADMIN_KEY is shorter than 24 characters; use a long random value");
         }
+        let catalog_ttl = app.settings.hosted.as_ref().map_or(30, |h| h.tenant_cache_secs);
         Arc::new(Api {
             keys: Keys::new(app.payments.store.clone(), bound),
+            catalog: crate::discovery::Catalog::new(std::time::Duration::from_secs(catalog_ttl)),
             app,
             admin_key,
         })
@@ -204,6 +208,13 @@ fn endpoints() -> Vec<(Doc, MethodRouter<Arc<Api>>)> {
             d("GET", "/facilitator/supported", Key("verify"), "x402 facilitator: the kinds, extensions and signers for the tenant's plan", None, &[],
               (200, object(&[("kinds", t("array")), ("extensions", t("array")), ("signers", t("object"))]))),
             get(facilitator::supported),
+        ),
+        (
+            d("GET", "/discovery/resources", Public,
+              "x402 discovery (bazaar): the priced routes tenants publish (discoverable = true)", None,
+              &[("type", "string", "http (the only type)"), ("limit", "integer", "1 to 1000 (default 100)"), ("offset", "integer", "items to skip")],
+              (200, object(&[("x402Version", t("integer")), ("items", t("array")), ("pagination", t("object"))]))),
+            get(facilitator::discovery),
         ),
         (d("GET", "/status", Public, "Alive", None, &[], (200, object(&[("status", t("string"))]))),
          get(|| async { Json(json!({"status": "ok"})) })),

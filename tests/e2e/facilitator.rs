@@ -369,3 +369,125 @@ async fn the_drop_in_gateway_is_a_private_facilitator_for_its_one_payee() {
     assert_eq!(anvil.usdc_balance(PAYEE_A).await, U256::ZERO);
     assert_eq!(up.count(), 0, "the facilitator never touches the proxy's upstream");
 }
+
+#[tokio::test]
+async fn discovery_lists_what_tenants_publish_and_each_proxy_describes_its_routes() {
+    // The drop-in proxy's /.well-known/x402: every priced route but the hidden one.
+    let db = Db::sqlite();
+    let anvil = Anvil::start().await;
+    let up = crate::upstream::Upstream::start("127.0.0.1:0").await.unwrap();
+    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+    spec.routes = r#"
+[[routes]]
+method = "GET"
+path = "/paid/*"
+price = "$0.001"
+description = "paid data"
+
+[[routes]]
+path = "/secret/*"
+price = "$0.002"
+discoverable = false
+
+[[routes]]
+path = "/free"
+price = "free"
+"#
+    .into();
+    let tg = Tollgate::start(&spec).await;
+    let r = http().get(format!("{}/.well-known/x402", tg.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "public, max-age=300");
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["version"], json!(1));
+    assert_eq!(doc["resources"], json!([format!("{}/paid/*", tg.url)]), "{doc}");
+    let item = &doc["items"][0];
+    assert_eq!(
+        item["metadata"],
+        json!({"method": "GET", "description": "paid data", "mimeType": "application/json"})
+    );
+    assert_eq!(item["accepts"][0]["amount"], json!("1000"));
+    assert_eq!(item["accepts"][0]["payTo"], json!(PAYEE.to_checksum(None)));
+    assert_eq!(item["accepts"][0]["network"], json!("eip155:8453"));
+    assert_eq!(up.count(), 0, "answered by the gateway, not forwarded");
+
+    // Hosted: the catalog lists published routes of active tenants only.
+    let db = Db::postgres().await;
+    let h = Hosted::start(&HostedSpec::new(&db.url, &anvil.url)).await;
+    let routes = json!([
+        {"method": "GET", "path": "/forecast/*", "price": "$0.01", "description": "forecasts", "discoverable": true},
+        {"path": "/internal/*", "price": "$0.05"},
+    ]);
+    let mut keys = Vec::new();
+    for slug in ["pub-a", "pub-b", "quiet", "gone"] {
+        let (id, key) = h.tenant(&format!("{slug}@d.test"), "free", Some(slug)).await;
+        let body = if slug == "quiet" {
+            json!({"upstream": up.url(), "pay_to": {"evm": PAYEE_A.to_string()}, "routes": [{"path": "/x/*", "price": "$0.01"}]})
+        } else {
+            json!({"upstream": up.url(), "pay_to": {"evm": PAYEE_A.to_string()}, "routes": routes})
+        };
+        let (st, v) = h.patch(&key, body).await;
+        assert_eq!(st, 200, "{v}");
+        keys.push((slug, id, key));
+    }
+    let (st, v, _) = h
+        .call(
+            "POST",
+            &format!("/api/v1/x402/admin/tenants/{}/suspend", keys[3].1),
+            Auth::Admin(crate::hosted::ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, cat, _) = h.call("GET", "/discovery/resources?type=http", Auth::None, None).await;
+    assert_eq!(st, 200, "{cat}");
+    assert_eq!(cat["x402Version"], json!(2));
+    assert_eq!(
+        cat["pagination"],
+        json!({"limit": 100, "offset": 0, "total": 2}),
+        "{cat}"
+    );
+    let mut listed: Vec<&str> = cat["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["resource"].as_str().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        ["https://pub-a.gw.test/forecast/*", "https://pub-b.gw.test/forecast/*"]
+    );
+    let i = &cat["items"][0];
+    assert_eq!(i["type"], json!("http"));
+    assert_eq!(i["accepts"][0]["amount"], json!("10000"));
+    assert_eq!(i["accepts"][0]["payTo"], json!(PAYEE_A.to_checksum(None)));
+    assert!(i["lastUpdated"].as_str().unwrap().ends_with('Z'), "{i}");
+    let (_, page, _) = h
+        .call("GET", "/discovery/resources?limit=1&offset=1", Auth::None, None)
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["pagination"], json!({"limit": 1, "offset": 1, "total": 2}));
+    let (st, _, _) = h.call("GET", "/discovery/resources?type=mcp", Auth::None, None).await;
+    assert_eq!(st, 400);
+    let (st, _, _) = h.call("GET", "/discovery/resources?limit=0", Auth::None, None).await;
+    assert_eq!(st, 400);
+
+    // A hosted tenant's own /.well-known/x402, through its path prefix: both its priced routes.
+    let doc: Value = http()
+        .get(format!("{}/t/pub-a/.well-known/x402", h.tg.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["resources"],
+        json!([
+            format!("{}/t/pub-a/forecast/*", h.tg.url),
+            format!("{}/t/pub-a/internal/*", h.tg.url)
+        ]),
+        "{doc}"
+    );
+}

@@ -1095,7 +1095,7 @@ async fn the_facilitator_endpoints_settle_once_to_the_tenants_own_payto() {
             .any(|k| k["network"] == json!("ethereum") || k["network"] == json!("eip155:1")),
         "not on the plan: {sup}"
     );
-    assert_eq!(sup["extensions"], json!(["payment-identifier"]));
+    assert_eq!(sup["extensions"], json!(["payment-identifier", "bazaar"]));
     assert_eq!(sup["signers"], json!({"eip155:*": [RELAYER.to_string()]}));
 
     let body = |pay_to: Address| {
