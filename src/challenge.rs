@@ -422,7 +422,8 @@ pub fn refused(
                 .push(failed_settlement(pricing, version, &rej.reason, None, payer));
             reply
         }
-        Refusal::OverQuota { retry_after, .. } => over_quota(*retry_after, cors),
+        Refusal::OverQuota { retry_after, .. } => over_quota(*retry_after, false, cors),
+        Refusal::OverGasBudget { retry_after, .. } => over_quota(*retry_after, true, cors),
         // Maybe charged: not a 503 (which means "nothing charged"), and never a fresh 402 (which
         // makes clients sign and pay again). The same header, sent again, is served once settled.
         Refusal::Pending { tx, detail } => {
@@ -451,15 +452,19 @@ pub fn refused(
 
 /// A hosted tenant's monthly allowance is used up: 429 with when it refills; nothing forwarded,
 /// nothing charged.
-pub fn over_quota(retry_after: u64, cors: Option<&str>) -> Reply {
-    let mut reply = Reply::json(
-        429,
+pub fn over_quota(retry_after: u64, gas: bool, cors: Option<&str>) -> Reply {
+    let body = if gas {
+        ErrorBody {
+            error: "over_gas_budget",
+            detail: "this API's monthly settlement gas on the gateway is used up; nothing was charged; try again after the reset",
+        }
+    } else {
         ErrorBody {
             error: "over_quota",
             detail: "this API's monthly allowance of paid requests is used up; nothing was charged; try again after the reset",
-        },
-        cors,
-    );
+        }
+    };
+    let mut reply = Reply::json(429, body, cors);
     reply.headers.push(("retry-after", retry_after.max(1).to_string()));
     reply
 }

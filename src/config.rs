@@ -150,6 +150,9 @@ pub struct PlanConfig {
     pub chains: Vec<String>,
     #[serde(default)]
     pub price_usd: u64,
+    /// Gas the relayer may spend a month on one tenant's settlements (default: 100,000 per
+    /// verification; -1 unlimited).
+    pub gas_per_month: Option<i64>,
 }
 
 /// `[request]`: what the upstream makes of a request, so that tollgate reads it the same way.

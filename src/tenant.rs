@@ -190,6 +190,8 @@ pub struct Tenant {
 pub struct Account<'a> {
     pub id: &'a str,
     pub quota: Option<i64>,
+    /// Gas a month for its settlements (-1: unlimited); only with a quota (a metered tenant).
+    pub gas_budget: i64,
 }
 
 impl Tenant {
@@ -197,6 +199,7 @@ impl Tenant {
         Account {
             id: &self.id,
             quota: self.hosted.as_ref().map(|h| h.plan.verifications),
+            gas_budget: self.hosted.as_ref().map_or(-1, |h| h.plan.gas_per_month),
         }
     }
 }

@@ -238,6 +238,7 @@ pub static DROP_IN: std::sync::LazyLock<crate::tenancy::Plan> = std::sync::LazyL
     verifications: -1,
     chains: vec!["*".into()],
     price_usd: 0,
+    gas_per_month: -1,
 });
 
 /// Equality whose time depends only on the lengths.

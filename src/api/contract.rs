@@ -217,7 +217,8 @@ pub(super) fn enabled_chain(
 /// Counts one verification; over the allowance → 429 with when it refills.
 async fn count(api: &Api, t: &TenantRow) -> Result<(), ApiError> {
     let plan = tenant_plan(api, t)?;
-    match api.app.payments.count(&t.id, plan.verifications).await {
+    // A proof moves nothing: no gas to bound.
+    match api.app.payments.count(&t.id, plan.verifications, -1).await {
         Ok(()) => Ok(()),
         Err(crate::payment::Refusal::OverQuota { reset, retry_after }) => Err(over_quota(api, t, reset, retry_after)),
         Err(_) => Err(ApiError::new(

@@ -228,6 +228,7 @@ async fn settle_once(
         id: &t.id,
         // The drop-in gateway's one tenant is not metered (and has no counter row).
         quota: (t.plan != super::auth::DROP_IN_PLAN).then_some(plan.verifications),
+        gas_budget: plan.gas_per_month,
     };
     let payments = &api.app.payments;
     let mut rec = Attempt {
@@ -246,7 +247,7 @@ async fn settle_once(
         Ok(a) => {
             let payer = a.payer();
             match &a.outcome {
-                Some(crate::chains::SettleOutcome::Settled { tx }) => {
+                Some(crate::chains::SettleOutcome::Settled { tx, .. }) => {
                     Json(json!({"success": true, "transaction": tx, "network": network_id, "payer": payer}))
                 }
                 // Sent, receipt not there in time: the same payload, settled again, collects it.
@@ -265,6 +266,19 @@ async fn settle_once(
         }
         Err(Refusal::OverQuota { reset, retry_after }) => {
             return Err(super::contract::over_quota(api, t, reset, retry_after))
+        }
+        Err(Refusal::OverGasBudget { reset, retry_after }) => {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "GAS_BUDGET_EXCEEDED",
+                format!(
+                    "the '{}' plan's settlement gas for this month is used up; it refills at {}",
+                    t.plan,
+                    crate::clock::rfc3339(reset as i64)
+                ),
+            );
+            e.retry_after = Some(retry_after);
+            return Err(e);
         }
     };
     let (outcome, why) = match answer.0["success"].as_bool() {

@@ -110,7 +110,9 @@ impl Checked {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SettleOutcome {
     /// On chain, confirmed.
-    Settled { tx: String },
+    /// `gas`: this payment's share of the transaction's gas (0 when not known: found on chain
+    /// later, or settled by a facilitator).
+    Settled { tx: String, gas: u64 },
     /// Sent, but no receipt within the configured time: recorded as pending, reconciled later.
     Pending { tx: String },
 }
@@ -118,7 +120,7 @@ pub enum SettleOutcome {
 impl SettleOutcome {
     pub fn tx(&self) -> &str {
         match self {
-            SettleOutcome::Settled { tx } | SettleOutcome::Pending { tx } => tx,
+            SettleOutcome::Settled { tx, .. } | SettleOutcome::Pending { tx } => tx,
         }
     }
 }

@@ -43,6 +43,10 @@ pub enum Refusal {
     /// next period starts (unix seconds), `retry_after` the seconds until then by the pipeline's clock.
     #[error("this API's monthly allowance of verified payments is used up")]
     OverQuota { reset: u64, retry_after: u64 },
+    /// The gas the operator's relayer may spend on this tenant's settlements this period is used
+    /// up: 429 like [`Refusal::OverQuota`], nothing charged.
+    #[error("this API's monthly settlement gas is used up")]
+    OverGasBudget { reset: u64, retry_after: u64 },
 }
 
 impl From<DecodeError> for Refusal {
@@ -65,6 +69,8 @@ pub struct Accepted {
     pub settle: SettleTiming,
     /// The settlement, once there is one.
     pub outcome: Option<SettleOutcome>,
+    /// The metered tenant whose gas use a settlement adds to.
+    pub metered: Option<String>,
 }
 
 impl Accepted {
@@ -288,6 +294,7 @@ impl Payments {
             key,
             settle: pricing.settle,
             outcome: None,
+            metered: tenant.quota.map(|_| tenant.id.to_string()),
         };
         if !claimed {
             return self.retried(accepted, route, &stored, rec).await;
@@ -297,7 +304,7 @@ impl Payments {
         // Counted while the chain is asked (neither moves money; both must pass before anything does).
         let counting = async {
             match tenant.quota {
-                Some(limit) => self.count(tenant.id, limit).await,
+                Some(limit) => self.count(tenant.id, limit, tenant.gas_budget).await,
                 None => Ok(()),
             }
         };
@@ -321,20 +328,19 @@ impl Payments {
     /// Counts one verification against a tenant's allowance of this month (`limit` -1: unlimited),
     /// atomically in the database, so that concurrent requests on any number of gateways never
     /// pass it.
-    pub async fn count(&self, tenant: &str, limit: i64) -> Result<(), Refusal> {
+    pub async fn count(&self, tenant: &str, limit: i64, gas_budget: i64) -> Result<(), Refusal> {
         let now = self.clock.now_secs() as i64;
         let (period, next) = crate::clock::month_bounds(now);
+        let (reset, retry_after) = (next as u64, (next - now).max(1) as u64);
         match self
             .store
-            .count_use(tenant, limit, period)
+            .count_use(tenant, limit, period, gas_budget)
             .await
             .map_err(db_unavailable)?
         {
             Counted::Yes => Ok(()),
-            Counted::OverQuota => Err(Refusal::OverQuota {
-                reset: next as u64,
-                retry_after: (next - now).max(1) as u64,
-            }),
+            Counted::OverQuota => Err(Refusal::OverQuota { reset, retry_after }),
+            Counted::OverGasBudget => Err(Refusal::OverGasBudget { reset, retry_after }),
         }
     }
 
@@ -360,6 +366,12 @@ impl Payments {
                 if let Err(e) = self.store.set_state(&a.key, state, Some(outcome.tx()), now).await {
                     // The transfer happened; the ledger row stays 'claimed' and reconciliation finds it.
                     tracing::error!(error = %e, tx = outcome.tx(), "could not record a settlement; reconciliation will");
+                }
+                if let (Some(tenant), SettleOutcome::Settled { gas, .. }) = (&a.metered, &outcome) {
+                    let (period, _) = crate::clock::month_bounds((now / 1000) as i64);
+                    if let Err(e) = self.store.add_gas(tenant, period, *gas).await {
+                        tracing::error!(error = %e, tenant = %tenant, gas, "could not add a settlement's gas to the tenant's use");
+                    }
                 }
                 a.outcome = Some(outcome);
                 Ok(())
@@ -431,7 +443,7 @@ impl Payments {
         };
         if let (PaymentState::Settled, Some(tx)) = (row.state, row.tx_hash.clone()) {
             rec.tx_hash = Some(tx.clone());
-            a.outcome = Some(SettleOutcome::Settled { tx });
+            a.outcome = Some(SettleOutcome::Settled { tx, gas: 0 });
             return Ok(a);
         }
         let Some(chain) = self.chains.get(&a.offer.network.name).cloned() else {
@@ -453,7 +465,7 @@ impl Payments {
             // The transaction sent for it is still in the node's pool: wait for that one (bounded);
             // sending a second would only race it and burn gas.
             Ok(ChainStatus::InFlight { tx }) => match chain.await_sent(&a.checked, &tx).await {
-                Ok(SettleOutcome::Settled { tx }) => self.found_on_chain(a, Some(tx), rec).await,
+                Ok(SettleOutcome::Settled { tx, .. }) => self.found_on_chain(a, Some(tx), rec).await,
                 _ => {
                     rec.tx_hash = Some(tx.clone());
                     Err(give_back(Refusal::Pending {
@@ -499,7 +511,7 @@ impl Payments {
             .map_err(db_unavailable)?;
         let tx = tx.unwrap_or_default();
         rec.tx_hash = Some(tx.clone());
-        a.outcome = Some(SettleOutcome::Settled { tx });
+        a.outcome = Some(SettleOutcome::Settled { tx, gas: 0 });
         Ok(a)
     }
 
@@ -640,5 +652,6 @@ pub fn refusal_outcome(r: &Refusal) -> (Outcome, String) {
         Refusal::Unavailable(m) => (Outcome::Unavailable, m.clone()),
         Refusal::Pending { detail, .. } => (Outcome::Pending, detail.clone()),
         Refusal::OverQuota { .. } => (Outcome::Rejected, "over_quota".into()),
+        Refusal::OverGasBudget { .. } => (Outcome::Rejected, "over_gas_budget".into()),
     }
 }

@@ -81,7 +81,7 @@ impl Settler for Facilitated {
             Version::V1 => self.0.settle(&a.payment, &a.offer.to_v1(&Self::resource(a))).await,
             Version::V2 => self.0.settle(&a.payment, &a.offer.to_v2()).await,
         }?;
-        Ok(SettleOutcome::Settled { tx })
+        Ok(SettleOutcome::Settled { tx, gas: 0 })
     }
 
     fn name(&self) -> &'static str {

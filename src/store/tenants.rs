@@ -52,6 +52,8 @@ pub enum Counted {
     Yes,
     /// Not counted: the allowance of this period is used up.
     OverQuota,
+    /// Not counted: the settlement gas of this period is used up.
+    OverGasBudget,
 }
 
 const COLUMNS: &str = "id, slug, name, email, plan, status, upstream, pay_to_evm, pay_to_solana, routes, period_start, used, created_at, updated_at";
@@ -163,23 +165,54 @@ impl Store {
     /// `period` (unix seconds), in one conditional statement: the row's own lock decides between
     /// concurrent counts, on one gateway or many, so the count never passes `limit` (-1: unlimited).
     /// A count in a later period than the stored one replaces the counter (the allowance refills).
-    pub async fn count_use(&self, tenant: &str, limit: i64, period: i64) -> Result<Counted, StoreError> {
+    ///
+    /// The same statement checks the tenant's settlement gas of the period against `gas_budget`
+    /// (-1: unlimited); a new period starts it at 0.
+    pub async fn count_use(
+        &self,
+        tenant: &str,
+        limit: i64,
+        period: i64,
+        gas_budget: i64,
+    ) -> Result<Counted, StoreError> {
         let done = sqlx::query(
             "UPDATE tenants SET \
                used = CASE WHEN period_start < $3 THEN 1 ELSE used + 1 END, \
+               gas_used = CASE WHEN period_start < $3 THEN 0 ELSE gas_used END, \
                period_start = CASE WHEN period_start < $3 THEN $3 ELSE period_start END \
-             WHERE id = $1 AND ($2 < 0 OR period_start < $3 OR used < $2)",
+             WHERE id = $1 AND ($2 < 0 OR period_start < $3 OR used < $2) \
+               AND ($4 < 0 OR period_start < $3 OR gas_used < $4)",
         )
         .bind(tenant)
         .bind(limit)
         .bind(period)
+        .bind(gas_budget)
         .execute(&self.pool)
         .await?;
-        Ok(if done.rows_affected() == 1 {
-            Counted::Yes
-        } else {
-            Counted::OverQuota
+        if done.rows_affected() == 1 {
+            return Ok(Counted::Yes);
+        }
+        // Refused: say which allowance is used up.
+        let gas: Option<i64> = sqlx::query_scalar("SELECT gas_used FROM tenants WHERE id = $1 AND period_start = $2")
+            .bind(tenant)
+            .bind(period)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match gas {
+            Some(g) if gas_budget >= 0 && g >= gas_budget => Counted::OverGasBudget,
+            _ => Counted::OverQuota,
         })
+    }
+
+    /// Adds a settlement's gas to the tenant's use of the period that started at `period`.
+    pub async fn add_gas(&self, tenant: &str, period: i64, gas: u64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE tenants SET gas_used = gas_used + $3 WHERE id = $1 AND period_start = $2")
+            .bind(tenant)
+            .bind(period)
+            .bind(gas as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Gives back one count taken in `period` (a request counted and then not carried out).

@@ -22,6 +22,9 @@ pub struct Plan {
     /// Chain names (`base`, `solana`, …); `*` for every configured one.
     pub chains: Vec<String>,
     pub price_usd: u64,
+    /// Gas units the operator's relayer may spend settling one tenant's payments a month (-1:
+    /// unlimited). Payments are refused (429) once it is reached, until the month turns.
+    pub gas_per_month: i64,
 }
 
 impl Plan {
@@ -52,11 +55,18 @@ impl Plans {
     /// SAAS.md's defaults. `pro`'s sixth chain is `sei`, as the contract lists (offered only when
     /// the operator configures it).
     pub fn defaults() -> Plans {
+        // Gas: 100k per verification of the allowance (a batched settlement uses about 58k,
+        // a lone one about 86k), and a bound for the unlimited plan too.
         let p = |name: &str, verifications: i64, chains: &[&str], price_usd: u64| Plan {
             name: name.into(),
             verifications,
             chains: chains.iter().map(|c| c.to_string()).collect(),
             price_usd,
+            gas_per_month: if verifications < 0 {
+                500_000_000_000
+            } else {
+                verifications * 100_000
+            },
         };
         Plans(
             [
@@ -89,6 +99,12 @@ impl Plans {
                     c.verifications
                 ));
             }
+            if c.gas_per_month.is_some_and(|g| g < -1) {
+                problems.push(format!(
+                    "plans.{name}.gas_per_month: {} is not an amount of gas; give the gas units the operator's relayer may spend settling this plan's payments a month, or -1 for unlimited",
+                    c.gas_per_month.unwrap_or_default()
+                ));
+            }
             if c.chains.is_empty() {
                 problems.push(format!(
                     "plans.{name}.chains: empty; list chains like [\"base\", \"solana\"], or [\"*\"] for all"
@@ -101,6 +117,11 @@ impl Plans {
                     verifications: c.verifications,
                     chains: c.chains.clone(),
                     price_usd: c.price_usd,
+                    gas_per_month: c.gas_per_month.unwrap_or(if c.verifications < 0 {
+                        -1
+                    } else {
+                        c.verifications.saturating_mul(100_000)
+                    }),
                 },
             );
         }

@@ -491,3 +491,67 @@ price = "free"
         "{doc}"
     );
 }
+
+#[tokio::test]
+async fn a_tenants_settlement_gas_is_bounded_by_its_plan() {
+    let db = Db::postgres().await;
+    let anvil = Anvil::start().await;
+    let up = crate::upstream::Upstream::start("127.0.0.1:0").await.unwrap();
+    let mut spec = HostedSpec::new(&db.url, &anvil.url);
+    let budget: u64 = 150_000;
+    let extra = format!("[plans.free]\nverifications = 1000\nchains = [\"base\"]\ngas_per_month = {budget}\n");
+    spec.extra = &extra;
+    let h = Hosted::start(&spec).await;
+    let (_, key) = h.tenant("g@g.test", "free", Some("gas")).await;
+    crate::hosted::serve_api(&h, &key, &up, PAYEE_A).await;
+    let net = std::sync::Arc::new(tollgate::x402::Network::from_known(
+        tollgate::x402::network::builtin("base").unwrap(),
+    ));
+    let offer = tollgate::x402::Offer::exact(net, U256::from(10_000u64), PAYEE_A.to_checksum(None), 60);
+    let o = tollgate::client::Offered::from_offer(&offer, tollgate::x402::Version::V2);
+
+    // Settle until refused: each settle passes while the gas its tenant used so far (the sum of its
+    // transactions' gasUsed, read from the chain) is under the budget.
+    let mut used = 0u64;
+    let mut settled = 0;
+    let refusal = loop {
+        let (_, header) = tollgate::client::payment_header(&o, &tollgate::client::authorize(&o, &payer(), now()));
+        let b =
+            json!({"x402Version": 2, "paymentPayload": decode_b64_json(&header), "paymentRequirements": offer.to_v2()});
+        let r = http()
+            .post(format!("{}/facilitator/settle", h.api))
+            .bearer_auth(&key)
+            .json(&b)
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        let v: Value = r.json().await.unwrap();
+        if st != 200 {
+            assert!(used >= budget, "refused at {used} gas of {budget}: {v}");
+            break (st, v, retry_after);
+        }
+        assert!(used < budget, "settled past the budget: {used} of {budget}");
+        assert_eq!(v["success"], json!(true), "{v}");
+        let receipt = anvil.rpc("eth_getTransactionReceipt", json!([v["transaction"]])).await;
+        used += u64::from_str_radix(receipt["gasUsed"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+        settled += 1;
+        assert!(settled < 10, "never refused");
+    };
+    assert!(settled >= 1);
+    let (st, v, retry_after) = refusal;
+    assert_eq!(st, 429, "{v}");
+    assert_eq!(v["error_code"], json!("GAS_BUDGET_EXCEEDED"), "{v}");
+    assert!(retry_after.unwrap().parse::<u64>().unwrap() > 0);
+    // The proxy refuses the tenant's paid routes the same way, before anything is charged.
+    let before = anvil.usdc_balance(PAYEE_A).await;
+    let url = format!("{}/t/gas/paid/x", h.tg.url);
+    let (name, value) = signed_header(&url, true).await;
+    let r = http().get(&url).header(name, value).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], json!("over_gas_budget"), "{body}");
+    assert_eq!(anvil.usdc_balance(PAYEE_A).await, before);
+    assert_eq!(up.count(), 0);
+}

@@ -308,7 +308,8 @@ impl Chain for EvmChain {
         match landed.receipt {
             Some(r) => {
                 self.check_receipt(&r, t)?;
-                Ok(SettleOutcome::Settled { tx })
+                let gas = r.gas_used / landed.batch_size.max(1) as u64;
+                Ok(SettleOutcome::Settled { tx, gas })
             }
             None => {
                 tracing::warn!(network = %self.network.name, %tx, "no receipt within the receipt timeout; recorded as pending");
@@ -332,7 +333,17 @@ impl Chain for EvmChain {
         {
             Some(r) => {
                 self.check_receipt(&r, t)?;
-                Ok(SettleOutcome::Settled { tx: tx.to_string() })
+                // Its share: the transaction's gas over the authorizations it spent.
+                let spent = r
+                    .inner
+                    .logs()
+                    .iter()
+                    .filter(|l| l.topics().first() == Some(&IUsdc::AuthorizationUsed::SIGNATURE_HASH))
+                    .count();
+                Ok(SettleOutcome::Settled {
+                    tx: tx.to_string(),
+                    gas: r.gas_used / spent.max(1) as u64,
+                })
             }
             None => Ok(SettleOutcome::Pending { tx: tx.to_string() }),
         }
