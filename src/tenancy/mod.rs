@@ -51,22 +51,27 @@ impl Plan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plans(BTreeMap<String, Plan>);
 
+/// A plan's default settlement gas a month: 100k per verification of its allowance (a batched
+/// settlement uses about 58k, a lone one about 86k), and 500 billion (about 5 million lone
+/// settlements) for an unlimited allowance, so that no plan leaves the relayer unbounded by default.
+pub fn default_gas(verifications: i64) -> i64 {
+    if verifications < 0 {
+        500_000_000_000
+    } else {
+        verifications.saturating_mul(100_000)
+    }
+}
+
 impl Plans {
     /// SAAS.md's defaults. `pro`'s sixth chain is `sei`, as the contract lists (offered only when
     /// the operator configures it).
     pub fn defaults() -> Plans {
-        // Gas: 100k per verification of the allowance (a batched settlement uses about 58k,
-        // a lone one about 86k), and a bound for the unlimited plan too.
         let p = |name: &str, verifications: i64, chains: &[&str], price_usd: u64| Plan {
             name: name.into(),
             verifications,
             chains: chains.iter().map(|c| c.to_string()).collect(),
             price_usd,
-            gas_per_month: if verifications < 0 {
-                500_000_000_000
-            } else {
-                verifications * 100_000
-            },
+            gas_per_month: default_gas(verifications),
         };
         Plans(
             [
@@ -117,11 +122,7 @@ impl Plans {
                     verifications: c.verifications,
                     chains: c.chains.clone(),
                     price_usd: c.price_usd,
-                    gas_per_month: c.gas_per_month.unwrap_or(if c.verifications < 0 {
-                        -1
-                    } else {
-                        c.verifications.saturating_mul(100_000)
-                    }),
+                    gas_per_month: c.gas_per_month.unwrap_or(default_gas(c.verifications)),
                 },
             );
         }
