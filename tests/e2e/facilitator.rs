@@ -555,3 +555,91 @@ async fn a_tenants_settlement_gas_is_bounded_by_its_plan() {
     assert_eq!(anvil.usdc_balance(PAYEE_A).await, before);
     assert_eq!(up.count(), 0);
 }
+
+/// The JSON type of a value, for shape comparisons.
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[tokio::test]
+async fn supported_has_the_shape_of_the_reference_facilitators() {
+    let anvil = Anvil::start().await;
+    // The peer: the reference facilitator (@x402/core + @x402/evm) with the same relayer key.
+    let peer = crate::interop::Facilitator::start(&anvil.url, "sekret").await;
+    let theirs: Value = http()
+        .get(format!("{}/supported", peer.url))
+        .bearer_auth("sekret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let db = Db::sqlite();
+    let h = Hosted::start(&HostedSpec::new(&db.url, &anvil.url)).await;
+    let (_, key) = h.tenant("s@s.test", "free", Some("shape")).await;
+    let (st, ours, _) = h.call("GET", "/facilitator/supported", Auth::Key(&key), None).await;
+    assert_eq!(st, 200);
+
+    // Every top-level field of theirs, of the same type (FACILITATOR.md: all three present).
+    for (k, v) in theirs.as_object().unwrap() {
+        assert_eq!(kind_of(&ours[k]), kind_of(v), "field {k}: ours {ours}, theirs {theirs}");
+    }
+    for k in ["kinds", "extensions", "signers"] {
+        assert!(ours.get(k).is_some(), "{k} missing: {ours}");
+    }
+    // Each kind: the fields of the spec, typed as theirs are; nothing else.
+    for kind in ours["kinds"].as_array().unwrap() {
+        for (k, v) in kind.as_object().unwrap() {
+            let want = match k.as_str() {
+                "x402Version" => "number",
+                "scheme" | "network" => "string",
+                "extra" => "object",
+                other => panic!("unexpected field {other} in {kind}"),
+            };
+            assert_eq!(kind_of(v), want, "{k} in {kind}");
+        }
+        assert!(matches!(kind["x402Version"].as_u64(), Some(1 | 2)), "{kind}");
+        let network = kind["network"].as_str().unwrap();
+        match kind["x402Version"].as_u64() {
+            Some(2) => assert!(network.starts_with("eip155:"), "v2 networks are CAIP-2: {kind}"),
+            _ => assert!(!network.contains(':'), "v1 networks are names: {kind}"),
+        }
+    }
+    let key_fields = |k: &Value| {
+        let mut f: Vec<String> = k.as_object().unwrap().keys().cloned().collect();
+        f.retain(|f| f != "extra");
+        f.sort();
+        f
+    };
+    for kind in theirs["kinds"].as_array().unwrap() {
+        // For the networks both serve (this tenant's plan: base), every kind of theirs is ours too.
+        if kind["network"] == json!("eip155:8453") || kind["network"] == json!("base") {
+            let same = ours["kinds"].as_array().unwrap().iter().find(|k| {
+                k["x402Version"] == kind["x402Version"]
+                    && k["scheme"] == kind["scheme"]
+                    && k["network"] == kind["network"]
+            });
+            let same = same.unwrap_or_else(|| panic!("{kind} missing from ours: {ours}"));
+            assert_eq!(key_fields(same), key_fields(kind));
+        }
+    }
+    // Extensions: names; signers: the same families, the same address, written the same way.
+    assert!(
+        ours["extensions"].as_array().unwrap().iter().all(Value::is_string),
+        "{ours}"
+    );
+    for (family, addrs) in theirs["signers"].as_object().unwrap() {
+        assert_eq!(
+            &ours["signers"][family], addrs,
+            "signers.{family}: ours {ours}, theirs {theirs}"
+        );
+    }
+}
