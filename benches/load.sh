@@ -7,12 +7,16 @@
 #             resident memory idle and at 1,000 keep-alive connections;
 #   hosted   — tollgate in hosted mode on PostgreSQL with 10,000 tenants: 402 across 1,000 of them, paid
 #             with quota counting, the management API (GET /usage, x402-form POST /verify) and the
-#             database queries its key lookups make, memory with 100,000 tenants and 10,000 active.
+#             database queries its key lookups make, memory with 100,000 tenants and 10,000 active;
+#   facilitator — tollgate's /facilitator/verify and /settle beside the reference facilitator (@x402/core +
+#             @x402/evm, viem's nonce manager on), the same pre-signed bodies a stock server sends, c8/c32,
+#             every settlement checked on chain.
 # Prints one table and writes it to benches/results/latest.md (raw data beside it).
 #
 # Knobs: REPS=3  WRK_ARGS="-t2 -c64 -d10s"  N=300  CONCS="8 32"  MODES="before after"  TG_LOG=warn
 #        PEERS=1 (0: skip the peer scripts and reuse benches/results/peers/)  NM_VARIANTS=1  LOAD_MAX=1
 #        HOSTED=1 (0: skip hosted mode)  BENCH_PG=postgres://postgres@127.0.0.1:5432/test (an admin URL)
+#        FACIL_ONLY=1 (run only the facilitator section; the other rows keep their last run's figures)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
@@ -20,6 +24,7 @@ OUT=$ROOT/benches/results
 export REPS=${REPS:-3} N=${N:-300} WARMUP=${WARMUP:-20}
 CONCS=${CONCS:-"8 32"}; MODES=${MODES:-"before after"}
 export NM_VARIANTS=${NM_VARIANTS:-1}
+FACIL_ONLY=${FACIL_ONLY:-0}
 TG_PORT=18402
 mkdir -p "$OUT/peers" "$OUT/raw"
 
@@ -47,7 +52,7 @@ trap cleanup EXIT
 cp "$ROOT/benches/load/multicall3.mjs" lib/
 ./chain.sh start > /dev/null && node lib/multicall3.mjs run/usdc-state.json && ./chain.sh stop > /dev/null
 
-if [ "${PEERS:-1}" = 1 ]; then
+if [ "${PEERS:-1}" = 1 ] && [ "$FACIL_ONLY" != 1 ]; then
   echo "== peers: nginx"
   timeout 3600 ./bench-nginx.sh 2>&1 | tail -12
   echo "== peers: reference x402"
@@ -57,7 +62,9 @@ fi
 
 echo "== tollgate"
 RESULTS=$OUT/raw/tollgate-wrk.tsv; LOG=$OUT/raw/tollgate-wrk.log; PAID=$OUT/raw/tollgate-paid.jsonl
-printf "label\trep\trps\tp50_ms\tp99_ms\trequests\tnon2xx\tsocket_errors\tload1\tcpu_busy_pct\n" > "$RESULTS"; : > "$LOG"; : > "$PAID"
+if [ "$FACIL_ONLY" != 1 ]; then
+  printf "label\trep\trps\tp50_ms\tp99_ms\trequests\tnon2xx\tsocket_errors\tload1\tcpu_busy_pct\n" > "$RESULTS"; : > "$LOG"; : > "$PAID"
+fi
 mkdir -p run/tg nginx/tmp; rm -f run/tg/tollgate-*.log
 # The same upstream as the peers: nginx, one worker, return 200 {"ok":true}.
 cat > nginx/tg-upstream.conf <<CONF
@@ -108,19 +115,6 @@ payee_bal() { curl -s -X POST -H 'content-type: application/json' --data \
   '{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{"to":"0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913","data":"0x70a0823100000000000000000000000090F79bf6EB2c4f870365E785982E1f101E93b906"},"latest"]}' \
   http://127.0.0.1:18545 | python3 -c 'import sys,json; print(int(json.load(sys.stdin)["result"],16))'; }
 
-./chain.sh start > /dev/null
-start_tollgate before
-sleep 1
-RSS_IDLE=$(rss_kb $TG_PID)
-run_wrk "t_tollgate_free" http://127.0.0.1:$TG_PORT/
-run_wrk "t_tollgate_402" http://127.0.0.1:$TG_PORT/paid
-ulimit -n 8192 2>/dev/null || true
-RSS_BEFORE_CONNS=$(rss_kb $TG_PID)
-python3 "$ROOT/benches/load/conns.py" $TG_PORT 1000 4 / > run/tg/conns.out &
-CP=$!; sleep 3; RSS_1000=$(rss_kb $TG_PID); wait $CP || true
-echo "rss: idle ${RSS_IDLE} kB, after wrk ${RSS_BEFORE_CONNS} kB, 1000 keep-alive connections ${RSS_1000} kB ($(cat run/tg/conns.out))"
-printf '{"rss_idle_kb":%s,"rss_after_wrk_kb":%s,"rss_1000_conns_kb":%s,"conns":"%s"}\n' "$RSS_IDLE" "$RSS_BEFORE_CONNS" "$RSS_1000" "$(cat run/tg/conns.out)" > "$OUT/raw/tollgate-rss.json"
-
 # One paid run: a fresh chain from the saved state (anvil slows as its chain grows), a fresh gateway,
 # warm-up, N pre-signed payments at concurrency $2 to path $3.
 paid_run() { # paid_run LABEL CONC PATH START_CMD
@@ -145,6 +139,20 @@ d.update(rep=int(a[1]), landed_onchain=(int(a[3]) - int(a[2])) // 1000, load1=fl
 print(json.dumps(d))' "$r" "$B0" "$B1" "$LAST_LOAD" "$LAST_BUSY" "$A0" "$A1" "$G0" "$G1" | tee -a "$PAID"
 }
 
+if [ "$FACIL_ONLY" != 1 ]; then
+./chain.sh start > /dev/null
+start_tollgate before
+sleep 1
+RSS_IDLE=$(rss_kb $TG_PID)
+run_wrk "t_tollgate_free" http://127.0.0.1:$TG_PORT/
+run_wrk "t_tollgate_402" http://127.0.0.1:$TG_PORT/paid
+ulimit -n 8192 2>/dev/null || true
+RSS_BEFORE_CONNS=$(rss_kb $TG_PID)
+python3 "$ROOT/benches/load/conns.py" $TG_PORT 1000 4 / > run/tg/conns.out &
+CP=$!; sleep 3; RSS_1000=$(rss_kb $TG_PID); wait $CP || true
+echo "rss: idle ${RSS_IDLE} kB, after wrk ${RSS_BEFORE_CONNS} kB, 1000 keep-alive connections ${RSS_1000} kB ($(cat run/tg/conns.out))"
+printf '{"rss_idle_kb":%s,"rss_after_wrk_kb":%s,"rss_1000_conns_kb":%s,"conns":"%s"}\n' "$RSS_IDLE" "$RSS_BEFORE_CONNS" "$RSS_1000" "$(cat run/tg/conns.out)" > "$OUT/raw/tollgate-rss.json"
+
 for MODE in $MODES; do
   for C in $CONCS; do
     for r in $(seq 1 "$REPS"); do
@@ -152,6 +160,7 @@ for MODE in $MODES; do
     done
   done
 done
+fi
 
 
 if [ "${HOSTED:-1}" = 1 ]; then
@@ -201,6 +210,7 @@ CONF
   }
   key_scans() { sleep 1.5; psql -Atq "$HURL" -c "SELECT COALESCE(idx_scan,0) + COALESCE(seq_scan,0) FROM pg_stat_user_tables WHERE relname = 'api_keys'"; }
 
+  if [ "$FACIL_ONLY" != 1 ]; then
   reset_hosted_db 10000
   start_hosted
   TENANTS=1000 run_wrk "t_hosted_402" http://127.0.0.1:$TG_PORT/ -s "$ROOT/benches/load/tenants.lua"
@@ -230,6 +240,52 @@ json.dump({"x402Version": 2, "paymentPayload": p, "paymentRequirements": p["acce
       paid_run "t_hosted_paid_before_c$C" "$C" /t/t1/paid start_hosted
     done
   done
+  fi
+
+  # The facilitator endpoints beside the reference facilitator: the same kind of pre-signed bodies (signed
+  # by the official client, for the bench payee, which is tenant t1's payTo), each run on a fresh chain and
+  # a fresh facilitator; settle counts settlements answered success:true, and the payee's balance says how
+  # many landed. Verify sends each body 10 times (it changes nothing).
+  echo "== facilitator: tollgate vs the reference facilitator"
+  cp "$ROOT/benches/load/fac-pregen.mjs" "$ROOT/benches/load/fac-fire.mjs" lib/
+  FAC=$OUT/raw/facilitator.jsonl; : > "$FAC"
+  FAC_PID=""
+  start_ref_fac() {
+    [ -n "$FAC_PID" ] && { kill "$FAC_PID"; wait "$FAC_PID" 2>/dev/null || true; }
+    NONCE_MANAGER=1 node x402ref/facilitator.mjs > run/tg/fac-ref.log 2>&1 & FAC_PID=$!; PIDS+=($FAC_PID)
+    for i in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:14022/supported && return 0; sleep 0.1; done
+    echo "the reference facilitator did not start"; cat run/tg/fac-ref.log; exit 1
+  }
+  start_tg_fac() { reset_hosted_db 10000; start_hosted; }
+  fac_run() { # fac_run LABEL CONC settle|verify BASE_URL KEY START_CMD
+    local label=$1 c=$2 what=$3 base=$4 key=$5 start=$6
+    ./chain.sh stop > /dev/null; ./chain.sh start > /dev/null
+    $start
+    node lib/fac-pregen.mjs $WARMUP run/tg/fac-warm.json > /dev/null
+    node lib/fac-fire.mjs run/tg/fac-warm.json "$base" settle 8 warmup "$key" > /dev/null
+    node lib/fac-pregen.mjs $N run/tg/fac.json > /dev/null
+    wait_quiet
+    B0=$(payee_bal)
+    local repeat=1; [ "$what" = verify ] && repeat=10
+    OUT_JSON=$(timeout 600 node lib/fac-fire.mjs run/tg/fac.json "$base" "$what" "$c" "$label" "$key" $repeat)
+    B1=$(payee_bal)
+    echo "$OUT_JSON" | python3 -c '
+import sys, json
+d = json.loads(sys.stdin.read()); a = sys.argv
+d.update(rep=int(a[1]), landed_onchain=(int(a[3]) - int(a[2])) // 1000, load1=float(a[4]), cpu_busy_pct=int(a[5]))
+print(json.dumps(d))' "$r" "$B0" "$B1" "$LAST_LOAD" "$LAST_BUSY" | tee -a "$FAC"
+  }
+  for WHAT in settle verify; do
+    for C in $CONCS; do
+      for r in $(seq 1 "$REPS"); do
+        fac_run "fac_tollgate_${WHAT}_c$C" "$C" "$WHAT" "http://127.0.0.1:$API_PORT/facilitator" "$BENCH_KEY" start_tg_fac
+        fac_run "fac_reference_${WHAT}_c$C" "$C" "$WHAT" "http://127.0.0.1:14022" "" start_ref_fac
+      done
+    done
+  done
+  [ -n "$FAC_PID" ] && kill "$FAC_PID" 2>/dev/null || true
+
+  if [ "$FACIL_ONLY" != 1 ]; then
 
   # Memory: 100,000 tenants in the database, 10,000 of them active.
   reset_hosted_db 100000
@@ -239,6 +295,7 @@ json.dump({"x402Version": 2, "paymentPayload": p, "paymentRequirements": p["acce
   H_ACTIVE=$(rss_kb $TG_PID)
   echo "hosted rss: idle ${H_IDLE} kB, 10,000 active tenants ${H_ACTIVE} kB ($TOUCHED)"
   printf '{"rss_idle_kb":%s,"rss_10k_active_kb":%s,"touched":"%s"}\n' "$H_IDLE" "$H_ACTIVE" "$TOUCHED" > "$OUT/raw/tollgate-hosted-rss.json"
+  fi
   psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS tollgate_bench_hosted WITH (FORCE)"
 fi
 

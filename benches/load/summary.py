@@ -95,3 +95,23 @@ if rss:
     print(f"\nResident memory of the gateway: idle {rss['rss_idle_kb']/1024:.1f} MB, after the wrk runs "
           f"{rss['rss_after_wrk_kb']/1024:.1f} MB, holding 1,000 keep-alive connections "
           f"{rss['rss_1000_conns_kb']/1024:.1f} MB ({rss['conns']}); target < 100 MB.")
+fac = jsonl(f"{out}/raw/facilitator.jsonl")
+if fac:
+    print()
+    print("| facilitator (stock-server bodies, N per run) | tollgate | reference facilitator | ratio | settled on chain per run (tollgate; reference) |")
+    print("|---|---|---|---|---|")
+    for what in ("settle", "verify"):
+        for c in sorted({d[0]["conc"] for d in fac.values()}):
+            t, r = fac.get(f"fac_tollgate_{what}_c{c}"), fac.get(f"fac_reference_{what}_c{c}")
+            if not t or not r:
+                continue
+            unit = "settled/s" if what == "settle" else "valid/s"
+            ratio = med(t, "ok_rps") / med(r, "ok_rps")
+            target = " (target ≥ 10×" + (" ✓)" if ratio >= 10 else " ✗)") if what == "settle" and c == 32 else ""
+            landed = ""
+            if what == "settle":
+                landed = f"{', '.join(str(d['landed_onchain']) + '/' + str(d['n']) for d in t)}; " \
+                         f"{', '.join(str(d['landed_onchain']) + '/' + str(d['n']) for d in r)}"
+            print(f"| {what} c{c} | {med(t,'ok_rps'):,.1f} {unit}, p50 {med(t,'p50_ms'):.1f} / p99 {med(t,'p99_ms'):.1f} ms "
+                  f"| {med(r,'ok_rps'):,.1f} {unit}, p50 {med(r,'p50_ms'):.1f} / p99 {med(r,'p99_ms'):.1f} ms "
+                  f"| {ratio:.1f}×{target} | {landed} |")
