@@ -82,6 +82,16 @@ impl Payments {
         }
     }
 
+    /// Forgets ids whose answers are past keeping (the reconciler calls it).
+    pub async fn purge_ids(&self) {
+        let before = self.clock.now_ms() as i64 - KEEP_MS;
+        match self.store.purge_payment_ids(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(n, "payment identifiers past keeping forgotten"),
+            Err(e) => tracing::warn!(error = %e, "could not forget old payment identifiers; will retry"),
+        }
+    }
+
     /// Frees an id: nothing was charged under it.
     pub async fn forget_id(&self, hold: &IdHold) {
         if let Err(e) = self.store.forget_payment_id(&hold.tenant, &hold.id).await {

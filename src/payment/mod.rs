@@ -534,6 +534,7 @@ impl Payments {
 
     /// One reconciliation pass over claims and pending payments older than `stale_after`.
     pub async fn reconcile_once(&self, stale_after: Duration) -> Result<usize, String> {
+        self.purge_ids().await;
         let now_ms = self.clock.now_ms();
         let rows = self
             .store

@@ -110,6 +110,15 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes ids created before `before` (unix ms): their answers are no longer kept.
+    pub async fn purge_payment_ids(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM payment_ids WHERE created_ms < $1 AND lease_until < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Frees an id entirely: nothing was charged under it, so the client may use it again, with
     /// this payload or another.
     pub async fn forget_payment_id(&self, tenant: &str, id: &str) -> Result<(), StoreError> {

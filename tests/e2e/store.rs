@@ -252,3 +252,65 @@ fn ledger_row<'a>(k: &'a ReplayKey, c: &tollgate::chains::Checked) -> NewClaim<'
         now_ms: 0,
     }
 }
+
+#[tokio::test]
+async fn payment_identifiers_are_held_answered_leased_and_purged_on_both_databases() {
+    use tollgate::store::IdClaim;
+    for db in Db::both().await {
+        let store = Store::connect(&db.url).await.unwrap();
+        let (lease, keep_from) = (1_000, 0);
+        let claim = |id: &'static str, hash: &'static str, now: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .claim_payment_id("t1", id, hash, now, lease, keep_from)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(claim("order_0000000000001", "h1", 10).await, IdClaim::Held);
+        // Held: the same payment is in progress, another is a conflict; another tenant is separate.
+        assert_eq!(claim("order_0000000000001", "h1", 20).await, IdClaim::InProgress);
+        assert_eq!(claim("order_0000000000001", "h2", 20).await, IdClaim::Conflict);
+        assert_eq!(
+            store
+                .claim_payment_id("t2", "order_0000000000001", "h2", 20, lease, keep_from)
+                .await
+                .unwrap(),
+            IdClaim::Held
+        );
+        // Its holder died: once the lease ends the same payment takes it again (once).
+        assert_eq!(claim("order_0000000000001", "h1", 2_000).await, IdClaim::Held);
+        assert_eq!(claim("order_0000000000001", "h1", 2_001).await, IdClaim::InProgress);
+        // Answered: the answer, for the same payment only.
+        store
+            .finish_payment_id("t1", "order_0000000000001", Some("{\"ok\":1}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            claim("order_0000000000001", "h1", 2_002).await,
+            IdClaim::Answered("{\"ok\":1}".into())
+        );
+        assert_eq!(claim("order_0000000000001", "h2", 2_002).await, IdClaim::Conflict);
+        // Not final (pending): free for the same payment at once.
+        assert_eq!(claim("order_0000000000002", "h3", 10).await, IdClaim::Held);
+        store
+            .finish_payment_id("t1", "order_0000000000002", None)
+            .await
+            .unwrap();
+        assert_eq!(claim("order_0000000000002", "h3", 11).await, IdClaim::Held);
+        // Forgotten (refused, nothing charged): free for any payment.
+        store.forget_payment_id("t1", "order_0000000000002").await.unwrap();
+        assert_eq!(claim("order_0000000000002", "h4", 12).await, IdClaim::Held);
+        // Past keeping: an old id is new again, and purged.
+        assert_eq!(
+            store
+                .claim_payment_id("t1", "order_0000000000001", "h9", 5_000, lease, 3_000)
+                .await
+                .unwrap(),
+            IdClaim::Held
+        );
+        assert_eq!(store.purge_payment_ids(100_000).await.unwrap(), 3, "{}", db.url);
+        assert_eq!(claim("order_0000000000001", "h7", 100_001).await, IdClaim::Held);
+    }
+}
