@@ -132,7 +132,7 @@ impl ProxyHttp for Proxy {
             ctx.target = Some(read.target.to_string());
         }
         ctx.close_upstream = !tenant.rules.reuse_upstream_after_body && challenge::has_body(req);
-        if read.path() == crate::discovery::WELL_KNOWN && matches!(req.method, http::Method::GET | http::Method::HEAD) {
+        if read.path() == crate::discovery::WELL_KNOWN && req.method == http::Method::GET {
             let base = String::from_utf8_lossy(&req.raw_path()[..prefix]).into_owned();
             let base = challenge::asked(req, &base, self.app.settings.public_url.as_deref()).url;
             let doc = crate::discovery::well_known(&tenant.routes, &base, self.app.payments.clock.now_ms() as i64);
