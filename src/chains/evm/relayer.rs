@@ -56,6 +56,11 @@ pub struct Relayer {
     chain_id: u64,
     nonces: tokio::sync::Mutex<Nonces>,
     fees: Mutex<Option<(Instant, u128, u128)>>,
+    /// Held from taking a nonce until the node has the transaction: transactions reach the node in
+    /// nonce order. Sent concurrently, a later nonce can arrive first and wait in the node's queue;
+    /// a node that mines on arrival (anvil) then leaves it there until some later transaction comes,
+    /// which held whole batches until the receipt timeout.
+    sending: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Relayer {
@@ -80,6 +85,7 @@ impl Relayer {
             chain_id,
             nonces: Default::default(),
             fees: Mutex::new(None),
+            sending: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -159,17 +165,12 @@ impl Relayer {
     ) -> Result<(B256, oneshot::Receiver<TransactionReceipt>), SendError> {
         let mut last = String::new();
         for _ in 0..3 {
+            let fees = self.fees(p).await.map_err(|e| SendError::Unreachable(e.to_string()))?;
+            let _in_order = self.sending.lock().await;
             let nonce = self
                 .reserve_nonce(p)
                 .await
                 .map_err(|e| SendError::Unreachable(e.to_string()))?;
-            let fees = match self.fees(p).await {
-                Ok(f) => f,
-                Err(e) => {
-                    self.release(p, nonce).await;
-                    return Err(SendError::Unreachable(e.to_string()));
-                }
-            };
             let (hash, raw) = self.sign(nonce, gas_limit, fees, to, U256::ZERO, input.clone());
             let awaited = receipts.expect(hash);
             let sent = p.send_raw_transaction(&raw).await;
