@@ -51,6 +51,7 @@ fn chain() -> EvmChain {
         receipt_timeout: std::time::Duration::from_secs(1),
         receipt_poll: std::time::Duration::from_millis(100),
         max_batch: 32,
+        batch_window: std::time::Duration::from_millis(5),
     };
     EvmChain::new(o.network.clone(), opts, Err("bench: no relayer".into())).unwrap()
 }

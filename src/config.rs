@@ -373,6 +373,8 @@ pub struct NetworkConfig {
     pub rpc_timeout_ms: Option<u64>,
     /// Most payments settled in one transaction through Multicall3 (1: never batch).
     pub max_batch: Option<usize>,
+    /// While settlements are busy, how long (ms) a batch may wait for more payments (0: never).
+    pub batch_window_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -516,6 +518,7 @@ pub struct NetworkSettings {
     pub gas_limit: u64,
     pub rpc_timeout_ms: u64,
     pub max_batch: usize,
+    pub batch_window_ms: u64,
 }
 
 /// Reads and validates a config file of either kind (drop-in: with its tenant; hosted: without).
@@ -966,6 +969,7 @@ fn build_network(name: &str, nc: &NetworkConfig) -> Result<NetworkSettings, Stri
         gas_limit: nc.gas_limit.unwrap_or(200_000),
         rpc_timeout_ms: nc.rpc_timeout_ms.unwrap_or(5_000),
         max_batch: nc.max_batch.unwrap_or(32).max(1),
+        batch_window_ms: nc.batch_window_ms.unwrap_or(5),
     })
 }
 

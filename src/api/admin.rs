@@ -138,5 +138,6 @@ async fn change(api: &Api, id: &str, c: TenantChange) -> Result<Json<Value>, Api
     if let Some(h) = api.app.directory.hosted() {
         h.forget(&t.slug);
     }
+    api.settling.invalidate(&t.id);
     Ok(Json(json!({"success": true, "tenant": tenant_json(&t, api)})))
 }

@@ -113,17 +113,33 @@ impl Api {
     pub async fn caller(&self, headers: &HeaderMap, scope: &str) -> Result<Caller, ApiError> {
         let caller = self.caller_any(headers, scope).await?;
         if !caller.tenant.active() {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "TENANT_SUSPENDED",
-                "this tenant is suspended; contact the operator",
-            ));
+            return Err(suspended());
         }
         Ok(caller)
     }
 
     /// As [`Self::caller`], suspended tenants included.
     pub async fn caller_any(&self, headers: &HeaderMap, scope: &str) -> Result<Caller, ApiError> {
+        let (known, tenant_id) = self.key_of(headers, scope).await?;
+        let tenant = self.tenant_row(&tenant_id).await?;
+        Ok(Caller {
+            key: Some(known),
+            tenant,
+        })
+    }
+
+    async fn tenant_row(&self, id: &str) -> Result<TenantRow, ApiError> {
+        self.app
+            .payments
+            .store
+            .tenant(id)
+            .await
+            .map_err(ApiError::db)?
+            .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))
+    }
+
+    /// The bearer key (which must carry `scope`) and its tenant's id.
+    async fn key_of(&self, headers: &HeaderMap, scope: &str) -> Result<(Arc<Known>, String), ApiError> {
         let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
             return Err(ApiError::unauthorized(
                 "missing API key; send 'Authorization: Bearer x402_live_…'",
@@ -151,18 +167,8 @@ impl Api {
             ));
         }
         self.keys.touch(&known, self.now_ms());
-        let tenant = self
-            .app
-            .payments
-            .store
-            .tenant(&known.row.tenant_id)
-            .await
-            .map_err(ApiError::db)?
-            .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
-        Ok(Caller {
-            key: Some(known),
-            tenant,
-        })
+        let id = known.row.tenant_id.clone();
+        Ok((known, id))
     }
 
     /// Whose payments a facilitator call settles: in hosted mode the tenant behind the bearer key
@@ -170,7 +176,22 @@ impl Api {
     /// whose SHA-256 is in `[api] facilitator_keys`.
     pub async fn payee(&self, headers: &HeaderMap, scope: &str) -> Result<Caller, ApiError> {
         let crate::directory::Directory::One(t) = &self.app.directory else {
-            return self.caller(headers, scope).await;
+            let (known, tenant_id) = self.key_of(headers, scope).await?;
+            let tenant = match self.settling.get(&tenant_id) {
+                Some(t) => t,
+                None => {
+                    let t = self.tenant_row(&tenant_id).await?;
+                    self.settling.insert(tenant_id, t.clone());
+                    t
+                }
+            };
+            if !tenant.active() {
+                return Err(suspended());
+            }
+            return Ok(Caller {
+                key: Some(known),
+                tenant,
+            });
         };
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
@@ -229,6 +250,14 @@ impl Api {
         }
         Ok(())
     }
+}
+
+fn suspended() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "TENANT_SUSPENDED",
+        "this tenant is suspended; contact the operator",
+    )
 }
 
 /// The plan of the drop-in gateway's one tenant: every configured network, not metered.

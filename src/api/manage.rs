@@ -198,6 +198,7 @@ pub async fn update_tenant(
     if let Some(h) = api.app.directory.hosted() {
         h.forget(&c.tenant.slug);
     }
+    api.settling.invalidate(&c.tenant.id);
     let t = store
         .tenant(&c.tenant.id)
         .await

@@ -34,6 +34,9 @@ pub struct Api {
     admin_key: Option<String>,
     /// The published routes, for `/discovery/resources`.
     pub catalog: crate::discovery::Catalog,
+    /// Tenant rows for the facilitator endpoints (plan, standing, payTo), kept as long as keys are:
+    /// a settle makes no query for its tenant. Changes made here take effect at once.
+    pub settling: moka::sync::Cache<String, crate::store::TenantRow>,
 }
 
 type State = axum::extract::State<Arc<Api>>;
@@ -51,6 +54,10 @@ impl Api {
         Arc::new(Api {
             keys: Keys::new(app.payments.store.clone(), bound),
             catalog: crate::discovery::Catalog::new(std::time::Duration::from_secs(catalog_ttl)),
+            settling: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(bound))
+                .build(),
             app,
             admin_key,
         })

@@ -170,6 +170,7 @@ impl Payments {
                         receipt_timeout: receipts.timeout,
                         receipt_poll: receipts.poll,
                         max_batch: ns.max_batch,
+                        batch_window: Duration::from_millis(ns.batch_window_ms),
                     };
                     let chain = EvmChain::new(net.clone(), opts, relayer)?;
                     if let Some(a) = chain.relayer_address() {
@@ -369,9 +370,7 @@ impl Payments {
                 }
                 if let (Some(tenant), SettleOutcome::Settled { gas, .. }) = (&a.metered, &outcome) {
                     let (period, _) = crate::clock::month_bounds((now / 1000) as i64);
-                    if let Err(e) = self.store.add_gas(tenant, period, *gas).await {
-                        tracing::error!(error = %e, tenant = %tenant, gas, "could not add a settlement's gas to the tenant's use");
-                    }
+                    self.attempts.add_gas(&self.store, tenant, period, *gas).await;
                 }
                 a.outcome = Some(outcome);
                 Ok(())

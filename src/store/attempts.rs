@@ -157,6 +157,12 @@ pub struct AttemptLog {
 
 enum Msg {
     Attempt(Attempt),
+    /// A settlement's gas, added to its tenant's use of the period that started at `period`.
+    Gas {
+        tenant: String,
+        period: i64,
+        gas: u64,
+    },
     /// Answered once everything queued before it is written.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -169,23 +175,34 @@ impl AttemptLog {
         let handle = tokio::spawn(async move {
             let mut buf = Vec::with_capacity(BATCH);
             let mut flushed = Vec::new();
-            let take = |m: Msg, buf: &mut Vec<Attempt>, flushed: &mut Vec<_>| match m {
+            let mut gas: std::collections::HashMap<(String, i64), u64> = Default::default();
+            type Gas = std::collections::HashMap<(String, i64), u64>;
+            let take = |m: Msg, buf: &mut Vec<Attempt>, flushed: &mut Vec<_>, gas: &mut Gas| match m {
                 Msg::Attempt(a) => buf.push(a),
+                Msg::Gas { tenant, period, gas: g } => *gas.entry((tenant, period)).or_default() += g,
                 Msg::Flush(done) => flushed.push(done),
             };
             while let Some(first) = rx.recv().await {
-                take(first, &mut buf, &mut flushed);
+                take(first, &mut buf, &mut flushed, &mut gas);
                 // Gather what arrives within a short window into one statement.
                 let window = tokio::time::sleep(Duration::from_millis(20));
                 tokio::pin!(window);
                 while buf.len() < BATCH && flushed.is_empty() {
                     tokio::select! {
-                        m = rx.recv() => match m { Some(m) => take(m, &mut buf, &mut flushed), None => break },
+                        m = rx.recv() => match m { Some(m) => take(m, &mut buf, &mut flushed, &mut gas), None => break },
                         _ = &mut window => break,
                     }
                 }
-                if let Err(e) = store.insert_attempts(&buf).await {
-                    tracing::error!(error = %e, rows = buf.len(), "could not write attempt records");
+                if !buf.is_empty() {
+                    if let Err(e) = store.insert_attempts(&buf).await {
+                        tracing::error!(error = %e, rows = buf.len(), "could not write attempt records");
+                    }
+                }
+                // One statement per tenant for the gas its settlements of this window used.
+                for ((tenant, period), g) in gas.drain() {
+                    if let Err(e) = store.add_gas(&tenant, period, g).await {
+                        tracing::error!(error = %e, tenant = %tenant, gas = g, "could not add settlement gas to a tenant's use");
+                    }
                 }
                 buf.clear();
                 for done in flushed.drain(..) {
@@ -201,6 +218,21 @@ impl AttemptLog {
     pub fn record(&self, a: Attempt) {
         if let Err(e) = self.tx.try_send(Msg::Attempt(a)) {
             tracing::warn!(error = %e, "attempt log is full; an attempt record was dropped");
+        }
+    }
+
+    /// Queues a settlement's gas for its tenant's monthly use (summed per tenant and written with the
+    /// next batch). If the writer is far behind, it is written now instead: gas is never dropped.
+    pub async fn add_gas(&self, store: &Store, tenant: &str, period: i64, gas: u64) {
+        let msg = Msg::Gas {
+            tenant: tenant.to_string(),
+            period,
+            gas,
+        };
+        if self.tx.try_send(msg).is_err() {
+            if let Err(e) = store.add_gas(tenant, period, gas).await {
+                tracing::error!(error = %e, tenant = %tenant, gas, "could not add settlement gas to a tenant's use");
+            }
         }
     }
 

@@ -192,15 +192,22 @@ impl Store {
         if done.rows_affected() == 1 {
             return Ok(Counted::Yes);
         }
-        // Refused: say which allowance is used up.
-        let gas: Option<i64> = sqlx::query_scalar("SELECT gas_used FROM tenants WHERE id = $1 AND period_start = $2")
+        // Refused: say which allowance is used up (the verifications first, when both are).
+        let row = sqlx::query("SELECT used, gas_used FROM tenants WHERE id = $1 AND period_start = $2")
             .bind(tenant)
             .bind(period)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(match gas {
-            Some(g) if gas_budget >= 0 && g >= gas_budget => Counted::OverGasBudget,
-            _ => Counted::OverQuota,
+        let (used, gas): (i64, i64) = match &row {
+            Some(r) => (r.try_get("used")?, r.try_get("gas_used")?),
+            None => return Ok(Counted::OverQuota),
+        };
+        Ok(if limit >= 0 && used >= limit {
+            Counted::OverQuota
+        } else if gas_budget >= 0 && gas >= gas_budget {
+            Counted::OverGasBudget
+        } else {
+            Counted::OverQuota
         })
     }
 

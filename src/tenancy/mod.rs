@@ -51,14 +51,15 @@ impl Plan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plans(BTreeMap<String, Plan>);
 
-/// A plan's default settlement gas a month: 100k per verification of its allowance (a batched
-/// settlement uses about 58k, a lone one about 86k), and 500 billion (about 5 million lone
-/// settlements) for an unlimited allowance, so that no plan leaves the relayer unbounded by default.
+/// A plan's default settlement gas a month: 150k per verification of its allowance (a batched
+/// settlement uses about 58k, a lone one 86k, a lone one to a payee's first USDC about 105k), and
+/// 500 billion (some 5 million lone settlements) for an unlimited allowance, so that no plan leaves
+/// the relayer unbounded by default.
 pub fn default_gas(verifications: i64) -> i64 {
     if verifications < 0 {
         500_000_000_000
     } else {
-        verifications.saturating_mul(100_000)
+        verifications.saturating_mul(150_000)
     }
 }
 

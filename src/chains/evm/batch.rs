@@ -33,6 +33,9 @@ sol! {
     }
 }
 
+/// A batch sent this recently means the gateway is busy: the next one may gather for a window.
+const BUSY_AFTER: Duration = Duration::from_millis(50);
+
 /// Gas for the batch transaction itself, on top of its calls.
 const BATCH_OVERHEAD_GAS: u64 = 40_000;
 
@@ -55,6 +58,9 @@ pub struct BatchOptions {
     pub asset: Address,
     pub gas_per_transfer: u64,
     pub max_batch: usize,
+    /// While busy (a batch went out within [`BUSY_AFTER`]), how long a batch may wait for more
+    /// payments before it is sent; an idle gateway sends at once.
+    pub window: Duration,
     pub receipt_timeout: Duration,
     pub confirmations: u64,
 }
@@ -115,16 +121,28 @@ impl Batcher {
 
 impl Inner {
     async fn run(self: Arc<Self>) {
+        let max = self.opts.max_batch.max(1);
+        let mut last_sent: Option<tokio::time::Instant> = None;
         loop {
-            let jobs: Vec<Job> = {
-                let mut q = self.queue.lock().expect("batch lock");
-                let n = q.len().min(self.opts.max_batch.max(1));
-                q.drain(..n).collect()
-            };
+            let mut jobs: Vec<Job> = self.take(max);
             if jobs.is_empty() {
                 self.wake.notified().await;
                 continue;
             }
+            // Busy: let the batch fill for a moment (fewer, fuller transactions: less gas per
+            // payment and fewer blocks for the node to build). Idle: send at once.
+            let busy = last_sent.is_some_and(|t| t.elapsed() < BUSY_AFTER);
+            if busy && jobs.len() < max && !self.opts.window.is_zero() {
+                let until = tokio::time::Instant::now() + self.opts.window;
+                while jobs.len() < max {
+                    let more = self.take(max - jobs.len());
+                    if more.is_empty() && tokio::time::timeout_at(until, self.wake.notified()).await.is_err() {
+                        break;
+                    }
+                    jobs.extend(more);
+                }
+            }
+            last_sent = Some(tokio::time::Instant::now());
             if self.opts.max_batch > 1 && self.multicall_deployed().await {
                 // Serialised on purpose: while this batch is sent, the next one gathers.
                 self.clone().send(jobs).await;
@@ -134,6 +152,12 @@ impl Inner {
                 }
             }
         }
+    }
+
+    fn take(&self, n: usize) -> Vec<Job> {
+        let mut q = self.queue.lock().expect("batch lock");
+        let n = q.len().min(n);
+        q.drain(..n).collect()
     }
 
     async fn multicall_deployed(&self) -> bool {

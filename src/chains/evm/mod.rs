@@ -39,6 +39,8 @@ pub struct EvmOptions {
     pub receipt_poll: Duration,
     /// Most payments per settlement transaction (1: never batch).
     pub max_batch: usize,
+    /// How long a busy gateway lets a batch gather.
+    pub batch_window: Duration,
 }
 
 /// One EVM network: offline checks, the RPC, and (with a key) the relayer.
@@ -98,6 +100,7 @@ impl EvmChain {
                 asset,
                 gas_per_transfer: opts.gas_limit,
                 max_batch: opts.max_batch,
+                window: opts.batch_window,
                 receipt_timeout: opts.receipt_timeout,
                 confirmations: opts.confirmations,
             };
