@@ -13,7 +13,7 @@
 #             every settlement checked on chain.
 # Prints one table and writes it to benches/results/latest.md (raw data beside it).
 #
-# Knobs: REPS=3  WRK_ARGS="-t2 -c64 -d10s"  N=300  CONCS="8 32"  MODES="before after"  TG_LOG=warn
+# Knobs: REPS=3  WRK_ARGS="-t2 -c64 -d10s"  N=300  N_FAC=1000  CONCS="8 32"  MODES="before after"  TG_LOG=warn
 #        PEERS=1 (0: skip the peer scripts and reuse benches/results/peers/)  NM_VARIANTS=1  LOAD_MAX=1
 #        HOSTED=1 (0: skip hosted mode)  BENCH_PG=postgres://postgres@127.0.0.1:5432/test (an admin URL)
 #        FACIL_ONLY=1 (run only the facilitator section; the other rows keep their last run's figures)
@@ -21,7 +21,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
 OUT=$ROOT/benches/results
-export REPS=${REPS:-3} N=${N:-300} WARMUP=${WARMUP:-20}
+export REPS=${REPS:-3} N=${N:-300} WARMUP=${WARMUP:-20} N_FAC=${N_FAC:-1000}
 CONCS=${CONCS:-"8 32"}; MODES=${MODES:-"before after"}
 export NM_VARIANTS=${NM_VARIANTS:-1}
 FACIL_ONLY=${FACIL_ONLY:-0}
@@ -263,7 +263,7 @@ json.dump({"x402Version": 2, "paymentPayload": p, "paymentRequirements": p["acce
     $start
     node lib/fac-pregen.mjs $WARMUP run/tg/fac-warm.json > /dev/null
     node lib/fac-fire.mjs run/tg/fac-warm.json "$base" settle 8 warmup "$key" > /dev/null
-    node lib/fac-pregen.mjs $N run/tg/fac.json > /dev/null
+    node lib/fac-pregen.mjs $N_FAC run/tg/fac.json > /dev/null
     wait_quiet
     B0=$(payee_bal)
     local repeat=1; [ "$what" = verify ] && repeat=10
