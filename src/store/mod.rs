@@ -51,6 +51,11 @@ pub enum DbKind {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Counters (quota, gas): on PostgreSQL their own connections with `synchronous_commit = off`,
+    /// so that a hot tenant's counter row is locked only for the update, not also for a WAL flush.
+    /// A database crash may forget the last moment's counts (a few verifications given free); money
+    /// never goes through here (the ledger is on `pool`, fully durable). SQLite: the same pool.
+    counters: AnyPool,
     kind: DbKind,
 }
 
@@ -140,7 +145,27 @@ impl Store {
                 source,
             })?;
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool, kind })
+        let counters = if sqlite {
+            pool.clone()
+        } else {
+            let opts = AnyConnectOptions::from_str(&full).map_err(|source| StoreError::Connect {
+                url: redact(url),
+                source,
+            })?;
+            AnyPoolOptions::new()
+                .max_connections(8)
+                .idle_timeout(Some(Duration::from_secs(600)))
+                .max_lifetime(Some(Duration::from_secs(1800)))
+                .acquire_timeout(Duration::from_secs(10))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("SET synchronous_commit = off").await?;
+                        Ok(())
+                    })
+                })
+                .connect_lazy_with(opts)
+        };
+        Ok(Store { pool, counters, kind })
     }
 
     pub fn kind(&self) -> DbKind {
@@ -153,6 +178,7 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.counters.close().await;
     }
 }
 

@@ -187,7 +187,7 @@ impl Store {
         .bind(limit)
         .bind(period)
         .bind(gas_budget)
-        .execute(&self.pool)
+        .execute(&self.counters)
         .await?;
         if done.rows_affected() == 1 {
             return Ok(Counted::Yes);
@@ -196,7 +196,7 @@ impl Store {
         let row = sqlx::query("SELECT used, gas_used FROM tenants WHERE id = $1 AND period_start = $2")
             .bind(tenant)
             .bind(period)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.counters)
             .await?;
         let (used, gas): (i64, i64) = match &row {
             Some(r) => (r.try_get("used")?, r.try_get("gas_used")?),
@@ -217,7 +217,7 @@ impl Store {
             .bind(tenant)
             .bind(period)
             .bind(gas as i64)
-            .execute(&self.pool)
+            .execute(&self.counters)
             .await?;
         Ok(())
     }
@@ -227,7 +227,7 @@ impl Store {
         sqlx::query("UPDATE tenants SET used = used - 1 WHERE id = $1 AND period_start = $2 AND used > 0")
             .bind(tenant)
             .bind(period)
-            .execute(&self.pool)
+            .execute(&self.counters)
             .await?;
         Ok(())
     }

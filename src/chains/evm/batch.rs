@@ -33,9 +33,6 @@ sol! {
     }
 }
 
-/// A batch sent this recently means the gateway is busy: the next one may gather for a window.
-const BUSY_AFTER: Duration = Duration::from_millis(50);
-
 /// Gas for the batch transaction itself, on top of its calls.
 const BATCH_OVERHEAD_GAS: u64 = 40_000;
 
@@ -58,8 +55,8 @@ pub struct BatchOptions {
     pub asset: Address,
     pub gas_per_transfer: u64,
     pub max_batch: usize,
-    /// While busy (a batch went out within [`BUSY_AFTER`]), how long a batch may wait for more
-    /// payments before it is sent; an idle gateway sends at once.
+    /// How long a batch may wait for payments still being checked on chain; with none on their
+    /// way it is sent at once.
     pub window: Duration,
     pub receipt_timeout: Duration,
     pub confirmations: u64,
@@ -72,6 +69,8 @@ struct Inner {
     opts: BatchOptions,
     queue: Mutex<VecDeque<Job>>,
     wake: Notify,
+    /// Payments being checked on chain now, whose settlement will most likely follow at once.
+    coming: std::sync::atomic::AtomicUsize,
     multicall: OnceCell<bool>,
 }
 
@@ -96,10 +95,18 @@ impl Batcher {
                 opts,
                 queue: Mutex::new(VecDeque::new()),
                 wake: Notify::new(),
+                coming: Default::default(),
                 multicall: OnceCell::new(),
             }),
             started: std::sync::Once::new(),
         }
+    }
+
+    /// Marks a payment on its way (being checked on chain) until the guard is dropped: a batch
+    /// gathering waits for such payments, and only for them.
+    pub fn coming(&self) -> Coming {
+        self.inner.coming.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Coming(self.inner.clone())
     }
 
     /// Sends one `transferWithAuthorization` (alone or with others) and waits for its receipt.
@@ -119,30 +126,43 @@ impl Batcher {
     }
 }
 
+/// A payment on its way to the batcher (see [`Batcher::coming`]).
+pub struct Coming(Arc<Inner>);
+
+impl Drop for Coming {
+    fn drop(&mut self) {
+        if self.0.coming.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            // The last one on its way: a gathering batch need not wait any longer.
+            self.0.wake.notify_one();
+        }
+    }
+}
+
 impl Inner {
     async fn run(self: Arc<Self>) {
         let max = self.opts.max_batch.max(1);
-        let mut last_sent: Option<tokio::time::Instant> = None;
         loop {
             let mut jobs: Vec<Job> = self.take(max);
             if jobs.is_empty() {
                 self.wake.notified().await;
                 continue;
             }
-            // Busy: let the batch fill for a moment (fewer, fuller transactions: less gas per
-            // payment and fewer blocks for the node to build). Idle: send at once.
-            let busy = last_sent.is_some_and(|t| t.elapsed() < BUSY_AFTER);
-            if busy && jobs.len() < max && !self.opts.window.is_zero() {
-                let until = tokio::time::Instant::now() + self.opts.window;
-                while jobs.len() < max {
-                    let more = self.take(max - jobs.len());
-                    if more.is_empty() && tokio::time::timeout_at(until, self.wake.notified()).await.is_err() {
+            // Payments still being checked will want to settle in a moment: let the batch wait
+            // for them, up to the window (fewer, fuller transactions: less gas per payment and
+            // fewer blocks for the node to build). Nothing on its way: send at once.
+            let until = tokio::time::Instant::now() + self.opts.window;
+            while jobs.len() < max && !self.opts.window.is_zero() {
+                let more = self.take(max - jobs.len());
+                if more.is_empty() {
+                    if self.coming.load(std::sync::atomic::Ordering::Acquire) == 0 {
                         break;
                     }
-                    jobs.extend(more);
+                    if tokio::time::timeout_at(until, self.wake.notified()).await.is_err() {
+                        break;
+                    }
                 }
+                jobs.extend(more);
             }
-            last_sent = Some(tokio::time::Instant::now());
             if self.opts.max_batch > 1 && self.multicall_deployed().await {
                 // Serialised on purpose: while this batch is sent, the next one gathers.
                 self.clone().send(jobs).await;

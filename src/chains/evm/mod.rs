@@ -263,6 +263,8 @@ impl Chain for EvmChain {
             .from(from)
             .to(self.domain.asset)
             .input(Bytes::from(t.calldata()).into());
+        // While this check runs, a settlement is likely on its way: a busy batch may wait for it.
+        let _coming = self.batcher.as_ref().map(Batcher::coming);
         match self.provider.call(req).await {
             Ok(_) => Ok(()),
             Err(e) => match revert_text(&e) {
