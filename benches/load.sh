@@ -267,7 +267,8 @@ json.dump({"x402Version": 2, "paymentPayload": p, "paymentRequirements": p["acce
     wait_quiet
     B0=$(payee_bal)
     local repeat=1; [ "$what" = verify ] && repeat=10
-    OUT_JSON=$(timeout 600 node lib/fac-fire.mjs run/tg/fac.json "$base" "$what" "$c" "$label" "$key" $repeat)
+    OUT_JSON=$(DEADLINE_S=300 timeout 600 node lib/fac-fire.mjs run/tg/fac.json "$base" "$what" "$c" "$label" "$key" $repeat || true)
+    [ -n "$OUT_JSON" ] || OUT_JSON="{\"label\":\"$label\",\"what\":\"$what\",\"n\":0,\"conc\":$c,\"ok\":0,\"ok_rps\":0,\"p50_ms\":0,\"p99_ms\":0,\"failure_sample\":\"no result\"}"
     B1=$(payee_bal)
     echo "$OUT_JSON" | python3 -c '
 import sys, json

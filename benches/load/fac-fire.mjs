@@ -3,6 +3,8 @@
 // valid verifications per second, p50/p99.
 // usage: node fac-fire.mjs BODIES.json BASE_URL settle|verify CONCURRENCY LABEL [KEY] [REPEAT]
 //   REPEAT (verify only): send each body REPEAT times (verification changes nothing).
+//   DEADLINE_S (env, 300): after it, nothing more is sent and what is outstanding is abandoned and counted
+//   failed (a facilitator that waits for a receipt with no deadline must not hang the harness).
 import { readFileSync } from "node:fs";
 import http from "node:http";
 
@@ -28,11 +30,14 @@ function post(body) {
     req.end(body);
   });
 }
-let next = 0; const results = [];
+let next = 0, stop = false; const results = [];
 const T0 = performance.now();
-await Promise.all(Array.from({ length: conc }, async () => { while (next < work.length) results.push(await post(work[next++])); }));
+const deadline = setTimeout(() => { stop = true; agent.destroy(); }, Number(process.env.DEADLINE_S ?? 300) * 1000);
+await Promise.all(Array.from({ length: conc }, async () => { while (!stop && next < work.length) results.push(await post(work[next++])); }));
+clearTimeout(deadline);
 const wall = (performance.now() - T0) / 1000;
 agent.destroy();
+for (let i = results.length; i < work.length; i++) results.push({ ms: NaN, status: 0, ok: false, body: "not sent: deadline" });
 const ok = results.filter((r) => r.status === 200 && r.ok);
 const lat = ok.map((r) => r.ms).sort((a, b) => a - b);
 const q = (p) => lat.length ? lat[Math.min(lat.length - 1, Math.ceil(p * lat.length) - 1)] : NaN;
