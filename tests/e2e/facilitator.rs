@@ -12,9 +12,9 @@ use crate::common::*;
 use crate::hosted::{Auth, Hosted, HostedSpec, PAYEE_A};
 
 /// The official @x402/express server of `tests/js/express-server.mjs`, with tollgate as facilitator.
-struct ExpressServer {
+pub struct ExpressServer {
     child: std::process::Child,
-    url: String,
+    pub url: String,
 }
 
 impl Drop for ExpressServer {
@@ -25,7 +25,7 @@ impl Drop for ExpressServer {
 }
 
 impl ExpressServer {
-    async fn start(facilitator: &str, key: &str, pay_to: alloy::primitives::Address) -> ExpressServer {
+    pub async fn start(facilitator: &str, key: &str, pay_to: alloy::primitives::Address) -> ExpressServer {
         let port = free_port();
         let child = std::process::Command::new("node")
             .arg(js_dir().join("express-server.mjs"))
@@ -116,6 +116,17 @@ async fn a_stock_server_retrying_a_pending_settlement_gets_the_first_transaction
     assert_eq!(u["verifications_used"], json!(1), "counted once: {u}");
     let (_, p, _) = h.call("GET", "/api/v1/x402/payments", Auth::Key(&key), None).await;
     assert_eq!(p["payments"][0]["state"], json!("settled"), "{p}");
+}
+
+/// A requirement for 0.01 USDC on Base to `pay_to`, as a stock server would send it, and the client's
+/// reading of it.
+pub fn usdc_offer(pay_to: alloy::primitives::Address) -> (tollgate::x402::Offer, tollgate::client::Offered) {
+    let net = std::sync::Arc::new(tollgate::x402::Network::from_known(
+        tollgate::x402::network::builtin("base").unwrap(),
+    ));
+    let offer = tollgate::x402::Offer::exact(net, U256::from(10_000u64), pay_to.to_checksum(None), 60);
+    let o = tollgate::client::Offered::from_offer(&offer, tollgate::x402::Version::V2);
+    (offer, o)
 }
 
 /// A payment header (as `payment_header` makes it) with a payment-identifier id added.
@@ -253,11 +264,7 @@ async fn the_facilitator_honours_payment_identifiers() {
     let h = Hosted::start(&HostedSpec::new(&db.url, &anvil.url)).await;
     let (_, key) = h.tenant("i@i.test", "free", Some("ids")).await;
     h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
-    let net = std::sync::Arc::new(tollgate::x402::Network::from_known(
-        tollgate::x402::network::builtin("base").unwrap(),
-    ));
-    let offer = tollgate::x402::Offer::exact(net, U256::from(10_000u64), PAYEE_A.to_checksum(None), 60);
-    let o = tollgate::client::Offered::from_offer(&offer, tollgate::x402::Version::V2);
+    let (offer, o) = usdc_offer(PAYEE_A);
     let body = |id: Option<&str>| {
         let (_, header) = tollgate::client::payment_header(&o, &tollgate::client::authorize(&o, &payer(), now()));
         let mut p = decode_b64_json(&header);
@@ -504,11 +511,7 @@ async fn a_tenants_settlement_gas_is_bounded_by_its_plan() {
     let h = Hosted::start(&spec).await;
     let (_, key) = h.tenant("g@g.test", "free", Some("gas")).await;
     crate::hosted::serve_api(&h, &key, &up, PAYEE_A).await;
-    let net = std::sync::Arc::new(tollgate::x402::Network::from_known(
-        tollgate::x402::network::builtin("base").unwrap(),
-    ));
-    let offer = tollgate::x402::Offer::exact(net, U256::from(10_000u64), PAYEE_A.to_checksum(None), 60);
-    let o = tollgate::client::Offered::from_offer(&offer, tollgate::x402::Version::V2);
+    let (offer, o) = usdc_offer(PAYEE_A);
 
     // Settle until refused: each settle passes while the gas its tenant used so far (the sum of its
     // transactions' gasUsed, read from the chain) is under the budget.

@@ -1099,11 +1099,7 @@ async fn the_facilitator_endpoints_settle_once_to_the_tenants_own_payto() {
     assert_eq!(sup["signers"], json!({"eip155:*": [RELAYER.to_string()]}));
 
     let body = |pay_to: Address| {
-        let net = std::sync::Arc::new(tollgate::x402::Network::from_known(
-            tollgate::x402::network::builtin("base").unwrap(),
-        ));
-        let offer = tollgate::x402::Offer::exact(net, U256::from(10_000u64), pay_to.to_checksum(None), 60);
-        let o = tollgate::client::Offered::from_offer(&offer, tollgate::x402::Version::V2);
+        let (offer, o) = crate::facilitator::usdc_offer(pay_to);
         let (_, header) = tollgate::client::payment_header(&o, &tollgate::client::authorize(&o, &payer(), now()));
         json!({"x402Version": 2, "paymentPayload": decode_b64_json(&header), "paymentRequirements": offer.to_v2()})
     };
@@ -1199,26 +1195,11 @@ async fn a_stock_x402_express_server_uses_tollgate_as_its_facilitator() {
     h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
 
     // The official @x402/express middleware, its facilitator client pointed at tollgate with the key.
-    let port = free_port();
-    let mut server = std::process::Command::new("node")
-        .arg(js_dir().join("express-server.mjs"))
-        .arg(port.to_string())
-        .env("FACILITATOR_URL", format!("{}/facilitator", h.api))
-        .env("TENANT_KEY", &key)
-        .env("PAY_TO", PAYEE_A.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually("the express server", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-    })
-    .await;
+    let server = crate::facilitator::ExpressServer::start(&format!("{}/facilitator", h.api), &key, PAYEE_A).await;
     let before = anvil.usdc_balance(PAYEE_A).await;
     // Paid by the official @x402/fetch client.
-    let out = crate::interop::node("pay-v2.mjs", &format!("http://127.0.0.1:{port}/weather")).await;
-    let _ = server.kill();
-    let _ = server.wait();
+    let out = crate::interop::node("pay-v2.mjs", &server.url).await;
+    drop(server);
     assert_eq!(out["status"], json!(200), "{out}");
     assert_eq!(out["paymentResponse"]["success"], json!(true), "{out}");
     assert_eq!(
