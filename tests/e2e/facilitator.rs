@@ -648,3 +648,51 @@ async fn supported_has_the_shape_of_the_reference_facilitators() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_facilitator_speaks_v1_too() {
+    let db = Db::sqlite();
+    let anvil = Anvil::start().await;
+    let h = Hosted::start(&HostedSpec::new(&db.url, &anvil.url)).await;
+    let (_, key) = h.tenant("v1@v.test", "free", Some("vone")).await;
+    h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
+    let (offer, _) = usdc_offer(PAYEE_A);
+    let o = tollgate::client::Offered::from_offer(&offer, tollgate::x402::Version::V1);
+    let (_, header) = tollgate::client::payment_header(&o, &tollgate::client::authorize(&o, &payer(), now()));
+    let payload = decode_b64_json(&header);
+    assert_eq!(
+        payload["network"],
+        json!("base"),
+        "a v1 payload names the network: {payload}"
+    );
+    let resource = tollgate::x402::Resource {
+        url: "http://api.test/weather",
+        method: "GET",
+        description: "weather",
+        mime_type: "application/json",
+    };
+    let body = json!({"x402Version": 1, "paymentPayload": payload, "paymentRequirements": offer.to_v1(&resource)});
+    assert!(body["paymentRequirements"]["maxAmountRequired"].is_string(), "{body}");
+    let call = |what: &str| {
+        let url = format!("{}/facilitator/{what}", h.api);
+        let (k, b) = (key.clone(), body.clone());
+        async move {
+            let r = http().post(url).bearer_auth(k).json(&b).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let before = anvil.usdc_balance(PAYEE_A).await;
+    let (st, v) = call("verify").await;
+    assert_eq!((st, v), (200, json!({"isValid": true, "payer": PAYER.to_string()})));
+    let (st, v) = call("settle").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["success"], json!(true), "{v}");
+    assert_eq!(
+        v["network"],
+        json!("base"),
+        "v1 answers name the network the v1 way: {v}"
+    );
+    assert_eq!(anvil.usdc_balance(PAYEE_A).await, before + U256::from(10_000u64));
+    let (_, v) = call("settle").await;
+    assert_eq!(v["errorReason"], json!("duplicate_settlement"), "{v}");
+}
