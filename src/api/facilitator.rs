@@ -258,7 +258,7 @@ async fn settle_once(
                 None => refused(reason::UNEXPECTED_SETTLE, Some(payer), None),
             }
         }
-        Err(Refusal::Rejected(r)) => refused(&r.reason, r.payer, None),
+        Err(Refusal::Rejected(r)) => refused(&r.reason, r.payer.or_else(|| rec.payer.clone()), None),
         Err(Refusal::Pending { tx, .. }) => refused(reason::SETTLEMENT_PENDING, rec.payer.clone(), tx),
         Err(Refusal::Malformed(m)) => return Err(ApiError::invalid(format!("paymentPayload: {m}"))),
         Err(Refusal::Unavailable(m)) => {

@@ -207,6 +207,18 @@ pub trait Chain: Send + Sync {
         Ok(SettleOutcome::Pending { tx: tx.to_string() })
     }
 
+    /// Whether [`Self::settle`] simulates each transfer before sending it (and refuses, unsent, one
+    /// that would revert), so that a payment settled at once needs no [`Self::check_onchain`] first.
+    fn simulates_settlements(&self) -> bool {
+        false
+    }
+
+    /// Marks a payment whose settlement follows at once, until the returned guard is dropped (a
+    /// batch being formed may wait for it).
+    fn settling_soon(&self) -> Option<Box<dyn std::any::Any + Send>> {
+        None
+    }
+
     /// The address that signs settlements here (the relayer), when there is one.
     fn signer(&self) -> Option<String> {
         None

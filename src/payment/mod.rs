@@ -309,7 +309,18 @@ impl Payments {
                 None => Ok(()),
             }
         };
-        let (counted, verified) = tokio::join!(counting, self.settler.verify(chain.as_ref(), &accepted));
+        // Settled at once by a settler that simulates the transfer before sending it (the relayer:
+        // one simulation per batch): no separate check; the batch being formed may wait for it.
+        let at_once = pricing.settle == SettleTiming::Before && self.settler.settle_checks(chain.as_ref());
+        let soon = if at_once { chain.settling_soon() } else { None };
+        let checking = async {
+            if at_once {
+                Ok(())
+            } else {
+                self.settler.verify(chain.as_ref(), &accepted).await
+            }
+        };
+        let (counted, verified) = tokio::join!(counting, checking);
         if let Err(refusal) = counted {
             self.release(&accepted.key).await;
             return Err(refusal);
@@ -321,6 +332,7 @@ impl Payments {
         rec.verify_us = Some(started.elapsed().as_micros() as u64);
 
         if pricing.settle == SettleTiming::Before {
+            drop(soon);
             self.settle(&mut accepted, rec).await?;
         }
         Ok(accepted)

@@ -18,6 +18,10 @@ pub trait Settler: Send + Sync {
     /// The on-chain check (balance, nonce unused, a simulated transfer). A failure charges nothing.
     async fn verify(&self, chain: &dyn Chain, a: &Accepted) -> Result<(), ChainError>;
 
+    /// Whether settling checks the same as [`Self::verify`] before anything is sent, so that a
+    /// payment settled at once may skip the separate check.
+    fn settle_checks(&self, chain: &dyn Chain) -> bool;
+
     /// Sends the transfer. [`ChainError::InDoubt`] when it may have been sent and the outcome is unknown.
     async fn settle(&self, chain: &dyn Chain, a: &Accepted) -> Result<SettleOutcome, ChainError>;
 
@@ -36,6 +40,10 @@ impl Settler for Relayed {
 
     async fn verify(&self, chain: &dyn Chain, a: &Accepted) -> Result<(), ChainError> {
         chain.check_onchain(&a.checked).await
+    }
+
+    fn settle_checks(&self, chain: &dyn Chain) -> bool {
+        chain.simulates_settlements()
     }
 
     async fn settle(&self, chain: &dyn Chain, a: &Accepted) -> Result<SettleOutcome, ChainError> {
@@ -67,6 +75,10 @@ impl Facilitated {
 impl Settler for Facilitated {
     fn unavailable(&self, _chain: &dyn Chain) -> Option<String> {
         None
+    }
+
+    fn settle_checks(&self, _chain: &dyn Chain) -> bool {
+        false
     }
 
     async fn verify(&self, _chain: &dyn Chain, a: &Accepted) -> Result<(), ChainError> {

@@ -696,3 +696,62 @@ async fn the_facilitator_speaks_v1_too() {
     let (_, v) = call("settle").await;
     assert_eq!(v["errorReason"], json!("duplicate_settlement"), "{v}");
 }
+
+#[tokio::test]
+async fn a_batch_leaves_out_a_transfer_that_would_revert_and_settles_the_rest() {
+    let db = Db::postgres().await;
+    let anvil = Anvil::start().await;
+    let h = Hosted::start(&HostedSpec::new(&db.url, &anvil.url)).await;
+    let (_, key) = h.tenant("b@b.test", "free", Some("batch")).await;
+    h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
+    let (offer, o) = usdc_offer(PAYEE_A);
+    let broke = PrivateKeySigner::random();
+    let body = |signer: &PrivateKeySigner| {
+        let (_, header) = tollgate::client::payment_header(&o, &tollgate::client::authorize(&o, signer, now()));
+        json!({"x402Version": 2, "paymentPayload": decode_b64_json(&header), "paymentRequirements": offer.to_v2()})
+    };
+    let mut bodies: Vec<Value> = (0..15).map(|_| body(&payer())).collect();
+    bodies.insert(7, body(&broke));
+    let relayer = RELAYER_KEY.parse::<PrivateKeySigner>().unwrap().address();
+    let (sent_before, before) = (anvil.tx_count(relayer).await, anvil.usdc_balance(PAYEE_A).await);
+    let calls: Vec<_> = bodies
+        .into_iter()
+        .map(|b| {
+            let (url, k) = (format!("{}/facilitator/settle", h.api), key.clone());
+            tokio::spawn(async move {
+                http()
+                    .post(url)
+                    .bearer_auth(k)
+                    .json(&b)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for c in calls {
+        answers.push(c.await.unwrap());
+    }
+    let refused: Vec<&Value> = answers.iter().filter(|v| v["success"] != json!(true)).collect();
+    assert_eq!(refused.len(), 1, "{answers:?}");
+    assert_eq!(refused[0]["errorReason"], json!("insufficient_funds"), "{answers:?}");
+    assert_eq!(refused[0]["transaction"], json!(""), "never sent: {answers:?}");
+    assert_eq!(refused[0]["payer"], json!(broke.address().to_string()));
+    assert_eq!(anvil.usdc_balance(PAYEE_A).await, before + U256::from(15 * 10_000u64));
+    let txs: std::collections::BTreeSet<&str> = answers
+        .iter()
+        .filter_map(|v| v["transaction"].as_str())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let sent = anvil.tx_count(relayer).await - sent_before;
+    assert_eq!(
+        sent as usize,
+        txs.len(),
+        "every transaction sent carried paid transfers"
+    );
+    assert!(sent < 15, "batched: {sent} transactions for 15 payments");
+}

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use alloy::primitives::{address, Address, Bytes, B256};
 use alloy::providers::{Provider, RootProvider};
-use alloy::rpc::types::TransactionReceipt;
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::sol;
-use alloy::sol_types::SolCall;
+use alloy::sol_types::{SolCall, SolError};
 use tokio::sync::{oneshot, Notify, OnceCell};
 
 use super::receipts::ReceiptWatcher;
@@ -126,6 +126,19 @@ impl Batcher {
     }
 }
 
+/// The `aggregate3` call of a batch's transfers, each allowed to fail on its own.
+fn aggregate(asset: Address, jobs: &[Job]) -> Vec<u8> {
+    let calls = jobs
+        .iter()
+        .map(|j| IMulticall3::Call3 {
+            target: asset,
+            allowFailure: true,
+            callData: j.calldata.clone(),
+        })
+        .collect();
+    IMulticall3::aggregate3Call { calls }.abi_encode()
+}
+
 /// A payment on its way to the batcher (see [`Batcher::coming`]).
 pub struct Coming(Arc<Inner>);
 
@@ -194,20 +207,70 @@ impl Inner {
         found.copied().unwrap_or(false)
     }
 
+    /// Simulates the batch from the relayer (one `eth_call`): payments whose transfer would revert
+    /// are answered with the contract's reason and left out; the others are returned to be sent.
+    async fn simulate(&self, jobs: Vec<Job>) -> Vec<Job> {
+        let from = self.relayer.address();
+        let call = |to: Address, input: Bytes| TransactionRequest::default().from(from).to(to).input(input.into());
+        if jobs.len() == 1 {
+            let req = call(self.opts.asset, jobs[0].calldata.clone());
+            return match self.provider.call(req).await {
+                Ok(_) => jobs,
+                Err(e) => {
+                    let err = match super::revert_text(&e) {
+                        Some(text) => SendError::WouldRevert(text),
+                        None => SendError::Unreachable(e.to_string()),
+                    };
+                    for j in jobs {
+                        let _ = j.reply.send(Err(err.clone()));
+                    }
+                    Vec::new()
+                }
+            };
+        }
+        let input: Bytes = aggregate(self.opts.asset, &jobs).into();
+        let out = match self.provider.call(call(MULTICALL3, input)).await {
+            Ok(out) => out,
+            Err(e) => {
+                let err = SendError::Unreachable(e.to_string());
+                for j in jobs {
+                    let _ = j.reply.send(Err(err.clone()));
+                }
+                return Vec::new();
+            }
+        };
+        let Ok(results) = IMulticall3::aggregate3Call::abi_decode_returns(&out) else {
+            // Unreadable: send them all and let each receipt judge its own transfer.
+            return jobs;
+        };
+        let mut kept = Vec::with_capacity(jobs.len());
+        for (j, r) in jobs
+            .into_iter()
+            .zip(results.into_iter().map(Some).chain(std::iter::repeat(None)))
+        {
+            match r {
+                Some(r) if !r.success => {
+                    let text = alloy::sol_types::Revert::abi_decode(&r.returnData)
+                        .map(|r| r.reason)
+                        .unwrap_or_else(|_| "reverted without a reason".into());
+                    let _ = j.reply.send(Err(SendError::WouldRevert(text)));
+                }
+                _ => kept.push(j),
+            }
+        }
+        kept
+    }
+
     async fn send(self: Arc<Self>, jobs: Vec<Job>) {
+        let jobs = self.simulate(jobs).await;
+        if jobs.is_empty() {
+            return;
+        }
         let n = jobs.len();
         let (to, input, gas) = if n == 1 {
             (self.opts.asset, jobs[0].calldata.clone(), self.opts.gas_per_transfer)
         } else {
-            let calls = jobs
-                .iter()
-                .map(|j| IMulticall3::Call3 {
-                    target: self.opts.asset,
-                    allowFailure: true,
-                    callData: j.calldata.clone(),
-                })
-                .collect();
-            let input = IMulticall3::aggregate3Call { calls }.abi_encode();
+            let input = aggregate(self.opts.asset, &jobs);
             (
                 MULTICALL3,
                 input.into(),

@@ -263,8 +263,6 @@ impl Chain for EvmChain {
             .from(from)
             .to(self.domain.asset)
             .input(Bytes::from(t.calldata()).into());
-        // While this check runs, a settlement is likely on its way: a busy batch may wait for it.
-        let _coming = self.batcher.as_ref().map(Batcher::coming);
         match self.provider.call(req).await {
             Ok(_) => Ok(()),
             Err(e) => match revert_text(&e) {
@@ -308,6 +306,13 @@ impl Chain for EvmChain {
                 });
             }
             Err(SendError::Unreachable(e)) => return Err(self.unreachable("settlement", e)),
+            Err(SendError::WouldRevert(text)) => {
+                // The batch's simulation: nothing was sent for this payment.
+                let text: String = crate::redact::text(&text).chars().take(160).collect();
+                return Err(
+                    Rejection::new(revert_reason(&text), format!("USDC would refuse this transfer: {text}")).into(),
+                );
+            }
         };
         let tx = landed.tx.to_string();
         match landed.receipt {
@@ -352,6 +357,16 @@ impl Chain for EvmChain {
             }
             None => Ok(SettleOutcome::Pending { tx: tx.to_string() }),
         }
+    }
+
+    fn simulates_settlements(&self) -> bool {
+        self.batcher.is_some()
+    }
+
+    fn settling_soon(&self) -> Option<Box<dyn std::any::Any + Send>> {
+        self.batcher
+            .as_ref()
+            .map(|b| Box::new(b.coming()) as Box<dyn std::any::Any + Send>)
     }
 
     fn signer(&self) -> Option<String> {

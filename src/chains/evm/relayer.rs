@@ -42,6 +42,9 @@ pub enum SendError {
     /// The node could not be reached before anything was sent.
     #[error("node unreachable: {0}")]
     Unreachable(String),
+    /// The transfer's simulation reverted (the contract's reason): it was not sent.
+    #[error("the transfer would revert: {0}")]
+    WouldRevert(String),
 }
 
 #[derive(Debug, Default)]
