@@ -193,6 +193,15 @@ impl ProxyHttp for Proxy {
                 Ok(s) => s,
                 Err(e) => return send(session, challenge::malformed(&e, ctx.cors.as_deref())).await,
             };
+            // Junk (a bad signature, the wrong amount) is refused before it can touch the database.
+            if let Err(refusal) = payments.precheck(&pricing, &payment) {
+                let reply = challenge::refused(&refusal, &pricing, &asked, version, None, ctx.cors.as_deref());
+                let (outcome, why) = refusal_outcome(&refusal);
+                rec.outcome = Some(outcome);
+                rec.reason = Some(why);
+                ctx.attempt = Some(rec);
+                return send(session, reply).await;
+            }
             let required = pricing.payment_id == IdPolicy::Required;
             match payments
                 .hold_id(&tenant.id, &sent, required, &identifier::digest(&header))

@@ -338,6 +338,22 @@ impl Payments {
         Ok(accepted)
     }
 
+    /// The offline checks alone (offer, time window, amount, payee, signature): no database, no
+    /// chain. For work that must not be done for junk (holding a payment identifier).
+    pub fn precheck(&self, pricing: &Pricing, payment: &PaymentPayload) -> Result<(), Refusal> {
+        let offer = select_offer(pricing, payment)?;
+        let chain = self.chains.get(&offer.network.name).ok_or_else(|| {
+            Refusal::Unavailable(format!(
+                "network {} is offered but not configured in this process",
+                offer.network.name
+            ))
+        })?;
+        chain
+            .check_offline(offer, pricing.amount, payment, self.clock.now_secs())
+            .map(|_| ())
+            .map_err(Refusal::Rejected)
+    }
+
     /// Counts one verification against a tenant's allowance of this month (`limit` -1: unlimited),
     /// atomically in the database, so that concurrent requests on any number of gateways never
     /// pass it.
