@@ -203,10 +203,7 @@ impl ProxyHttp for Proxy {
                 return send(session, reply).await;
             }
             let required = pricing.payment_id == IdPolicy::Required;
-            match payments
-                .hold_id(&tenant.id, &sent, required, &identifier::digest(&header))
-                .await
-            {
+            match payments.hold_id(&tenant.id, &sent, required, &header).await {
                 Ok(IdStart::Untracked) => {}
                 Ok(IdStart::Held(h)) => {
                     ctx.replay = Some(Capture::default());

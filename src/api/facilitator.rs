@@ -116,9 +116,9 @@ pub async fn settle(
     // The payment-identifier extension: a settle already answered for this id and payload is
     // answered the same; another payload under the id is a conflict.
     let sent = identifier::read(payment.extensions.as_deref()).map_err(ApiError::invalid)?;
-    let hash = identifier::digest(b.payment_payload.get().as_bytes());
     let payments = &api.app.payments;
-    let hold = match payments.hold_id(&t.id, &sent, sent.required, &hash).await {
+    let payload = b.payment_payload.get().as_bytes();
+    let hold = match payments.hold_id(&t.id, &sent, sent.required, payload).await {
         Ok(IdStart::Untracked) => None,
         Ok(IdStart::Held(h)) => Some(h),
         Ok(IdStart::Answered(a)) => {

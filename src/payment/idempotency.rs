@@ -36,15 +36,9 @@ pub enum IdStart {
 }
 
 impl Payments {
-    /// Takes the id a payment carries (`sent`), for `payload_hash` (see
-    /// [`crate::x402::identifier::digest`]). `required` with no id: refused as malformed (400).
-    pub async fn hold_id(
-        &self,
-        tenant: &str,
-        sent: &Sent,
-        required: bool,
-        payload_hash: &str,
-    ) -> Result<IdStart, Refusal> {
+    /// Takes the id a payment carries (`sent`) for this `payload` (the header or JSON it came in;
+    /// see [`crate::x402::identifier::digest`]). `required` with no id: refused as malformed (400).
+    pub async fn hold_id(&self, tenant: &str, sent: &Sent, required: bool, payload: &[u8]) -> Result<IdStart, Refusal> {
         let Some(id) = &sent.id else {
             return if required {
                 Err(Refusal::Malformed(format!(
@@ -57,9 +51,10 @@ impl Payments {
             };
         };
         let now = self.clock.now_ms() as i64;
+        let payload_hash = crate::x402::identifier::digest(payload);
         let claim = self
             .store
-            .claim_payment_id(tenant, id, payload_hash, now, LEASE_MS, now - KEEP_MS)
+            .claim_payment_id(tenant, id, &payload_hash, now, LEASE_MS, now - KEEP_MS)
             .await
             .map_err(db_unavailable)?;
         Ok(match claim {

@@ -55,8 +55,7 @@ async fn a_stock_server_retrying_a_pending_settlement_gets_the_first_transaction
     let mut spec = HostedSpec::new(&db.url, &anvil.url);
     spec.receipt_timeout_secs = 3;
     let h = Hosted::start(&spec).await;
-    let (_, key) = h.tenant("p@p.test", "free", Some("pending")).await;
-    h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
+    let key = payee_tenant(&h, "pending").await;
     let server = ExpressServer::start(&format!("{}/facilitator", h.api), &key, PAYEE_A).await;
     let relayer = RELAYER_KEY.parse::<PrivateKeySigner>().unwrap().address();
     let sent_before = anvil.tx_count(relayer).await;
@@ -127,6 +126,14 @@ pub fn usdc_offer(pay_to: alloy::primitives::Address) -> (tollgate::x402::Offer,
     let offer = tollgate::x402::Offer::exact(net, U256::from(10_000u64), pay_to.to_checksum(None), 60);
     let o = tollgate::client::Offered::from_offer(&offer, tollgate::x402::Version::V2);
     (offer, o)
+}
+
+/// A tenant on the free plan paid into `PAYEE_A`: its key.
+async fn payee_tenant(h: &Hosted, slug: &str) -> String {
+    let (_, key) = h.tenant(&format!("{slug}@t.test"), "free", Some(slug)).await;
+    let (st, v) = h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
+    assert_eq!(st, 200, "{v}");
+    key
 }
 
 /// A payment header (as `payment_header` makes it) with a payment-identifier id added.
@@ -262,8 +269,7 @@ async fn the_facilitator_honours_payment_identifiers() {
     let db = Db::sqlite();
     let anvil = Anvil::start().await;
     let h = Hosted::start(&HostedSpec::new(&db.url, &anvil.url)).await;
-    let (_, key) = h.tenant("i@i.test", "free", Some("ids")).await;
-    h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
+    let key = payee_tenant(&h, "ids").await;
     let (offer, o) = usdc_offer(PAYEE_A);
     let body = |id: Option<&str>| {
         let (_, header) = tollgate::client::payment_header(&o, &tollgate::client::authorize(&o, &payer(), now()));
@@ -654,8 +660,7 @@ async fn the_facilitator_speaks_v1_too() {
     let db = Db::sqlite();
     let anvil = Anvil::start().await;
     let h = Hosted::start(&HostedSpec::new(&db.url, &anvil.url)).await;
-    let (_, key) = h.tenant("v1@v.test", "free", Some("vone")).await;
-    h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
+    let key = payee_tenant(&h, "vone").await;
     let (offer, _) = usdc_offer(PAYEE_A);
     let o = tollgate::client::Offered::from_offer(&offer, tollgate::x402::Version::V1);
     let (_, header) = tollgate::client::payment_header(&o, &tollgate::client::authorize(&o, &payer(), now()));
@@ -702,8 +707,7 @@ async fn a_batch_leaves_out_a_transfer_that_would_revert_and_settles_the_rest() 
     let db = Db::postgres().await;
     let anvil = Anvil::start().await;
     let h = Hosted::start(&HostedSpec::new(&db.url, &anvil.url)).await;
-    let (_, key) = h.tenant("b@b.test", "free", Some("batch")).await;
-    h.patch(&key, json!({"pay_to": {"evm": PAYEE_A.to_string()}})).await;
+    let key = payee_tenant(&h, "batch").await;
     let (offer, o) = usdc_offer(PAYEE_A);
     let broke = PrivateKeySigner::random();
     let body = |signer: &PrivateKeySigner| {
