@@ -352,7 +352,7 @@ impl ProxyHttp for Proxy {
             c.headers = resp
                 .headers
                 .iter()
-                .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+                .filter(|(k, _)| !NOT_REPLAYED.contains(&k.as_str()))
                 .map(|(k, v)| {
                     (
                         k.as_str().to_string(),
@@ -546,14 +546,16 @@ impl Proxy {
     }
 }
 
-/// Response headers that belong to one connection, not to the answer kept for replay.
-const HOP_BY_HOP: [&str; 6] = [
+/// Response headers not kept for replay: those of one connection, and cookies (a session belongs to
+/// whoever got the first answer, not to anyone who presents the same signed payment later).
+const NOT_REPLAYED: [&str; 7] = [
     "connection",
     "keep-alive",
     "transfer-encoding",
     "content-length",
     "date",
     "upgrade",
+    "set-cookie",
 ];
 
 /// Sends an answer kept under a payment identifier again (nothing charged, nothing forwarded).

@@ -165,11 +165,11 @@ pub async fn settle(
 
 /// The payment-identifier rules a verify checks too: a well-formed id, present when required.
 fn id_rules(payload: &str) -> Result<(), ApiError> {
-    let ext = serde_json::from_str::<Value>(payload)
-        .ok()
-        .and_then(|v| v.get("extensions").cloned())
-        .map(|e| serde_json::value::to_raw_value(&e).expect("serializes"));
-    let sent = identifier::read(ext.as_deref()).map_err(ApiError::invalid)?;
+    // An unreadable payload is the verification's to refuse, with its own reason.
+    let Ok(payment) = serde_json::from_str::<PaymentPayload>(payload) else {
+        return Ok(());
+    };
+    let sent = identifier::read(payment.extensions.as_deref()).map_err(ApiError::invalid)?;
     if sent.required && sent.id.is_none() {
         return Err(ApiError::invalid(format!(
             "paymentPayload.extensions.{}.info.id: required by this resource and missing",

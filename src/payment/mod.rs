@@ -248,21 +248,12 @@ impl Payments {
         rec.settle_mode = pricing.settle.as_str();
         rec.network = Some(payment.network().to_string());
 
-        // The route's own offer for the network the client chose; never the client's copy of it.
-        let offer = select_offer(pricing, &payment)?.clone();
-        let chain = self.chains.get(&offer.network.name).ok_or_else(|| {
-            Refusal::Unavailable(format!(
-                "network {} is offered but not configured in this process",
-                offer.network.name
-            ))
-        })?;
-        let now = self.clock.now_secs();
-        let checked = chain
-            .check_offline(&offer, pricing.amount, &payment, now)
-            .map_err(|r| {
+        let (offer, chain, checked) = self.offline(pricing, &payment).inspect_err(|r| {
+            if let Refusal::Rejected(r) = r {
                 rec.payer = r.payer.clone();
-                Refusal::Rejected(r)
-            })?;
+            }
+        })?;
+        let offer = offer.clone();
         rec.payer = Some(checked.payer());
         rec.amount = Some(checked.amount().to_string());
         let key = checked.replay_key(&offer.network);
@@ -341,6 +332,16 @@ impl Payments {
     /// The offline checks alone (offer, time window, amount, payee, signature): no database, no
     /// chain. For work that must not be done for junk (holding a payment identifier).
     pub fn precheck(&self, pricing: &Pricing, payment: &PaymentPayload) -> Result<(), Refusal> {
+        self.offline(pricing, payment).map(|_| ())
+    }
+
+    /// The route's own offer for the network the client chose (never the client's copy of it),
+    /// that network's chain, and the offline checks against the offer.
+    fn offline<'p>(
+        &self,
+        pricing: &'p Pricing,
+        payment: &PaymentPayload,
+    ) -> Result<(&'p Offer, &Arc<dyn Chain>, Checked), Refusal> {
         let offer = select_offer(pricing, payment)?;
         let chain = self.chains.get(&offer.network.name).ok_or_else(|| {
             Refusal::Unavailable(format!(
@@ -348,10 +349,10 @@ impl Payments {
                 offer.network.name
             ))
         })?;
-        chain
+        let checked = chain
             .check_offline(offer, pricing.amount, payment, self.clock.now_secs())
-            .map(|_| ())
-            .map_err(Refusal::Rejected)
+            .map_err(Refusal::Rejected)?;
+        Ok((offer, chain, checked))
     }
 
     /// Counts one verification against a tenant's allowance of this month (`limit` -1: unlimited),
