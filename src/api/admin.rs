@@ -102,16 +102,7 @@ pub async fn suspend(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    api.admin(&headers)?;
-    change(
-        &api,
-        &id,
-        TenantChange {
-            status: Some("suspended".into()),
-            ..Default::default()
-        },
-    )
-    .await
+    standing(&api, &headers, &id, "suspended").await
 }
 
 /// `POST /admin/tenants/{id}/resume`.
@@ -120,16 +111,17 @@ pub async fn resume(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    api.admin(&headers)?;
-    change(
-        &api,
-        &id,
-        TenantChange {
-            status: Some("active".into()),
-            ..Default::default()
-        },
-    )
-    .await
+    standing(&api, &headers, &id, "active").await
+}
+
+/// Sets a tenant's standing (`active` or `suspended`).
+async fn standing(api: &Api, headers: &HeaderMap, id: &str, status: &str) -> Result<Json<Value>, ApiError> {
+    api.admin(headers)?;
+    let c = TenantChange {
+        status: Some(status.into()),
+        ..Default::default()
+    };
+    change(api, id, c).await
 }
 
 async fn change(api: &Api, id: &str, c: TenantChange) -> Result<Json<Value>, ApiError> {
