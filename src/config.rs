@@ -46,9 +46,11 @@ pub struct FileConfig {
     /// `sqlite://path` (created on first start) or `postgres://…`.
     #[serde(default = "default_database")]
     pub database: String,
-    /// Where payments go (EVM address).
+    /// Where payments go on EVM networks (an address).
     #[serde(alias = "payTo")]
     pub pay_to: Option<String>,
+    /// Where payments go on Solana networks (a wallet; its USDC token account receives them).
+    pub pay_to_solana: Option<String>,
     /// Base of the resource URLs in 402 answers; otherwise built from Host and X-Forwarded-*.
     pub public_url: Option<String>,
     /// Price every route not listed (otherwise unlisted routes are free).
@@ -283,6 +285,12 @@ pub struct SettlementConfig {
     pub relayer_key_env: String,
     /// A file holding the relayer's private key, instead of the environment.
     pub relayer_key_file: Option<PathBuf>,
+    /// Environment variable holding the Solana fee payer's keypair (base58, or solana-keygen's
+    /// JSON array of 64 bytes).
+    #[serde(default = "default_solana_env")]
+    pub solana_key_env: String,
+    /// A file holding the Solana fee payer's keypair (solana-keygen's JSON), instead of the environment.
+    pub solana_key_file: Option<PathBuf>,
     /// Blocks to wait on top of the one that includes the transfer (1 = the receipt is enough).
     #[serde(default = "default_confirmations")]
     pub confirmations: u64,
@@ -314,6 +322,8 @@ impl Default for SettlementConfig {
             mode: SettlementMode::Local,
             relayer_key_env: default_relayer_env(),
             relayer_key_file: None,
+            solana_key_env: default_solana_env(),
+            solana_key_file: None,
             confirmations: default_confirmations(),
             receipt_timeout_secs: default_receipt_timeout(),
             receipt_poll_ms: default_receipt_poll(),
@@ -324,6 +334,10 @@ impl Default for SettlementConfig {
             facilitator_timeout_secs: default_facilitator_timeout(),
         }
     }
+}
+
+fn default_solana_env() -> String {
+    "TOLLGATE_SOLANA_KEY".into()
 }
 
 fn default_relayer_env() -> String {
@@ -375,6 +389,15 @@ pub struct NetworkConfig {
     pub max_batch: Option<usize>,
     /// While settlements are busy, how long (ms) a batch may wait for more payments (0: never).
     pub batch_window_ms: Option<u64>,
+    /// Solana: the fee payer to name in 402s when this process does not hold its key (facilitator
+    /// mode); otherwise the key's own public key.
+    pub fee_payer: Option<String>,
+    /// Solana: most compute units a client's transaction may ask the fee payer to pay for.
+    pub max_compute_units: Option<u32>,
+    /// Solana: highest priority fee (micro-lamports per compute unit) the fee payer pays.
+    pub max_compute_unit_price: Option<u64>,
+    /// Solana: the fee payer's SOL balance (lamports) under which the start-up check warns.
+    pub min_fee_payer_lamports: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -468,6 +491,8 @@ pub struct Settings {
 pub enum Settlement {
     Local {
         key_source: KeySource,
+        /// The Solana fee payer's keypair.
+        solana_key: KeySource,
         confirmations: u64,
         receipt_timeout_secs: u64,
         receipt_poll_ms: u64,
@@ -496,7 +521,7 @@ impl KeySource {
             },
             KeySource::File(path) => std::fs::read_to_string(path)
                 .map(|s| Some(s.trim().to_string()))
-                .map_err(|e| format!("settlement.relayer_key_file {}: {e}", path.display())),
+                .map_err(|e| format!("key file {}: {e}", path.display())),
         }
     }
     /// How to tell a user to set it.
@@ -515,6 +540,10 @@ impl KeySource {
 pub struct NetworkSettings {
     pub network: Arc<Network>,
     pub rpc_url: String,
+    /// Solana: what a client's transaction may ask of the fee payer.
+    pub compute_units_max: u32,
+    pub compute_unit_price_max: u64,
+    pub min_fee_payer_lamports: u64,
     pub gas_limit: u64,
     pub rpc_timeout_ms: u64,
     pub max_batch: usize,
@@ -561,6 +590,34 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
             "[hosted]: this is a hosted config (tenants come from the database); run it with `tollgate serve`".into(),
         ]),
     }
+}
+
+/// The Solana fee payer's public key, read from its key source.
+fn solana_fee_payer(source: Option<&KeySource>) -> Result<String, String> {
+    let Some(source) = source else {
+        return Err("facilitator mode: set fee_payer to the facilitator's Solana fee payer (its /supported lists it as extra.feePayer)".into());
+    };
+    let how = match source {
+        KeySource::Env(v) => format!(
+            "set the environment variable {v} to the fee payer's keypair (base58, or solana-keygen's JSON array)"
+        ),
+        KeySource::File(p) => format!("put the fee payer's keypair (solana-keygen's JSON) in {}", p.display()),
+    };
+    let text = source
+        .load()?
+        .ok_or_else(|| format!("no Solana fee payer key: {how}"))?;
+    solana_pubkey_of(&text).map_err(|e| format!("the Solana fee payer key is unreadable ({e}): {how}"))
+}
+
+#[cfg(feature = "solana")]
+fn solana_pubkey_of(text: &str) -> Result<String, String> {
+    use solana_signer::Signer;
+    crate::chains::solana::parse_keypair(text).map(|k| k.pubkey().to_string())
+}
+
+#[cfg(not(feature = "solana"))]
+fn solana_pubkey_of(_text: &str) -> Result<String, String> {
+    Err("this build has no Solana support".into())
 }
 
 /// Validates a config of either kind: the drop-in gateway's (with its tenant) or hosted mode's.
@@ -610,11 +667,7 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
         },
     };
     let pay_to = match file.pay_to.as_deref() {
-        None if hosted => None,
-        None => {
-            problems.push("pay_to: missing; set it to the EVM address that receives payments".into());
-            None
-        }
+        None => None,
         Some(a) => match a.parse::<Address>() {
             Ok(addr) => Some(addr),
             Err(_) => {
@@ -656,8 +709,13 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
                 Some(p) => KeySource::File(p.clone()),
                 None => KeySource::Env(s.relayer_key_env.clone()),
             };
+            let solana_key = match &s.solana_key_file {
+                Some(p) => KeySource::File(p.clone()),
+                None => KeySource::Env(s.solana_key_env.clone()),
+            };
             Settlement::Local {
                 key_source,
+                solana_key,
                 confirmations: s.confirmations.max(1),
                 receipt_timeout_secs: s.receipt_timeout_secs.max(1),
                 receipt_poll_ms: s.receipt_poll_ms.clamp(10, 10_000),
@@ -717,13 +775,58 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
         }
     }
 
+    // Payees, per chain family.
+    let has = |f: Family| networks.iter().any(|n| n.network.family == f);
+    if !hosted && pay_to.is_none() && file.pay_to.is_none() && (has(Family::Evm) || networks.is_empty()) {
+        problems.push("pay_to: missing; set it to the EVM address that receives payments".into());
+    }
+    let pay_to_solana = match file.pay_to_solana.as_deref() {
+        Some(_) if hosted => {
+            problems.push(
+                "pay_to_solana: set, but [hosted] serves tenants from the database, each with its own; remove it"
+                    .into(),
+            );
+            None
+        }
+        Some(a) if is_base58_key(a) => Some(a.to_string()),
+        Some(a) => {
+            problems.push(format!(
+                "pay_to_solana: '{a}' is not a Solana wallet address (base58, like 'BXT1K8kzYXWMi6ihg7m9UqiHW4iJbJ69zumELHE9oBLe')"
+            ));
+            None
+        }
+        None if !hosted && has(Family::Solana) => {
+            problems.push("pay_to_solana: missing; a Solana network is configured, so set it to the wallet that receives USDC there (its USDC token account must exist)".into());
+            None
+        }
+        None => None,
+    };
+    // Solana's fee payer: the key's public half (or networks.<name>.fee_payer without a key).
+    let solana_key = match &settlement {
+        Settlement::Local { solana_key, .. } => Some(solana_key.clone()),
+        Settlement::Facilitator { .. } => None,
+    };
+    for ns in networks.iter_mut().filter(|n| n.network.family == Family::Solana) {
+        if ns.network.fee_payer.is_some() {
+            continue;
+        }
+        match solana_fee_payer(solana_key.as_ref()) {
+            Ok(fp) => Arc::make_mut(&mut ns.network).fee_payer = Some(fp),
+            Err(e) => problems.push(format!("networks.{}: {e}", ns.network.name)),
+        }
+    }
+
     // Routes.
     let rules = file.request.rules();
+    let payees = PayTo {
+        evm: pay_to,
+        solana: pay_to_solana.clone(),
+    };
     let (routes, table, lower) = build_routes(
         file.routes,
         file.default_price,
         &networks,
-        pay_to,
+        &payees,
         &rules,
         false,
         &mut problems,
@@ -803,7 +906,8 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
     }
     let tenant = Tenant {
         id: "default".into(),
-        pay_to: pay_to.expect("checked above"),
+        pay_to: pay_to.unwrap_or(Address::ZERO),
+        pay_to_solana,
         upstream: upstream.expect("checked above"),
         routes,
         table,
@@ -820,7 +924,7 @@ pub fn build_routes(
     mut route_cfgs: Vec<RouteConfig>,
     default_price: Option<PriceValue>,
     networks: &[NetworkSettings],
-    pay_to: Option<Address>,
+    pay_to: &PayTo,
     rules: &Rules,
     lenient: bool,
     problems: &mut Vec<String>,
@@ -902,7 +1006,7 @@ fn build_network(name: &str, nc: &NetworkConfig) -> Result<NetworkSettings, Stri
     let key = format!("networks.{name}");
     let known = builtin(name);
     if known.map(|k| k.family) == Some(Family::Solana) {
-        return Err(format!("{key}: Solana is not supported by this build yet; remove it (EVM networks: base, base-sepolia, ethereum, polygon, avalanche)"));
+        return build_solana_network(name, known.expect("checked"), nc);
     }
     let mut net = match known {
         Some(k) => Network::from_known(k),
@@ -919,6 +1023,7 @@ fn build_network(name: &str, nc: &NetworkConfig) -> Result<NetworkSettings, Stri
                 eip712_name: String::new(),
                 eip712_version: "2".into(),
                 decimals: 6,
+                fee_payer: None,
             }
         }
     };
@@ -966,6 +1071,9 @@ fn build_network(name: &str, nc: &NetworkConfig) -> Result<NetworkSettings, Stri
     Ok(NetworkSettings {
         network: Arc::new(net),
         rpc_url,
+        compute_units_max: nc.max_compute_units.unwrap_or(400_000),
+        compute_unit_price_max: nc.max_compute_unit_price.unwrap_or(5_000_000),
+        min_fee_payer_lamports: nc.min_fee_payer_lamports.unwrap_or(10_000_000),
         gas_limit: nc.gas_limit.unwrap_or(200_000),
         rpc_timeout_ms: nc.rpc_timeout_ms.unwrap_or(5_000),
         max_batch: nc.max_batch.unwrap_or(32).max(1),
@@ -973,12 +1081,131 @@ fn build_network(name: &str, nc: &NetworkConfig) -> Result<NetworkSettings, Stri
     })
 }
 
+/// A built-in Solana network (`solana`, `solana-devnet`), with its RPC, mint and fee-payer limits.
+/// The fee payer itself is set once the key is read ([`build_any`]).
+fn build_solana_network(
+    name: &str,
+    k: &crate::x402::network::KnownNetwork,
+    nc: &NetworkConfig,
+) -> Result<NetworkSettings, String> {
+    let key = format!("networks.{name}");
+    if cfg!(not(feature = "solana")) {
+        return Err(format!("{key}: this build has no Solana support (built without the `solana` feature); rebuild with default features or remove it"));
+    }
+    for (set, field) in [
+        (nc.chain_id.is_some(), "chain_id"),
+        (nc.eip712_name.is_some(), "eip712_name"),
+        (nc.eip712_version.is_some(), "eip712_version"),
+        (nc.gas_limit.is_some(), "gas_limit"),
+        (nc.max_batch.is_some(), "max_batch"),
+        (nc.batch_window_ms.is_some(), "batch_window_ms"),
+    ] {
+        if set {
+            return Err(format!("{key}.{field}: an EVM setting; Solana networks take rpc_url, usdc, fee_payer, max_compute_units, max_compute_unit_price, min_fee_payer_lamports"));
+        }
+    }
+    let mut net = Network::from_known(k);
+    if let Some(c) = &nc.caip2 {
+        net.caip2 = c.clone();
+    }
+    if let Some(u) = &nc.usdc {
+        if !is_base58_key(u) {
+            return Err(format!(
+                "{key}.usdc: '{u}' is not a Solana mint address (base58, 32 bytes)"
+            ));
+        }
+        net.asset = u.clone();
+    }
+    if let Some(f) = &nc.fee_payer {
+        if !is_base58_key(f) {
+            return Err(format!(
+                "{key}.fee_payer: '{f}' is not a Solana address (base58, 32 bytes)"
+            ));
+        }
+        net.fee_payer = Some(f.clone());
+    }
+    let rpc_url = nc.rpc_url.clone().unwrap_or_else(|| k.default_rpc.to_string());
+    if url::Url::parse(&rpc_url).is_err() {
+        return Err(format!(
+            "{key}.rpc_url: '{rpc_url}' is not a URL like 'http://127.0.0.1:8899'"
+        ));
+    }
+    if nc.max_compute_units == Some(0) {
+        return Err(format!(
+            "{key}.max_compute_units: must be at least 1 (a USDC transfer needs about 6,000)"
+        ));
+    }
+    Ok(NetworkSettings {
+        network: Arc::new(net),
+        rpc_url,
+        compute_units_max: nc.max_compute_units.unwrap_or(400_000),
+        compute_unit_price_max: nc.max_compute_unit_price.unwrap_or(5_000_000),
+        min_fee_payer_lamports: nc.min_fee_payer_lamports.unwrap_or(10_000_000),
+        gas_limit: 0,
+        rpc_timeout_ms: nc.rpc_timeout_ms.unwrap_or(5_000),
+        max_batch: 1,
+        batch_window_ms: 0,
+    })
+}
+
+/// Whether `s` reads as a Solana address: base58 of 32 bytes.
+pub fn is_base58_key(s: &str) -> bool {
+    (32..=44).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() && !matches!(b, b'0' | b'O' | b'I' | b'l'))
+        && base58_len(s) == Some(32)
+}
+
+/// The byte length `s` decodes to as base58 (None when it is not base58).
+fn base58_len(s: &str) -> Option<usize> {
+    const ALPHABET: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+    let mut bytes: Vec<u8> = Vec::new();
+    for c in s.bytes() {
+        let mut carry = ALPHABET.iter().position(|&a| a == c)? as u32;
+        for b in bytes.iter_mut() {
+            carry += (*b as u32) * 58;
+            *b = (carry & 0xff) as u8;
+            carry >>= 8;
+        }
+        while carry > 0 {
+            bytes.push((carry & 0xff) as u8);
+            carry >>= 8;
+        }
+    }
+    let zeros = s.bytes().take_while(|&b| b == b'1').count();
+    Some(bytes.len() + zeros)
+}
+
+/// Where a tenant is paid: an EVM address and a Solana wallet, either optional.
+#[derive(Debug, Clone, Default)]
+pub struct PayTo {
+    pub evm: Option<Address>,
+    pub solana: Option<String>,
+}
+
+impl PayTo {
+    /// The payee for a network of this family, as 402s send it.
+    pub fn for_family(&self, f: Family) -> Option<String> {
+        match f {
+            Family::Evm => self.evm.map(|a| a.to_checksum(None)),
+            Family::Solana => self.solana.clone(),
+        }
+    }
+    /// A stand-in payee on every family (validating routes before a payee is set).
+    pub fn placeholder() -> PayTo {
+        PayTo {
+            evm: Some(Address::ZERO),
+            solana: Some("11111111111111111111111111111111".into()),
+        }
+    }
+}
+
 fn build_pricing(
     key: &str,
     rc: &RouteConfig,
     networks: &[NetworkSettings],
     all: &[String],
-    pay_to: Option<Address>,
+    pay_to: &PayTo,
     lenient: bool,
 ) -> Result<Option<Pricing>, Vec<String>> {
     let mut problems = Vec::new();
@@ -1020,13 +1247,8 @@ fn build_pricing(
                 break;
             }
         };
-        if let Some(p) = pay_to {
-            offers.push(Offer::exact(
-                ns.network.clone(),
-                amount,
-                p.to_checksum(None),
-                max_timeout,
-            ));
+        if let Some(p) = pay_to.for_family(ns.network.family) {
+            offers.push(Offer::exact(ns.network.clone(), amount, p, max_timeout));
         }
     }
     if !problems.is_empty() {
@@ -1164,9 +1386,28 @@ mod tests {
     }
 
     #[test]
-    fn solana_is_refused_with_a_reason() {
+    fn solana_needs_a_payee_and_a_fee_payer() {
         let p = problems("[networks.solana]");
-        assert!(p[0].contains("Solana is not supported by this build yet"), "{p:?}");
+        assert!(p.iter().any(|m| m.starts_with("pay_to_solana: missing")), "{p:?}");
+        let file: FileConfig = toml::from_str(&format!(
+            "pay_to_solana = \"0xabc\"\n{BASE}\n[networks.solana]\nfee_payer = \"BXT1K8kzYXWMi6ihg7m9UqiHW4iJbJ69zumELHE9oBLe\"\ngas_limit = 5"
+        ))
+        .unwrap();
+        let p = build(file).err().unwrap_or_default();
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("pay_to_solana: '0xabc' is not a Solana wallet")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("networks.solana.gas_limit: an EVM setting")),
+            "{p:?}"
+        );
+        assert!(is_base58_key("EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"));
+        assert!(is_base58_key("11111111111111111111111111111111"));
+        assert!(!is_base58_key("EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEG"));
+        assert!(!is_base58_key("0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"));
     }
 
     #[test]

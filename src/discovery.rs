@@ -121,11 +121,21 @@ async fn hosted_items(store: &Store, settings: &Settings) -> Result<Vec<Value>, 
             if published.is_empty() {
                 continue;
             }
-            let pay_to = row.pay_to_evm.as_deref().and_then(|a| a.parse().ok());
+            let pay_to = crate::config::PayTo {
+                evm: row.pay_to_evm.as_deref().and_then(|a| a.parse().ok()),
+                solana: row.pay_to_solana.clone(),
+            };
             let networks: Vec<_> = plan.enabled(&settings.networks).into_iter().cloned().collect();
             let mut problems = Vec::new();
-            let (routes, _, _) =
-                crate::config::build_routes(published, None, &networks, pay_to, &settings.rules, true, &mut problems);
+            let (routes, _, _) = crate::config::build_routes(
+                published,
+                None,
+                &networks,
+                &pay_to,
+                &settings.rules,
+                true,
+                &mut problems,
+            );
             let base = tenant_base(settings, &row.slug);
             out.extend(routes.iter().filter_map(|r| item(r, &base, row.updated_at)));
         }

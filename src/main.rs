@@ -168,6 +168,9 @@ fn check_config(file: &std::path::Path) -> Result<(), String> {
     println!("  upstream  {}", tenant.upstream.addr);
     println!("  database  {}", settings.database);
     println!("  pay_to    {}", tenant.pay_to);
+    if let Some(s) = &tenant.pay_to_solana {
+        println!("  pay_to    {s} (Solana)");
+    }
     for n in &settings.networks {
         println!(
             "  network   {} ({}) USDC {}",
@@ -287,6 +290,7 @@ fn tenant_cmd(config: &std::path::Path, action: TenantAction) -> Result<(), Stri
                 print_tenant(&t);
                 println!("routes: {}", t.routes);
                 println!("pay_to: evm {}", t.pay_to_evm.as_deref().unwrap_or("-"));
+                println!("pay_to: solana {}", t.pay_to_solana.as_deref().unwrap_or("-"));
                 Ok(())
             }
             TenantAction::SetPlan { id, tier } => {

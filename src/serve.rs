@@ -161,15 +161,21 @@ fn describe(app: &App) {
         return;
     };
     let priced = t.routes.iter().filter(|r| r.pricing.is_some()).count();
+    let evm = app
+        .settings
+        .networks
+        .iter()
+        .any(|n| n.network.family == crate::x402::Family::Evm);
     tracing::info!(
         upstream = %t.upstream.addr,
-        pay_to = %t.pay_to,
+        pay_to = %if evm { t.pay_to.to_string() } else { "-".into() },
+        pay_to_solana = t.pay_to_solana.as_deref().unwrap_or("-"),
         routes = t.routes.len(),
         priced,
         networks = ?app.settings.networks.iter().map(|n| n.network.name.as_str()).collect::<Vec<_>>(),
         "tollgate configured"
     );
-    if t.pay_to.is_zero() {
+    if evm && t.pay_to.is_zero() {
         tracing::warn!("pay_to is the zero address: USDC refuses transfers to it, so every payment will fail; set pay_to to your own address");
     }
 }

@@ -172,7 +172,10 @@ impl Upstream {
 #[derive(Debug)]
 pub struct Tenant {
     pub id: String,
+    /// The EVM payee (the zero address when the tenant has none).
     pub pay_to: Address,
+    /// The Solana payee (a wallet), when the tenant has one.
+    pub pay_to_solana: Option<String>,
     pub upstream: Upstream,
     pub routes: Vec<Route>,
     pub table: RouteTable,

@@ -180,7 +180,7 @@ pub async fn update_tenant(
             specs,
             None,
             &networks,
-            Some(Address::ZERO),
+            &crate::config::PayTo::placeholder(),
             &settings.rules,
             false,
             &mut problems,

@@ -1,8 +1,10 @@
 //! Chain families behind one trait: verify a payment offline, check it on chain, settle it.
 //!
-//! EVM (EIP-3009 USDC) is [`evm`]; Solana will plug in behind the same [`Chain`] trait.
+//! EVM (EIP-3009 USDC) is [`evm`]; Solana's `exact` scheme is [`solana`] (the `solana` feature).
 
 pub mod evm;
+#[cfg(feature = "solana")]
+pub mod solana;
 
 use std::sync::Arc;
 
@@ -69,19 +71,27 @@ pub struct ReplayKey {
 #[derive(Debug, Clone)]
 pub enum Checked {
     Evm(evm::CheckedTransfer),
+    #[cfg(feature = "solana")]
+    Solana(Box<solana::CheckedSolTransfer>),
 }
 
 impl Checked {
     pub fn payer(&self) -> String {
         match self {
             Checked::Evm(t) => t.auth.from.to_checksum(None),
+            #[cfg(feature = "solana")]
+            Checked::Solana(t) => t.authority.to_string(),
         }
     }
     pub fn amount(&self) -> alloy::primitives::U256 {
         match self {
             Checked::Evm(t) => t.auth.value,
+            #[cfg(feature = "solana")]
+            Checked::Solana(t) => alloy::primitives::U256::from(t.amount),
         }
     }
+    /// EVM: (payer, EIP-3009 nonce). Solana: (transfer authority, SHA-256 of the message), so
+    /// that a re-signed copy of one message is the same payment.
     pub fn replay_key(&self, network: &Network) -> ReplayKey {
         match self {
             Checked::Evm(t) => ReplayKey {
@@ -90,18 +100,34 @@ impl Checked {
                 payer: t.auth.from.to_checksum(None).to_ascii_lowercase(),
                 nonce: t.auth.nonce.to_string(),
             },
+            // Base58 is case-sensitive: kept as is.
+            #[cfg(feature = "solana")]
+            Checked::Solana(t) => ReplayKey {
+                network: network.caip2.clone(),
+                asset: network.asset.clone(),
+                payer: t.authority.to_string(),
+                nonce: t.message_hash(),
+            },
         }
     }
-    /// The last moment the authorization can be settled (unix seconds).
-    pub fn valid_before(&self) -> u64 {
+    /// The last moment the authorization can be settled (unix seconds). Solana: an estimate from
+    /// the claim's time (a blockhash lives about a minute); the chain decides expiry.
+    pub fn valid_before(&self, now_secs: u64) -> u64 {
         match self {
-            Checked::Evm(t) => t.auth.valid_before,
+            Checked::Evm(t) => {
+                let _ = now_secs;
+                t.auth.valid_before
+            }
+            #[cfg(feature = "solana")]
+            Checked::Solana(_) => now_secs + solana::BLOCKHASH_LIFETIME_SECS,
         }
     }
     /// The scheme payload as stored, so that a crash can be reconciled from the database.
     pub fn to_stored(&self) -> String {
         match self {
             Checked::Evm(t) => serde_json::to_string(&t.to_payload()).expect("payload serializes"),
+            #[cfg(feature = "solana")]
+            Checked::Solana(t) => t.to_base64(),
         }
     }
 }

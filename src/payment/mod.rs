@@ -115,14 +115,26 @@ impl Payments {
         attempts: AttemptLog,
         clock: Arc<dyn Clock>,
     ) -> Result<Payments, String> {
+        let mut solana_key: Result<Option<String>, String> = Ok(None);
+        let mut solana_hint = "facilitator mode settles through the facilitator".to_string();
         let (settler, key, key_hint, receipts): (Box<dyn Settler>, _, String, _) = match &settings.settlement {
             Settlement::Local {
                 key_source,
+                solana_key: solana_source,
                 confirmations,
                 receipt_timeout_secs,
                 receipt_poll_ms,
             } => (
-                Box::new(settle::Relayed),
+                {
+                    solana_key = solana_source.load();
+                    solana_hint = format!(
+                        "no Solana fee payer key: {}",
+                        solana_source
+                            .describe()
+                            .replace("relayer's private key", "fee payer's keypair")
+                    );
+                    Box::new(settle::Relayed)
+                },
                 key_source.load()?,
                 format!(
                     "no relayer key: {} (or use settlement.mode = \"facilitator\")",
@@ -178,14 +190,39 @@ impl Payments {
                     }
                     chains.insert(net.name.clone(), Arc::new(chain));
                 }
+                #[cfg(feature = "solana")]
+                Family::Solana => {
+                    use crate::chains::solana::{parse_keypair, Limits, SolanaChain, SolanaOptions};
+                    let signer = match &solana_key {
+                        Ok(Some(text)) => Ok(parse_keypair(text)
+                            .map_err(|e| format!("networks.{}: the Solana fee payer key: {e}", net.name))?),
+                        Ok(None) => Err(solana_hint.clone()),
+                        Err(e) => return Err(format!("networks.{}: {e}", net.name)),
+                    };
+                    let opts = SolanaOptions {
+                        rpc_url: ns.rpc_url.clone(),
+                        rpc_timeout: Duration::from_millis(ns.rpc_timeout_ms),
+                        confirm_timeout: receipts.timeout,
+                        poll: receipts.poll,
+                        limits: Limits {
+                            max_compute_units: ns.compute_units_max,
+                            max_compute_unit_price: ns.compute_unit_price_max,
+                        },
+                    };
+                    let chain = SolanaChain::new(net.clone(), opts, signer)?;
+                    chains.insert(net.name.clone(), Arc::new(chain));
+                }
+                #[cfg(not(feature = "solana"))]
                 Family::Solana => {
                     return Err(format!(
-                        "networks.{}: Solana is not supported by this build yet",
+                        "networks.{}: this build has no Solana support (the `solana` feature)",
                         net.name
                     ))
                 }
             }
         }
+        #[cfg(not(feature = "solana"))]
+        let _ = (solana_key, solana_hint);
         Ok(Payments {
             chains,
             settler,
@@ -271,7 +308,7 @@ impl Payments {
             pay_to: &offer.pay_to,
             amount: checked.amount().to_string(),
             payload: checked.to_stored(),
-            valid_before: checked.valid_before(),
+            valid_before: checked.valid_before(self.clock.now_secs()),
             now_ms: self.clock.now_ms(),
         };
         let claimed = self.store.claim(&claim).await.map_err(db_unavailable)?;

@@ -50,16 +50,21 @@ pub async fn tenant(row: &TenantRow, settings: &Settings) -> Result<Tenant, NotR
         .await
         .map_err(invalid)?;
     let pay_to: Option<Address> = row.pay_to_evm.as_deref().and_then(|a| a.parse().ok());
+    let payees = crate::config::PayTo {
+        evm: pay_to,
+        solana: row.pay_to_solana.clone(),
+    };
     let networks: Vec<_> = plan.enabled(&settings.networks).into_iter().cloned().collect();
     let specs = parse_routes(&row.routes).map_err(invalid)?;
     let mut problems = Vec::new();
-    let (routes, table, lower) = build_routes(specs, None, &networks, pay_to, &settings.rules, true, &mut problems);
+    let (routes, table, lower) = build_routes(specs, None, &networks, &payees, &settings.rules, true, &mut problems);
     if !problems.is_empty() {
         return Err(invalid(problems.join("; ")));
     }
     Ok(Tenant {
         id: row.id.clone(),
         pay_to: pay_to.unwrap_or(Address::ZERO),
+        pay_to_solana: row.pay_to_solana.clone(),
         upstream,
         routes,
         table,

@@ -124,6 +124,8 @@ pub struct Network {
     pub eip712_version: String,
     /// USDC has 6 decimals everywhere.
     pub decimals: u8,
+    /// Solana: the gateway's fee payer, sent as the requirement's `extra.feePayer`.
+    pub fee_payer: Option<String>,
 }
 
 impl Network {
@@ -143,6 +145,7 @@ impl Network {
             eip712_name: k.eip712_name.to_string(),
             eip712_version: k.eip712_version.to_string(),
             decimals: 6,
+            fee_payer: None,
         }
     }
 }

@@ -49,11 +49,15 @@ impl Offer {
         }
     }
 
-    /// The EVM `exact` offer for `network`, with the USDC domain the client signs under.
+    /// The `exact` offer for `network`: with the USDC domain the client signs under (EVM), or the
+    /// fee payer the client's transaction names (Solana).
     pub fn exact(network: Arc<Network>, amount: U256, pay_to: String, max_timeout_seconds: u64) -> Offer {
         let extra = match network.family {
             Family::Evm => json!({"name": network.eip712_name, "version": network.eip712_version}),
-            Family::Solana => json!({}),
+            Family::Solana => match &network.fee_payer {
+                Some(fp) => json!({"feePayer": fp}),
+                None => json!({}),
+            },
         };
         Offer {
             scheme: "exact",

@@ -9,6 +9,8 @@ mod gateway;
 mod hosted;
 mod interop;
 mod reading;
+#[cfg(feature = "solana")]
+mod solana;
 mod store;
 mod trust;
 mod upstream;

@@ -248,7 +248,7 @@ fn ledger_row<'a>(k: &'a ReplayKey, c: &tollgate::chains::Checked) -> NewClaim<'
         pay_to: "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
         amount: c.amount().to_string(),
         payload: c.to_stored(),
-        valid_before: c.valid_before(),
+        valid_before: c.valid_before(now()),
         now_ms: 0,
     }
 }

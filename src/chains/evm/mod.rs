@@ -147,6 +147,9 @@ impl EvmChain {
     fn transfer(c: &Checked) -> &CheckedTransfer {
         match c {
             Checked::Evm(t) => t,
+            // Each network's chain checks its own payments: a Solana one never reaches EVM.
+            #[cfg(feature = "solana")]
+            Checked::Solana(_) => unreachable!("a Solana payment reached an EVM chain"),
         }
     }
 
