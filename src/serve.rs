@@ -60,6 +60,13 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     })?;
     describe(&app);
     let reconciler = core.spawn(reconcile_forever(app.clone()));
+    // Signers' funds, reported once at start (in the background: a first run works offline).
+    let checking = app.clone();
+    core.spawn(async move {
+        for c in checking.payments.chains() {
+            c.check_signer_funds().await;
+        }
+    });
 
     // Descriptors: client connections are capped, and so is each worker's pool of idle upstream
     // connections, so that together they stay below the open-file limit with room for the database,

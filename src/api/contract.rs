@@ -301,10 +301,14 @@ async fn verify_proof(
     let t = &caller.tenant;
     let (chain, network) = enabled_chain(api, t, chain_name)?;
     let expected = expected_atomic(expected, network.decimals)?;
-    let Some(pay_to) = t.pay_to_evm.clone() else {
-        return Err(ApiError::invalid(
-            "this tenant has no EVM payTo address yet; set pay_to.evm with PATCH /api/v1/x402/tenant",
-        ));
+    let Some(pay_to) = t.pay_to(network.family).map(str::to_string) else {
+        let which = match network.family {
+            crate::x402::Family::Evm => "an EVM payTo address yet; set pay_to.evm",
+            crate::x402::Family::Solana => "a Solana payTo wallet yet; set pay_to.solana",
+        };
+        return Err(ApiError::invalid(format!(
+            "this tenant has no {which} with PATCH /api/v1/x402/tenant"
+        )));
     };
     count(api, t).await?;
     let now_ms = api.now_ms();
@@ -518,11 +522,12 @@ pub(super) async fn verify_x402(
         risk_score: None,
     };
     // Payee safety: only the tenant's own address; never whatever the caller put in.
-    let own = t.pay_to_evm.as_deref().unwrap_or_default();
-    if !r.own(t.pay_to_evm.as_deref(), &network.asset) {
-        record.error_code = Some(crate::x402::reason::RECIPIENT.into());
+    let own = t.pay_to(network.family).unwrap_or_default();
+    if !r.own(t.pay_to(network.family), &network) {
+        let why = crate::x402::reason::recipient_mismatch(network.family);
+        record.error_code = Some(why.into());
         save(api, &record).await;
-        return Ok(invalid(crate::x402::reason::RECIPIENT, None));
+        return Ok(invalid(why, None));
     }
     let offer = Offer::exact(network.clone(), amount, own.to_string(), r.max_timeout);
     let now = api.app.payments.clock.now_secs();

@@ -21,6 +21,7 @@ use crate::payment::idempotency::IdStart;
 use crate::payment::Refusal;
 use crate::store::{Attempt, Delivery};
 use crate::tenant::{Account, Pricing, SettleTiming};
+use crate::x402::Family;
 use crate::x402::{identifier, reason, AmountMatch, Asked, Offer, PaymentPayload, Version};
 
 /// The body stock servers send to `/verify` and `/settle`.
@@ -71,10 +72,14 @@ impl<'a> Requirement<'a> {
         })
     }
 
-    /// Whether the payee and asset are the tenant's own payTo and the network's USDC.
-    pub fn own(&self, tenant_pay_to: Option<&str>, asset: &str) -> bool {
-        tenant_pay_to.is_some_and(|own| own.eq_ignore_ascii_case(self.pay_to))
-            && self.asset.is_none_or(|a| a.eq_ignore_ascii_case(asset))
+    /// Whether the payee and asset are the tenant's own payTo and the network's USDC (hex EVM
+    /// addresses compare without case; Solana's base58 exactly).
+    pub fn own(&self, tenant_pay_to: Option<&str>, network: &crate::x402::Network) -> bool {
+        let same = |a: &str, b: &str| match network.family {
+            crate::x402::Family::Evm => a.eq_ignore_ascii_case(b),
+            crate::x402::Family::Solana => a == b,
+        };
+        tenant_pay_to.is_some_and(|own| same(own, self.pay_to)) && self.asset.is_none_or(|a| same(a, &network.asset))
     }
 }
 
@@ -198,13 +203,14 @@ async fn settle_once(
         Err(_) => return Ok(refused(reason::INVALID_NETWORK, None, None)),
     };
     // Payee safety: the operator's relayer only ever pays the tenant's own address.
-    if !req.own(t.pay_to_evm.as_deref(), &network.asset) {
-        return Ok(refused(reason::RECIPIENT, None, None));
+    let own = t.pay_to(network.family);
+    if !req.own(own, &network) {
+        return Ok(refused(reason::recipient_mismatch(network.family), None, None));
     }
     let offer = Offer::exact(
         network.clone(),
         req.amount,
-        t.pay_to_evm.clone().unwrap_or_default(),
+        own.unwrap_or_default().to_string(),
         req.max_timeout,
     );
     let pricing = Arc::new(Pricing {
@@ -302,21 +308,33 @@ pub async fn supported(axum::extract::State(api): State, headers: HeaderMap) -> 
     let caller = api.payee(&headers, "verify").await?;
     let plan = super::contract::tenant_plan(&api, &caller.tenant)?;
     let mut kinds = Vec::new();
-    let mut signers: Vec<String> = Vec::new();
+    let (mut evm, mut svm): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
     for ns in plan.enabled(&api.app.settings.networks) {
         let n = &ns.network;
+        let extra = match n.family {
+            Family::Evm => json!({"name": n.eip712_name, "version": n.eip712_version}),
+            Family::Solana => json!({"feePayer": n.fee_payer}),
+        };
         for (v, id) in [(2, &n.caip2), (1, &n.name)] {
-            kinds.push(json!({"x402Version": v, "scheme": "exact", "network": id,
-                              "extra": {"name": n.eip712_name, "version": n.eip712_version}}));
+            kinds.push(json!({"x402Version": v, "scheme": "exact", "network": id, "extra": extra}));
         }
+        let list = match n.family {
+            Family::Evm => &mut evm,
+            Family::Solana => &mut svm,
+        };
         if let Some(s) = api.app.payments.chain(&n.name).and_then(|c| c.signer()) {
-            if !signers.contains(&s) {
-                signers.push(s);
+            if !list.contains(&s) {
+                list.push(s);
             }
         }
     }
+    let mut signers = serde_json::Map::new();
+    signers.insert("eip155:*".into(), json!(evm));
+    if !svm.is_empty() {
+        signers.insert("solana:*".into(), json!(svm));
+    }
     Ok(Json(
-        json!({"kinds": kinds, "extensions": [identifier::EXTENSION, "bazaar"], "signers": {"eip155:*": signers}}),
+        json!({"kinds": kinds, "extensions": [identifier::EXTENSION, "bazaar"], "signers": signers}),
     ))
 }
 

@@ -148,9 +148,17 @@ pub async fn update_tenant(
             change.pay_to_evm = Some(Some(addr.to_checksum(None)));
         }
         if let Some(s) = p.solana {
-            return Err(ApiError::invalid(format!(
-                "pay_to.solana: '{s}': Solana is not supported by this build yet"
-            )));
+            if !crate::config::is_base58_key(&s) {
+                return Err(ApiError::invalid(format!(
+                    "pay_to.solana: '{s}' is not a Solana wallet address (base58, 32 bytes)"
+                )));
+            }
+            if s.bytes().all(|b| b == b'1') {
+                return Err(ApiError::invalid(
+                    "pay_to.solana: the system program cannot receive USDC",
+                ));
+            }
+            change.pay_to_solana = Some(Some(s));
         }
     }
     if let Some(routes) = b.routes {

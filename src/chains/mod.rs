@@ -250,6 +250,9 @@ pub trait Chain: Send + Sync {
         None
     }
 
+    /// Checks (and logs) whether the signer holds enough to pay for settlements; called at start.
+    async fn check_signer_funds(&self) {}
+
     /// A payment already made: the USDC that transaction `tx` moved to `pay_to`.
     async fn proof(&self, _tx: &str, _pay_to: &str) -> Result<Proof, ProofError> {
         Err(ProofError::Unsupported)

@@ -208,6 +208,7 @@ impl Payments {
                             max_compute_units: ns.compute_units_max,
                             max_compute_unit_price: ns.compute_unit_price_max,
                         },
+                        min_fee_payer_lamports: ns.min_fee_payer_lamports,
                     };
                     let chain = SolanaChain::new(net.clone(), opts, signer)?;
                     chains.insert(net.name.clone(), Arc::new(chain));
@@ -235,6 +236,11 @@ impl Payments {
     /// How payments are settled in this process, for logs.
     pub fn settler_name(&self) -> &'static str {
         self.settler.name()
+    }
+
+    /// Every configured chain.
+    pub fn chains(&self) -> impl Iterator<Item = &Arc<dyn Chain>> {
+        self.chains.values()
     }
 
     pub fn chain(&self, network: &str) -> Option<&Arc<dyn Chain>> {

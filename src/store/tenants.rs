@@ -27,6 +27,14 @@ pub struct TenantRow {
 }
 
 impl TenantRow {
+    /// The tenant's payee on a network of this family.
+    pub fn pay_to(&self, family: crate::x402::Family) -> Option<&str> {
+        match family {
+            crate::x402::Family::Evm => self.pay_to_evm.as_deref(),
+            crate::x402::Family::Solana => self.pay_to_solana.as_deref(),
+        }
+    }
+
     pub fn active(&self) -> bool {
         self.status == "active"
     }

@@ -32,4 +32,13 @@ pub mod reason {
     pub const SETTLEMENT_PENDING: &str = "settlement_pending";
     pub const PAYER_BLOCKED: &str = "invalid_exact_evm_payload_payer_blocked";
     pub const UPSTREAM_FAILED: &str = "upstream_failed";
+    pub const SVM_RECIPIENT: &str = "invalid_exact_svm_payload_recipient_mismatch";
+
+    /// The payee is not the one asked for, in the words of the network's scheme.
+    pub fn recipient_mismatch(f: super::Family) -> &'static str {
+        match f {
+            super::Family::Evm => RECIPIENT,
+            super::Family::Solana => SVM_RECIPIENT,
+        }
+    }
 }

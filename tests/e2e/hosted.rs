@@ -31,6 +31,8 @@ pub struct HostedSpec<'a> {
     pub relayer_key: &'a str,
     /// How long a settlement waits for its receipt before it is pending.
     pub receipt_timeout_secs: u64,
+    /// The Solana fee payer's keypair (base58), for configs with a Solana network.
+    pub solana_key: Option<String>,
 }
 
 impl<'a> HostedSpec<'a> {
@@ -43,6 +45,7 @@ impl<'a> HostedSpec<'a> {
             extra: "",
             relayer_key: RELAYER_KEY,
             receipt_timeout_secs: 30,
+            solana_key: None,
         }
     }
 }
@@ -93,7 +96,11 @@ rpc_url = "{rpc}"
                     receipt = s.receipt_timeout_secs
                 )
             },
-            &[("TEST_RELAYER_KEY", s.relayer_key), ("TOLLGATE_ADMIN_KEY", ADMIN)],
+            &[
+                ("TEST_RELAYER_KEY", s.relayer_key),
+                ("TOLLGATE_ADMIN_KEY", ADMIN),
+                ("TOLLGATE_SOLANA_KEY", s.solana_key.as_deref().unwrap_or("")),
+            ],
         )
         .await;
         let api = format!("http://127.0.0.1:{api_port}");

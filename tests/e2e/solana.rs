@@ -224,6 +224,10 @@ async fn a_solana_payment_is_verified_settled_and_forwarded_on_both_databases() 
         assert_eq!(req["payTo"], payee().to_string());
         assert_eq!(req["amount"], "1000");
         assert_eq!(req["extra"]["feePayer"], fee_payer().pubkey().to_string());
+        eventually("the fee payer's balance is reported at start", || async {
+            tg.log().contains("Solana fee payer ready")
+        })
+        .await;
 
         let (c0, p0) = (rpc.usdc(&client().pubkey()).await, rpc.usdc(&payee()).await);
         let tx = rpc.payment(1000, |_| {}).await;
@@ -560,4 +564,172 @@ async fn the_official_svm_client_pays_through_tollgate() {
 /// The base58 of a keypair's 32-byte secret seed (what `createKeyPairSignerFromPrivateKeyBytes` takes).
 fn bs58_seed(k: &Keypair) -> String {
     bs58::encode(k.secret_bytes()).into_string()
+}
+
+/// A USDC transfer the client makes itself (its own fee payer, one signature): what a customer
+/// sends before asking a hosted tenant's server to check it with `/verify`.
+async fn direct_transfer(rpc: &SolanaRpc, amount: u64) -> String {
+    use solana_message::compiled_instruction::CompiledInstruction;
+    let c = client().pubkey();
+    rpc.call("requestAirdrop", json!([c.to_string(), 1_000_000_000u64]))
+        .await;
+    let source = exact::associated_token_account(&c, &MINT, &exact::TOKEN_PROGRAM);
+    let dest = exact::associated_token_account(&payee(), &MINT, &exact::TOKEN_PROGRAM);
+    let mut data = vec![12];
+    data.extend_from_slice(&amount.to_le_bytes());
+    data.push(6);
+    let m = v0::Message {
+        header: solana_message::MessageHeader {
+            num_required_signatures: 1,
+            num_readonly_signed_accounts: 0,
+            num_readonly_unsigned_accounts: 2,
+        },
+        account_keys: vec![c, source, dest, MINT, exact::TOKEN_PROGRAM],
+        recent_blockhash: rpc.blockhash().await,
+        instructions: vec![CompiledInstruction::new_from_raw_parts(4, data, vec![1, 3, 2, 0])],
+        address_table_lookups: vec![],
+    };
+    let m = VersionedMessage::V0(m);
+    let sig = client().sign_message(&m.serialize());
+    let tx = solana_transaction::versioned::VersionedTransaction {
+        signatures: vec![sig],
+        message: m,
+    };
+    let out = rpc
+        .call(
+            "sendTransaction",
+            json!([exact::to_wire_base64(&tx), {"encoding": "base64"}]),
+        )
+        .await;
+    assert_eq!(out, sig.to_string());
+    sig.to_string()
+}
+
+#[tokio::test]
+async fn hosted_tenants_take_solana_payments_proofs_and_facilitator_settlements() {
+    use crate::hosted::{Auth, Hosted, HostedSpec};
+    let db = Db::postgres().await;
+    let anvil = Anvil::start().await;
+    let rpc = SolanaRpc::start().await;
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let extra = format!("[networks.solana]\nrpc_url = \"{}\"\nrpc_timeout_ms = 2000\n", rpc.url);
+    let mut spec = HostedSpec::new(&db.url, &anvil.url);
+    spec.extra = &extra;
+    spec.solana_key = Some(fee_payer().to_base58_string());
+    let h = Hosted::start(&spec).await;
+    // The free plan enables Solana.
+    let (_, key) = h.tenant("sol@t.test", "free", Some("sol")).await;
+    let (st, v) = h
+        .patch(
+            &key,
+            json!({"pay_to": {"solana": "0x90F79bf6EB2c4f870365E785982E1f101E93b906"}}),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("pay_to.solana"), "{v}");
+    let (st, v) = h
+        .patch(
+            &key,
+            json!({"upstream": up.url(), "pay_to": {"solana": payee().to_string()},
+                   "routes": [{"method": "GET", "path": "/paid/*", "price": "$0.001"}]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let p0 = rpc.usdc(&payee()).await;
+
+    // The tenant's proxy offers Solana with the operator's fee payer, and takes a payment.
+    let url = format!("{}/t/sol/paid/x", h.tg.url);
+    let req = requirement(&url).await;
+    assert_eq!(req["payTo"], payee().to_string());
+    assert_eq!(req["extra"]["feePayer"], fee_payer().pubkey().to_string());
+    let tx = rpc.payment(1000, |_| {}).await;
+    let (status, body, _) = pay(&url, &v2_header(&req, &tx)).await;
+    assert_eq!(status, 200, "{body}\n{}", h.tg.log());
+    assert_eq!(rpc.usdc(&payee()).await, p0 + 1000);
+
+    // A proof: a transfer the customer made itself, checked once.
+    let sig = direct_transfer(&rpc, 500_000).await;
+    let body = json!({"tx_hash": sig, "chain": "solana", "expected_amount": "0.5"});
+    let (st, v, _) = h
+        .call("POST", "/api/v1/x402/verify", Auth::Key(&key), Some(body.clone()))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["success"], true, "{v}");
+    assert_eq!(v["amount_usdc"], 0.5, "{v}");
+    assert_eq!(v["from_address"], client().pubkey().to_string(), "{v}");
+    assert_eq!(v["to_address"], payee().to_string(), "{v}");
+    let (_, v, _) = h.call("POST", "/api/v1/x402/verify", Auth::Key(&key), Some(body)).await;
+    assert_eq!(v["error_code"], "TX_ALREADY_USED", "{v}");
+    // More than was paid: refused.
+    let sig = direct_transfer(&rpc, 100).await;
+    let (_, v, _) = h
+        .call(
+            "POST",
+            "/api/v1/x402/verify",
+            Auth::Key(&key),
+            Some(json!({"tx_hash": sig, "chain": "solana", "expected_amount": "0.5"})),
+        )
+        .await;
+    assert_eq!(v["success"], false, "{v}");
+    // A signature that is not on chain.
+    let (_, v, _) = h
+        .call(
+            "POST",
+            "/api/v1/x402/verify",
+            Auth::Key(&key),
+            Some(json!({"tx_hash": solana_signature::Signature::from([3u8; 64]).to_string(), "chain": "solana"})),
+        )
+        .await;
+    assert_eq!(v["error_code"], "TX_NOT_FOUND", "{v}");
+
+    // The facilitator endpoints: /supported names the fee payer; /settle settles a Solana payment
+    // into the tenant's own wallet, and refuses another payee.
+    let (st, v, _) = h.call("GET", "/facilitator/supported", Auth::Key(&key), None).await;
+    assert_eq!(st, 200, "{v}");
+    let sol = v["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["network"] == "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp")
+        .unwrap_or_else(|| panic!("{v}"))
+        .clone();
+    assert_eq!(sol["extra"]["feePayer"], fee_payer().pubkey().to_string());
+    assert_eq!(v["signers"]["solana:*"][0], fee_payer().pubkey().to_string(), "{v}");
+    let requirements = json!({"scheme": "exact", "network": "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp", "amount": "1000",
+        "asset": MINT.to_string(), "payTo": payee().to_string(), "maxTimeoutSeconds": 60,
+        "extra": {"feePayer": fee_payer().pubkey().to_string()}});
+    let tx = rpc.payment(1000, |_| {}).await;
+    let payload =
+        json!({"x402Version": 2, "accepted": requirements, "payload": {"transaction": exact::to_wire_base64(&tx)}});
+    let b = json!({"x402Version": 2, "paymentPayload": payload, "paymentRequirements": requirements});
+    let (st, v, _) = h
+        .call("POST", "/facilitator/verify", Auth::Key(&key), Some(b.clone()))
+        .await;
+    assert_eq!((st, &v["isValid"]), (200, &json!(true)), "{v}");
+    let (st, v, _) = h
+        .call("POST", "/facilitator/settle", Auth::Key(&key), Some(b.clone()))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["success"], true, "{v}");
+    assert_eq!(v["payer"], client().pubkey().to_string());
+    assert_eq!(rpc.usdc(&payee()).await, p0 + 1000 + 500_000 + 100 + 1000);
+    // The same transaction again: a duplicate.
+    let (_, v, _) = h.call("POST", "/facilitator/settle", Auth::Key(&key), Some(b)).await;
+    assert_eq!(v["success"], false, "{v}");
+    assert_eq!(v["errorReason"], "duplicate_settlement", "{v}");
+    // Another payee: refused before anything is signed.
+    let mut other = requirements.clone();
+    other["payTo"] = json!(Keypair::new_from_array([41; 32]).pubkey().to_string());
+    let tx = rpc.payment(1000, |_| {}).await;
+    let payload = json!({"x402Version": 2, "accepted": other, "payload": {"transaction": exact::to_wire_base64(&tx)}});
+    let (_, v, _) = h
+        .call(
+            "POST",
+            "/facilitator/settle",
+            Auth::Key(&key),
+            Some(json!({"x402Version": 2, "paymentPayload": payload, "paymentRequirements": other})),
+        )
+        .await;
+    assert_eq!(v["success"], false, "{v}");
+    assert_eq!(v["errorReason"], "invalid_exact_svm_payload_recipient_mismatch", "{v}");
 }

@@ -34,7 +34,7 @@ pub mod reason {
         "invalid_exact_svm_payload_transaction_instructions_compute_price_instruction_too_high";
     pub const NO_TRANSFER: &str = "invalid_exact_svm_payload_no_transfer_instruction";
     pub const MINT: &str = "invalid_exact_svm_payload_mint_mismatch";
-    pub const RECIPIENT: &str = "invalid_exact_svm_payload_recipient_mismatch";
+    pub const RECIPIENT: &str = crate::x402::reason::SVM_RECIPIENT;
     pub const AMOUNT: &str = "invalid_exact_svm_payload_amount_mismatch";
     pub const MEMO: &str = "invalid_exact_svm_payload_memo_mismatch";
     pub const UNKNOWN_INSTRUCTION: &str = "invalid_exact_svm_payload_unknown_optional_instruction";

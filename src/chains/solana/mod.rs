@@ -38,6 +38,8 @@ pub struct SolanaOptions {
     pub confirm_timeout: Duration,
     pub poll: Duration,
     pub limits: Limits,
+    /// Under this SOL balance (lamports) the fee payer is reported as needing funds.
+    pub min_fee_payer_lamports: u64,
 }
 
 /// Seconds a Solana payment is assumed to stay sendable (a blockhash lives 150 blocks, about a
@@ -457,6 +459,23 @@ impl Chain for SolanaChain {
         Some(self.fee_payer.to_string())
     }
 
+    async fn check_signer_funds(&self) {
+        if self.signer.is_none() {
+            return;
+        }
+        let (net, fp) = (&self.network.name, self.fee_payer.to_string());
+        match self.rpc.get_balance(&self.fee_payer).await {
+            Ok(l) if l < self.opts.min_fee_payer_lamports => tracing::warn!(
+                network = %net, fee_payer = %fp, lamports = l, minimum = self.opts.min_fee_payer_lamports,
+                "the Solana fee payer is low on SOL: fund it, or settlements will fail (networks.{net}.min_fee_payer_lamports)"
+            ),
+            Ok(l) => tracing::info!(network = %net, fee_payer = %fp, sol = l as f64 / 1e9, "Solana fee payer ready"),
+            Err(e) => {
+                tracing::warn!(network = %net, fee_payer = %fp, error = %crate::redact::text(&e.to_string()), "cannot read the Solana fee payer's balance; check networks.{net}.rpc_url")
+            }
+        }
+    }
+
     async fn status(&self, c: &Checked, tx: Option<&str>, _now: u64) -> Result<ChainStatus, ChainError> {
         let t = Self::transfer(c);
         let sig = match tx.and_then(|s| Signature::from_str(s).ok()).or_else(|| self.id(t)) {
@@ -516,7 +535,8 @@ impl Chain for SolanaChain {
             Err(_) => 1,
         };
         Ok(Proof {
-            tx: tx.to_string(),
+            // The canonical base58, so that one transaction is consumed once however it was written.
+            tx: sig.to_string(),
             from: m.from.unwrap_or_default(),
             to: pay_to.to_string(),
             amount: alloy::primitives::U256::from(m.amount),
