@@ -11,12 +11,16 @@
 #   facilitator — tollgate's /facilitator/verify and /settle beside the reference facilitator (@x402/core +
 #             @x402/evm, viem's nonce manager on), the same pre-signed bodies a stock server sends, c8/c32,
 #             every settlement checked on chain.
+#   solana  — paid requests on Solana: payments made by the official @x402/svm client, settled on the
+#             LiteSVM JSON-RPC test server (tests/js/solana-rpc.mjs; the real SVM and SPL Token program,
+#             not a validator), c8/c32, every payment checked in the payee's token account.
 # Prints one table and writes it to benches/results/latest.md (raw data beside it).
 #
 # Knobs: REPS=3  WRK_ARGS="-t2 -c64 -d10s"  N=300  N_FAC=1000  CONCS="8 32"  MODES="before after"  TG_LOG=warn
 #        PEERS=1 (0: skip the peer scripts and reuse benches/results/peers/)  NM_VARIANTS=1  LOAD_MAX=1
 #        HOSTED=1 (0: skip hosted mode)  BENCH_PG=postgres://postgres@127.0.0.1:5432/test (an admin URL)
 #        FACIL_ONLY=1 (run only the facilitator section; the other rows keep their last run's figures)
+#        SOLANA=1 (0: skip the Solana section)  SOLANA_ONLY=1 (run only it)  N_SOL=300
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
@@ -25,6 +29,9 @@ export REPS=${REPS:-3} N=${N:-300} WARMUP=${WARMUP:-20} N_FAC=${N_FAC:-1000}
 CONCS=${CONCS:-"8 32"}; MODES=${MODES:-"before after"}
 export NM_VARIANTS=${NM_VARIANTS:-1}
 FACIL_ONLY=${FACIL_ONLY:-0}
+SOLANA_ONLY=${SOLANA_ONLY:-0}; N_SOL=${N_SOL:-300}
+# Only the Solana section: every other section is skipped (as FACIL_ONLY=1 HOSTED=0 would).
+[ "$SOLANA_ONLY" = 1 ] && { FACIL_ONLY=1; HOSTED=0; }
 TG_PORT=18402
 mkdir -p "$OUT/peers" "$OUT/raw"
 
@@ -298,6 +305,71 @@ print(json.dumps(d))' "$r" "$B0" "$B1" "$LAST_LOAD" "$LAST_BUSY" | tee -a "$FAC"
   printf '{"rss_idle_kb":%s,"rss_10k_active_kb":%s,"touched":"%s"}\n' "$H_IDLE" "$H_ACTIVE" "$TOUCHED" > "$OUT/raw/tollgate-hosted-rss.json"
   fi
   psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS tollgate_bench_hosted WITH (FORCE)"
+fi
+
+if [ "${SOLANA:-1}" = 1 ]; then
+  # Solana: a fresh LiteSVM RPC server and a fresh gateway per run; the payments are made by the official
+  # @x402/svm client (one random memo each, so each is its own transaction); the payee's USDC account says
+  # how many landed.
+  echo "== solana (LiteSVM RPC test server)"
+  SOL=$OUT/raw/solana.jsonl; : > "$SOL"
+  JS=$ROOT/tests/js
+  [ -d "$JS/node_modules/litesvm" ] || (cd "$JS" && npm ci --no-audit --no-fund --loglevel=error)
+  FP=$(node "$JS/sol-keys.mjs" 21); PAYER=$(node "$JS/sol-keys.mjs" 22); PAYEE=$(node "$JS/sol-keys.mjs" 23)
+  j() { python3 -c 'import sys,json;print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+  SRPC=http://127.0.0.1:18899; SRPC_PID=""
+  srpc() { curl -s -X POST -H 'content-type: application/json' --data "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"$1\",\"params\":$2}" $SRPC; }
+  sol_payee_bal() { srpc tg_usdcOf "[\"$(j "$PAYEE" address)\"]" | python3 -c 'import sys,json;print(int(json.load(sys.stdin)["result"]))'; }
+  start_sol() {
+    [ -n "$SRPC_PID" ] && { kill "$SRPC_PID"; wait "$SRPC_PID" 2>/dev/null || true; }
+    [ -n "$TG_PID" ] && { kill "$TG_PID"; wait "$TG_PID" 2>/dev/null || true; TG_PID=""; }
+    node "$JS/solana-rpc.mjs" 18899 > run/tg/solana-rpc.out 2>&1 & SRPC_PID=$!; PIDS+=($SRPC_PID)
+    for i in $(seq 1 100); do srpc getHealth '[]' | grep -q ok && break; sleep 0.1; done
+    srpc requestAirdrop "[\"$(j "$FP" address)\", 100000000000]" > /dev/null
+    srpc tg_mintUsdc "[\"$(j "$PAYER" address)\", 1000000000]" > /dev/null
+    srpc tg_createUsdcAccount "[\"$(j "$PAYEE" address)\"]" > /dev/null
+    rm -f run/tg/tollgate-sol.db*
+    cat > run/tg/tollgate-sol.toml <<CONF
+listen = "127.0.0.1:$TG_PORT"
+upstream = "http://127.0.0.1:18080"
+database = "sqlite://$B/run/tg/tollgate-sol.db"
+pay_to_solana = "$(j "$PAYEE" address)"
+[networks.solana]
+rpc_url = "$SRPC"
+[[routes]]
+method = "GET"
+path = "/paid"
+price = "\$0.001"
+description = "paid JSON"
+CONF
+    TOLLGATE_SOLANA_KEY=$(j "$FP" keypair58) TOLLGATE_LOG=${TG_LOG:-warn} \
+      "$TOLLGATE" serve --config run/tg/tollgate-sol.toml >> run/tg/tollgate-sol.log 2>&1 &
+    TG_PID=$!; PIDS+=($TG_PID)
+    for i in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:$TG_PORT/ && return 0; sleep 0.1; done
+    echo "tollgate did not start"; cat run/tg/tollgate-sol.log; exit 1
+  }
+  sol_pregen() { PAYER_SECRET=$(j "$PAYER" seed58) SOLANA_RPC=$SRPC node "$JS/sol-pregen.mjs" "$1" "$2" http://127.0.0.1:$TG_PORT/paid > /dev/null; }
+  for C in $CONCS; do
+    for r in $(seq 1 "$REPS"); do
+      label="t_sol_paid_c$C"
+      start_sol
+      sol_pregen $WARMUP run/tg/sol-warm.json
+      SRV_PORT=$TG_PORT node x402ref/fire.mjs run/tg/sol-warm.json 8 warmup > /dev/null
+      sol_pregen $N_SOL run/tg/sol.json
+      wait_quiet
+      echo "[$label rep $r] uptime: $(uptime)"
+      B0=$(sol_payee_bal); R0=$(ticks $SRPC_PID); G0=$(ticks $TG_PID)
+      OUT_JSON=$(SRV_PORT=$TG_PORT timeout 600 node x402ref/fire.mjs run/tg/sol.json $C "$label")
+      R1=$(ticks $SRPC_PID); G1=$(ticks $TG_PID); B1=$(sol_payee_bal)
+      echo "$OUT_JSON" | python3 -c '
+import sys, json
+d = json.loads(sys.stdin.read()); a = sys.argv
+d.update(rep=int(a[1]), landed_onchain=(int(a[3]) - int(a[2])) // 1000, load1=float(a[4]), cpu_busy_pct=int(a[5]),
+         rpc_cpu_s=(int(a[7]) - int(a[6])) / 100, gateway_cpu_s=(int(a[9]) - int(a[8])) / 100)
+print(json.dumps(d))' "$r" "$B0" "$B1" "$LAST_LOAD" "$LAST_BUSY" "$R0" "$R1" "$G0" "$G1" | tee -a "$SOL"
+    done
+  done
+  kill "$SRPC_PID" 2>/dev/null || true
 fi
 
 python3 "$ROOT/benches/load/summary.py" "$OUT" | tee "$OUT/latest.md"

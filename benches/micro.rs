@@ -188,5 +188,62 @@ price = "free"
     g.finish();
 }
 
-criterion_group!(benches, decode, eip712, offline, render_402, routes, reading);
+/// Solana's offline verification of a payment the way the official client builds it: decode the
+/// header, decode the transaction, the instruction checks, the ATA derivation and the client's
+/// ed25519 signature.
+#[cfg(feature = "solana")]
+fn solana_offline(c: &mut Criterion) {
+    use solana_signer::Signer;
+    use tollgate::chains::solana::exact::{self, Payment};
+    use tollgate::chains::solana::{Limits, SolanaChain, SolanaOptions};
+    let fee_payer = solana_keypair::Keypair::new_from_array([21; 32]);
+    let client_key = solana_keypair::Keypair::new_from_array([22; 32]);
+    let pay_to = solana_keypair::Keypair::new_from_array([23; 32]).pubkey();
+    let mut net = Network::from_known(builtin("solana").unwrap());
+    net.fee_payer = Some(fee_payer.pubkey().to_string());
+    let net = Arc::new(net);
+    let o = Offer::exact(net.clone(), U256::from(1000u64), pay_to.to_string(), 60);
+    let opts = SolanaOptions {
+        rpc_url: "http://127.0.0.1:9".into(),
+        rpc_timeout: std::time::Duration::from_secs(1),
+        confirm_timeout: std::time::Duration::from_secs(1),
+        poll: std::time::Duration::from_millis(100),
+        limits: Limits::default(),
+        min_fee_payer_lamports: 0,
+    };
+    let chain = SolanaChain::new(net, opts, Ok(fee_payer.insecure_clone())).unwrap();
+    let m = exact::payment_message(&Payment {
+        client: client_key.pubkey(),
+        fee_payer: fee_payer.pubkey(),
+        pay_to,
+        mint: solana_pubkey::Pubkey::from_str_const("EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"),
+        amount: 1000,
+        blockhash: solana_hash::Hash::new_from_array([5; 32]),
+        memo: b"00112233445566778899aabbccddeeff".to_vec(),
+    });
+    let tx = exact::sign_as_client(&client_key, solana_message::VersionedMessage::V0(m));
+    let payload = serde_json::json!({"x402Version": 2, "accepted": o.to_v2(),
+        "payload": {"transaction": exact::to_wire_base64(&tx)}});
+    let h = tollgate::x402::encode_header(&payload);
+    c.bench_function("verify_offline/solana v2 (decode+checks+ed25519)", |b| {
+        b.iter(|| {
+            let p = decode_payment(Version::V2, black_box(h.as_bytes())).unwrap();
+            chain.check_offline(&o, AmountMatch::Exact, &p, NOW).unwrap()
+        })
+    });
+}
+
+#[cfg(not(feature = "solana"))]
+fn solana_offline(_: &mut Criterion) {}
+
+criterion_group!(
+    benches,
+    decode,
+    eip712,
+    offline,
+    solana_offline,
+    render_402,
+    routes,
+    reading
+);
 criterion_main!(benches);

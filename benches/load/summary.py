@@ -115,3 +115,12 @@ if fac:
             print(f"| {what} c{c} | {med(t,'ok_rps'):,.1f} {unit}, p50 {med(t,'p50_ms'):.1f} / p99 {med(t,'p99_ms'):.1f} ms "
                   f"| {med(r,'ok_rps'):,.1f} {unit}, p50 {med(r,'p50_ms'):.1f} / p99 {med(r,'p99_ms'):.1f} ms "
                   f"| {ratio:.1f}×{target} | {landed} |")
+sol = jsonl(f"{out}/raw/solana.jsonl")
+if sol:
+    print()
+    print("| Solana paid (official @x402/svm client, LiteSVM RPC test server) | paid/s | p50 / p99 ms | settled on chain per run | gateway CPU ms/payment | RPC server CPU ms/payment |")
+    print("|---|---|---|---|---|---|")
+    for label, ds in sol.items():
+        print(f"| {label} | {med(ds,'paid_rps'):.1f} | {med(ds,'p50_ms'):.0f} / {med(ds,'p99_ms'):.0f} "
+              f"| {', '.join(str(d['landed_onchain']) + '/' + str(d['n']) for d in ds)} "
+              f"| {per_pay(ds,'gateway_cpu_s'):.2f} | {per_pay(ds,'rpc_cpu_s'):.2f} |")

@@ -14,7 +14,8 @@
 // transactions unprocessed, tg_release() processes them; tg_expireBlockhash(); tg_dropAnswers(method,
 // n) runs the next n calls of a method but closes the connection instead of answering;
 // tg_failCalls(method, n) answers the next n calls with HTTP 503 and does nothing;
-// tg_down(bool) answers every call with 503 until turned off.
+// tg_down(bool) answers every call with 503 until turned off; tg_landed() counts landed
+// transactions; tg_usdcOf(owner) reads a wallet's USDC.
 
 import http from "node:http";
 import { LiteSVM } from "litesvm";
@@ -369,6 +370,10 @@ const methods = {
   tg_failCalls: ([m, n]) => fails.set(m, n) && n,
   tg_down: ([on]) => (down = !!on),
   tg_landed: () => landed.size,
+  tg_usdcOf: async ([owner]) => {
+    const t = readTokenAccount(await ata(owner));
+    return t ? t.amount.toString() : "0";
+  },
 };
 
 setMint();
