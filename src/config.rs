@@ -524,13 +524,11 @@ impl KeySource {
                 .map_err(|e| format!("key file {}: {e}", path.display())),
         }
     }
-    /// How to tell a user to set it.
-    pub fn describe(&self) -> String {
+    /// How to tell a user to set it, `what` being the key ("the relayer's private key").
+    pub fn describe(&self, what: &str) -> String {
         match self {
-            KeySource::Env(var) => {
-                format!("set the environment variable {var} to the relayer's private key")
-            }
-            KeySource::File(p) => format!("put the relayer's private key in {}", p.display()),
+            KeySource::Env(var) => format!("set the environment variable {var} to {what}"),
+            KeySource::File(p) => format!("put {what} in {}", p.display()),
         }
     }
 }
@@ -592,17 +590,15 @@ pub fn build(file: FileConfig) -> Result<(Settings, Tenant), Vec<String>> {
     }
 }
 
+/// What the Solana fee payer's key source holds, for messages.
+pub const SOLANA_KEY: &str = "the fee payer's keypair (base58, or solana-keygen's JSON array)";
+
 /// The Solana fee payer's public key, read from its key source.
 fn solana_fee_payer(source: Option<&KeySource>) -> Result<String, String> {
     let Some(source) = source else {
         return Err("facilitator mode: set fee_payer to the facilitator's Solana fee payer (its /supported lists it as extra.feePayer)".into());
     };
-    let how = match source {
-        KeySource::Env(v) => format!(
-            "set the environment variable {v} to the fee payer's keypair (base58, or solana-keygen's JSON array)"
-        ),
-        KeySource::File(p) => format!("put the fee payer's keypair (solana-keygen's JSON) in {}", p.display()),
-    };
+    let how = source.describe(SOLANA_KEY);
     let text = source
         .load()?
         .ok_or_else(|| format!("no Solana fee payer key: {how}"))?;
@@ -1008,6 +1004,16 @@ fn build_network(name: &str, nc: &NetworkConfig) -> Result<NetworkSettings, Stri
     if known.map(|k| k.family) == Some(Family::Solana) {
         return build_solana_network(name, known.expect("checked"), nc);
     }
+    for (set, field) in [
+        (nc.fee_payer.is_some(), "fee_payer"),
+        (nc.max_compute_units.is_some(), "max_compute_units"),
+        (nc.max_compute_unit_price.is_some(), "max_compute_unit_price"),
+        (nc.min_fee_payer_lamports.is_some(), "min_fee_payer_lamports"),
+    ] {
+        if set {
+            return Err(format!("{key}.{field}: a Solana setting; EVM networks take rpc_url, chain_id, caip2, usdc, eip712_name, eip712_version, gas_limit, rpc_timeout_ms, max_batch, batch_window_ms"));
+        }
+    }
     let mut net = match known {
         Some(k) => Network::from_known(k),
         None => {
@@ -1071,15 +1077,21 @@ fn build_network(name: &str, nc: &NetworkConfig) -> Result<NetworkSettings, Stri
     Ok(NetworkSettings {
         network: Arc::new(net),
         rpc_url,
-        compute_units_max: nc.max_compute_units.unwrap_or(400_000),
-        compute_unit_price_max: nc.max_compute_unit_price.unwrap_or(5_000_000),
-        min_fee_payer_lamports: nc.min_fee_payer_lamports.unwrap_or(10_000_000),
+        // Solana settings: none on EVM.
+        compute_units_max: 0,
+        compute_unit_price_max: 0,
+        min_fee_payer_lamports: 0,
         gas_limit: nc.gas_limit.unwrap_or(200_000),
         rpc_timeout_ms: nc.rpc_timeout_ms.unwrap_or(5_000),
         max_batch: nc.max_batch.unwrap_or(32).max(1),
         batch_window_ms: nc.batch_window_ms.unwrap_or(5),
     })
 }
+
+/// Most compute units a client's Solana transaction may ask the fee payer to pay for, by default.
+pub const SOLANA_MAX_COMPUTE_UNITS: u32 = 400_000;
+/// Highest priority fee (micro-lamports per compute unit) the fee payer pays, by default.
+pub const SOLANA_MAX_COMPUTE_UNIT_PRICE: u64 = 5_000_000;
 
 /// A built-in Solana network (`solana`, `solana-devnet`), with its RPC, mint and fee-payer limits.
 /// The fee payer itself is set once the key is read ([`build_any`]).
@@ -1138,8 +1150,8 @@ fn build_solana_network(
     Ok(NetworkSettings {
         network: Arc::new(net),
         rpc_url,
-        compute_units_max: nc.max_compute_units.unwrap_or(400_000),
-        compute_unit_price_max: nc.max_compute_unit_price.unwrap_or(5_000_000),
+        compute_units_max: nc.max_compute_units.unwrap_or(SOLANA_MAX_COMPUTE_UNITS),
+        compute_unit_price_max: nc.max_compute_unit_price.unwrap_or(SOLANA_MAX_COMPUTE_UNIT_PRICE),
         min_fee_payer_lamports: nc.min_fee_payer_lamports.unwrap_or(10_000_000),
         gas_limit: 0,
         rpc_timeout_ms: nc.rpc_timeout_ms.unwrap_or(5_000),

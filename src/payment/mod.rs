@@ -129,16 +129,14 @@ impl Payments {
                     solana_key = solana_source.load();
                     solana_hint = format!(
                         "no Solana fee payer key: {}",
-                        solana_source
-                            .describe()
-                            .replace("relayer's private key", "fee payer's keypair")
+                        solana_source.describe(crate::config::SOLANA_KEY)
                     );
                     Box::new(settle::Relayed)
                 },
                 key_source.load()?,
                 format!(
                     "no relayer key: {} (or use settlement.mode = \"facilitator\")",
-                    key_source.describe()
+                    key_source.describe("the relayer's private key")
                 ),
                 Receipts {
                     confirmations: *confirmations,

@@ -60,8 +60,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_compute_units: 400_000,
-            max_compute_unit_price: 5_000_000,
+            max_compute_units: crate::config::SOLANA_MAX_COMPUTE_UNITS,
+            max_compute_unit_price: crate::config::SOLANA_MAX_COMPUTE_UNIT_PRICE,
         }
     }
 }

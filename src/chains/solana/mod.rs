@@ -132,14 +132,6 @@ impl SolanaChain {
         })
     }
 
-    pub fn fee_payer(&self) -> Pubkey {
-        self.fee_payer
-    }
-
-    pub fn rpc(&self) -> &RpcClient {
-        &self.rpc
-    }
-
     fn transfer(c: &Checked) -> &CheckedSolTransfer {
         match c {
             Checked::Solana(t) => t,
@@ -181,7 +173,7 @@ impl SolanaChain {
     }
 
     /// `Some(Ok)` landed and succeeded, `Some(Err)` landed and failed, `None` not seen (yet).
-    async fn landed(&self, sig: &Signature) -> Result<Option<Result<u64, String>>, ClientError> {
+    async fn landed(&self, sig: &Signature) -> Result<Option<Result<(), String>>, ClientError> {
         let r = self.rpc.get_signature_statuses_with_history(&[*sig]).await?;
         Ok(r.value.into_iter().next().flatten().and_then(|s| {
             let done = matches!(
@@ -190,7 +182,7 @@ impl SolanaChain {
             ) || (s.confirmation_status.is_none() && s.confirmations.is_none());
             match (&s.err, done) {
                 (Some(e), _) => Some(Err(e.to_string())),
-                (None, true) => Some(Ok(s.slot)),
+                (None, true) => Some(Ok(())),
                 (None, false) => None,
             }
         }))
@@ -544,11 +536,6 @@ impl Chain for SolanaChain {
             block_time: m.block_time.unwrap_or_default().max(0) as u64,
         })
     }
-}
-
-/// Reads a wallet's SOL balance (lamports): the fee payer's at start, and tests.
-pub async fn sol_balance(rpc: &RpcClient, who: &Pubkey) -> Result<u64, String> {
-    rpc.get_balance(who).await.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ pub struct Moved {
     /// The owner whose balance of `mint` fell the most (the sender), when one did.
     pub from: Option<String>,
     pub block_time: Option<i64>,
-    pub slot: u64,
 }
 
 fn owner(b: &UiTransactionTokenBalance) -> Option<&str> {
@@ -76,7 +75,6 @@ pub fn moved(tx: &EncodedConfirmedTransactionWithStatusMeta, mint: &str, pay_to:
         amount: u64::try_from(gained).unwrap_or(u64::MAX),
         from,
         block_time: tx.block_time,
-        slot: tx.slot,
     })
 }
 
