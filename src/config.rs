@@ -1416,6 +1416,13 @@ mod tests {
                 .any(|m| m.starts_with("networks.solana.gas_limit: an EVM setting")),
             "{p:?}"
         );
+        // BASE ends inside [networks.base]: a Solana key there is refused by name.
+        let p = problems("max_compute_units = 5");
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("networks.base.max_compute_units: a Solana setting")),
+            "{p:?}"
+        );
         assert!(is_base58_key("EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"));
         assert!(is_base58_key("11111111111111111111111111111111"));
         assert!(!is_base58_key("EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEG"));

@@ -115,24 +115,28 @@ impl Payments {
         attempts: AttemptLog,
         clock: Arc<dyn Clock>,
     ) -> Result<Payments, String> {
-        let mut solana_key: Result<Option<String>, String> = Ok(None);
-        let mut solana_hint = "facilitator mode settles through the facilitator".to_string();
+        // The Solana fee payer's key (facilitator mode has none: the facilitator's fee payer signs).
+        let (solana_key, solana_hint) = match &settings.settlement {
+            Settlement::Local { solana_key, .. } => (
+                solana_key.load(),
+                format!(
+                    "no Solana fee payer key: {}",
+                    solana_key.describe(crate::config::SOLANA_KEY)
+                ),
+            ),
+            Settlement::Facilitator { .. } => {
+                (Ok(None), "facilitator mode settles through the facilitator".to_string())
+            }
+        };
         let (settler, key, key_hint, receipts): (Box<dyn Settler>, _, String, _) = match &settings.settlement {
             Settlement::Local {
                 key_source,
-                solana_key: solana_source,
                 confirmations,
                 receipt_timeout_secs,
                 receipt_poll_ms,
+                ..
             } => (
-                {
-                    solana_key = solana_source.load();
-                    solana_hint = format!(
-                        "no Solana fee payer key: {}",
-                        solana_source.describe(crate::config::SOLANA_KEY)
-                    );
-                    Box::new(settle::Relayed)
-                },
+                Box::new(settle::Relayed),
                 key_source.load()?,
                 format!(
                     "no relayer key: {} (or use settlement.mode = \"facilitator\")",
