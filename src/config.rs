@@ -73,6 +73,9 @@ pub struct FileConfig {
     pub routes: Vec<RouteConfig>,
     /// The management API's listener (on by default in hosted mode).
     pub api: Option<ApiConfig>,
+    /// Prometheus metrics and health (`/metrics`, `/status`, `/status/ready`).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Hosted mode: many tenants from the database instead of the one this file describes.
     pub hosted: Option<HostedConfig>,
     /// Plans of the hosted service (default: SAAS.md's free / starter / pro / enterprise).
@@ -95,6 +98,29 @@ pub struct ApiConfig {
 
 fn default_api_listen() -> String {
     "127.0.0.1:8403".into()
+}
+
+/// `[metrics]`: Prometheus `/metrics` and the health checks, on their own listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+            enabled: true,
+        }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9402".into()
 }
 
 /// `[hosted]`: the multi-tenant service.
@@ -477,6 +503,8 @@ pub struct Settings {
     pub limits: LimitsConfig,
     /// The management API's address, when it runs.
     pub api_listen: Option<std::net::SocketAddr>,
+    /// The metrics listener's address (`None`: turned off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[api] facilitator_keys`, lower-case hex.
     pub facilitator_keys: Vec<String>,
     /// Hosted mode's settings; `None` for the drop-in gateway.
@@ -851,6 +879,20 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
             None
         }
     });
+    let metrics_listen = match (
+        file.metrics.enabled,
+        file.metrics.listen.parse::<std::net::SocketAddr>(),
+    ) {
+        (false, _) => None,
+        (true, Ok(a)) => Some(a),
+        (true, Err(_)) => {
+            problems.push(format!(
+                "metrics.listen: '{}' is not an address like '127.0.0.1:9402'",
+                file.metrics.listen
+            ));
+            None
+        }
+    };
     if let Some(h) = &file.hosted {
         if h.base_domain.is_none() && !h.path_prefix {
             problems.push("hosted: neither base_domain nor path_prefix is set, so no request could name its tenant; set base_domain = \"gw.example.com\" or path_prefix = true".into());
@@ -892,6 +934,7 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
         cors_origins: file.cors.allow_origins,
         limits: file.limits,
         api_listen,
+        metrics_listen,
         facilitator_keys,
         hosted: file.hosted,
         plans,
@@ -974,12 +1017,12 @@ pub fn build_routes(
                 None
             }
         };
-        routes.push(Route {
+        routes.push(Route::new(
             method,
-            pattern: rc.path.clone(),
-            pricing: pricing.map(Arc::new),
-            discoverable: rc.discoverable,
-        });
+            rc.path.clone(),
+            pricing.map(Arc::new),
+            rc.discoverable,
+        ));
     }
 
     // Routes that differ only by letter case are one route to an upstream that ignores case.

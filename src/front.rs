@@ -382,6 +382,7 @@ pub fn read_head(
     out.extend_from_slice(pingora_core::protocols::http::date::get_cached_date().as_bytes());
     out.extend_from_slice(b"\r\nconnection: keep-alive\r\n\r\n");
     out.extend_from_slice(&body);
+    crate::metrics::METRICS.request(&tenant.id, route.label(), "challenged");
     Head::Unpaid(n)
 }
 

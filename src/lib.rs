@@ -16,6 +16,8 @@ pub mod discovery;
 pub mod facilitator;
 pub mod fenced;
 pub mod front;
+pub mod health;
+pub mod metrics;
 pub mod money;
 pub mod payment;
 pub mod proxy;

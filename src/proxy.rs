@@ -168,7 +168,7 @@ impl ProxyHttp for Proxy {
             }
             Err(e) => return send(session, challenge::malformed(&e.to_string(), ctx.cors.as_deref())).await,
         };
-        ctx.route = route.label();
+        ctx.route = route.label().to_string();
         let payments = &self.app.payments;
         let mut rec = new_attempt(payments.clock.now_ms(), &tenant.id, &ctx.route, req);
         let accepted = if pricing.payment_id == IdPolicy::Off {
@@ -461,7 +461,16 @@ impl ProxyHttp for Proxy {
     }
 
     /// The request is over: write its attempt record.
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(t) = &ctx.tenant {
+            let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+            let route = if ctx.route.is_empty() {
+                "none"
+            } else {
+                ctx.route.as_str()
+            };
+            crate::metrics::METRICS.request(&t.id, route, request_outcome(status, ctx));
+        }
         if let Some(hold) = ctx.id_hold.take() {
             self.end_id(&hold, ctx).await;
         }
@@ -499,6 +508,28 @@ impl ProxyHttp for Proxy {
         }
         rec.total_us = ctx.started.elapsed().as_micros() as u64;
         self.app.payments.record(rec);
+    }
+}
+
+/// What became of a request, for `tollgate_requests_total`.
+fn request_outcome(status: u16, ctx: &Ctx) -> &'static str {
+    let paying = ctx.attempt.is_some() || ctx.accepted.is_some();
+    match status {
+        402 if paying => "refused",
+        402 => "challenged",
+        429 => "over_quota",
+        503 => "unavailable",
+        504 if ctx
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.outcome == Some(Outcome::Pending)) =>
+        {
+            "pending"
+        }
+        502 | 504 => "upstream_failed",
+        _ if ctx.pricing.is_some() && ctx.served && ctx.accepted.is_some() => "paid",
+        _ if ctx.pricing.is_none() && ctx.served => "free",
+        _ => "other",
     }
 }
 

@@ -64,9 +64,18 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     let checking = app.clone();
     core.spawn(async move {
         for c in checking.payments.chains() {
-            c.check_signer_funds().await;
+            match c.check_signer_funds().await {
+                Some(Ok(())) => tracing::info!(network = %c.network().name, signer = c.signer().unwrap_or_default(), "signer funded"),
+                Some(Err(why)) => tracing::warn!(network = %c.network().name, "{why}"),
+                None => {}
+            }
         }
     });
+    if let Some(addr) = app.settings.metrics_listen {
+        if let Err(e) = core.block_on(crate::health::serve(addr, app.clone())) {
+            tracing::warn!("{e}; metrics and health are not served (set [metrics] listen to a free address)");
+        }
+    }
 
     // Descriptors: client connections are capped, and so is each worker's pool of idle upstream
     // connections, so that together they stay below the open-file limit with room for the database,

@@ -71,15 +71,32 @@ pub struct Route {
     /// `discoverable` of its spec: `Some(true)` published in the catalog, `Some(false)` hidden
     /// from `/.well-known/x402` too.
     pub discoverable: Option<bool>,
+    /// A short name for records and metrics: `GET /api/*` (made once, at load).
+    pub label: String,
 }
 
 impl Route {
-    /// A short name for records and metrics: `GET /api/*`.
-    pub fn label(&self) -> String {
-        match &self.method {
-            MethodMatch::Any => format!("* {}", self.pattern),
-            MethodMatch::Only(m) => format!("{m} {}", self.pattern),
+    pub fn new(
+        method: MethodMatch,
+        pattern: String,
+        pricing: Option<Arc<Pricing>>,
+        discoverable: Option<bool>,
+    ) -> Route {
+        let label = match &method {
+            MethodMatch::Any => format!("* {pattern}"),
+            MethodMatch::Only(m) => format!("{m} {pattern}"),
+        };
+        Route {
+            method,
+            pattern,
+            pricing,
+            discoverable,
+            label,
         }
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
     }
 }
 

@@ -251,7 +251,9 @@ pub fn router(api: Arc<Api>) -> Router {
         })
         // Bodies are small JSON documents.
         .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
-        .with_state(api)
+        .with_state(api.clone())
+        // Health, on the management listener as on the metrics one.
+        .merge(crate::health::status_router(api.app.clone()))
 }
 
 /// Serves the management API on `addr` until the process ends.

@@ -250,8 +250,16 @@ pub trait Chain: Send + Sync {
         None
     }
 
-    /// Checks (and logs) whether the signer holds enough to pay for settlements; called at start.
-    async fn check_signer_funds(&self) {}
+    /// Checks whether the signer holds enough to pay for settlements (`None`: no signer here), and
+    /// reports its balance in the metrics; logged at start, asked by readiness.
+    async fn check_signer_funds(&self) -> Option<Result<(), String>> {
+        None
+    }
+
+    /// Whether the chain's RPC answers (readiness).
+    async fn ping(&self) -> Result<(), String> {
+        Ok(())
+    }
 
     /// A payment already made: the USDC that transaction `tx` moved to `pay_to`.
     async fn proof(&self, _tx: &str, _pay_to: &str) -> Result<Proof, ProofError> {

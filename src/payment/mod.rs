@@ -249,8 +249,9 @@ impl Payments {
         self.chains.get(network)
     }
 
-    /// Queues an attempt record.
+    /// Queues an attempt record (and counts it in the metrics).
     pub fn record(&self, a: Attempt) {
+        crate::metrics::METRICS.attempt(&a);
         self.attempts.record(a);
     }
 

@@ -72,6 +72,12 @@ fn redact(url: &str) -> String {
 
 impl Store {
     /// Connects (creating a SQLite file on first start) and runs the embedded migrations.
+    /// Whether the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let kind = if url.starts_with("sqlite:") {

@@ -8,6 +8,7 @@ mod front;
 mod gateway;
 mod hosted;
 mod interop;
+mod ops;
 mod reading;
 #[cfg(feature = "solana")]
 mod solana;

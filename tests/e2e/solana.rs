@@ -225,7 +225,7 @@ async fn a_solana_payment_is_verified_settled_and_forwarded_on_both_databases() 
         assert_eq!(req["amount"], "1000");
         assert_eq!(req["extra"]["feePayer"], fee_payer().pubkey().to_string());
         eventually("the fee payer's balance is reported at start", || async {
-            tg.log().contains("Solana fee payer ready")
+            tg.log().contains("signer funded")
         })
         .await;
 

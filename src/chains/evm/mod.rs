@@ -376,6 +376,39 @@ impl Chain for EvmChain {
         self.relayer_address().map(|a| a.to_checksum(None))
     }
 
+    async fn check_signer_funds(&self) -> Option<Result<(), String>> {
+        let a = self.relayer_address()?;
+        let net = &self.network.name;
+        match self.provider.get_balance(a).await {
+            Ok(wei) => {
+                let w: u64 = wei.try_into().unwrap_or(u64::MAX);
+                crate::metrics::METRICS
+                    .signer_balance
+                    .with_label_values(&[net])
+                    .set(w.min(i64::MAX as u64) as i64);
+                if wei.is_zero() {
+                    Some(Err(format!(
+                        "the relayer {a} holds no gas on {net}: fund it with the chain's native token"
+                    )))
+                } else {
+                    Some(Ok(()))
+                }
+            }
+            Err(_) => Some(Err(format!(
+                "the relayer's balance cannot be read; check networks.{net}.rpc_url"
+            ))),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), String> {
+        self.provider.get_block_number().await.map(|_| ()).map_err(|_| {
+            format!(
+                "the {} RPC does not answer (networks.{}.rpc_url)",
+                self.network.name, self.network.name
+            )
+        })
+    }
+
     async fn proof(&self, tx: &str, pay_to: &str) -> Result<super::Proof, super::ProofError> {
         self.evm_proof(tx, pay_to).await
     }

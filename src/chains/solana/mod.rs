@@ -451,21 +451,38 @@ impl Chain for SolanaChain {
         Some(self.fee_payer.to_string())
     }
 
-    async fn check_signer_funds(&self) {
-        if self.signer.is_none() {
-            return;
-        }
+    async fn check_signer_funds(&self) -> Option<Result<(), String>> {
+        self.signer.as_ref()?;
         let (net, fp) = (&self.network.name, self.fee_payer.to_string());
+        let min = self.opts.min_fee_payer_lamports;
         match self.rpc.get_balance(&self.fee_payer).await {
-            Ok(l) if l < self.opts.min_fee_payer_lamports => tracing::warn!(
-                network = %net, fee_payer = %fp, lamports = l, minimum = self.opts.min_fee_payer_lamports,
-                "the Solana fee payer is low on SOL: fund it, or settlements will fail (networks.{net}.min_fee_payer_lamports)"
-            ),
-            Ok(l) => tracing::info!(network = %net, fee_payer = %fp, sol = l as f64 / 1e9, "Solana fee payer ready"),
+            Ok(l) => {
+                crate::metrics::METRICS
+                    .signer_balance
+                    .with_label_values(&[net])
+                    .set(l.min(i64::MAX as u64) as i64);
+                if l < min {
+                    Some(Err(format!("the fee payer {fp} holds {l} lamports, under networks.{net}.min_fee_payer_lamports ({min}): fund it with SOL")))
+                } else {
+                    Some(Ok(()))
+                }
+            }
             Err(e) => {
-                tracing::warn!(network = %net, fee_payer = %fp, error = %crate::redact::text(&e.to_string()), "cannot read the Solana fee payer's balance; check networks.{net}.rpc_url")
+                tracing::debug!(error = %crate::redact::text(&e.to_string()), "fee payer balance");
+                Some(Err(format!(
+                    "the fee payer's balance cannot be read; check networks.{net}.rpc_url"
+                )))
             }
         }
+    }
+
+    async fn ping(&self) -> Result<(), String> {
+        self.rpc.get_slot().await.map(|_| ()).map_err(|_| {
+            format!(
+                "the {} RPC does not answer (networks.{}.rpc_url)",
+                self.network.name, self.network.name
+            )
+        })
     }
 
     async fn status(&self, c: &Checked, tx: Option<&str>, _now: u64) -> Result<ChainStatus, ChainError> {

@@ -1,0 +1,108 @@
+//! The metrics listener: Prometheus `/metrics`, `/status` (alive) and `/status/ready` (every
+//! dependency answers). Readiness is 200 only when the database answers, every configured chain's
+//! RPC answers and every signer (relayer, fee payer) is funded; otherwise 503 with a JSON body that
+//! names each failing check (the Kong / APISIX convention).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Map, Value};
+
+use crate::app::App;
+
+/// How long one readiness check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The routes served on the metrics listener (the management API mounts the status ones too).
+pub fn router(app: Arc<App>) -> Router {
+    Router::new().route("/metrics", get(metrics)).merge(status_router(app))
+}
+
+/// `/status` and `/status/ready`.
+pub fn status_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/status", get(alive))
+        .route("/status/ready", get(ready))
+        .with_state(app)
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        crate::metrics::METRICS.render(),
+    )
+}
+
+async fn alive() -> impl IntoResponse {
+    axum::Json(json!({"status": "alive"}))
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(CHECK_TIMEOUT, f).await.ok()
+}
+
+/// Runs every readiness check; `(all passed, each check's result)`.
+pub async fn readiness(app: &App) -> (bool, Map<String, Value>) {
+    let mut checks = Map::new();
+    let mut ok = true;
+    let mut put = |name: String, r: Result<(), String>| {
+        ok &= r.is_ok();
+        checks.insert(
+            name,
+            match r {
+                Ok(()) => json!({"status": "ok"}),
+                Err(why) => json!({"status": "failing", "detail": why}),
+            },
+        );
+    };
+    let db = match within(app.payments.store.ping()).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(_)) => Err("the database does not answer; check `database`".to_string()),
+        None => Err("the database did not answer within 3 s".to_string()),
+    };
+    put("database".into(), db);
+    for c in app.payments.chains() {
+        let name = c.network().name.clone();
+        let rpc = within(c.ping())
+            .await
+            .unwrap_or_else(|| Err(format!("the {name} RPC did not answer within 3 s")));
+        let rpc_ok = rpc.is_ok();
+        put(format!("chain:{name}"), rpc);
+        if rpc_ok {
+            if let Some(Some(funds)) = within(c.check_signer_funds()).await {
+                put(format!("signer:{name}"), funds);
+            }
+        }
+    }
+    (ok, checks)
+}
+
+async fn ready(axum::extract::State(app): axum::extract::State<Arc<App>>) -> impl IntoResponse {
+    let (ok, checks) = readiness(&app).await;
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks});
+    (status, axum::Json(body))
+}
+
+/// Binds the metrics listener and serves it in the background.
+pub async fn serve(addr: SocketAddr, app: Arc<App>) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("metrics.listen {addr}: {e}"))?;
+    tracing::info!(%addr, "metrics and health listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(app)).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! Prometheus metrics: one process-wide registry, counted where requests and payments end, served on
+//! the metrics listener (`[metrics] listen`, default 127.0.0.1:9402) with the health checks.
+//!
+//! Names follow Prometheus conventions (`tollgate_` prefix, `_total` counters, `_seconds`, base
+//! units). Tenant and route labels are capped ([`LabelCap`]): past the cap a new value is counted as
+//! `other`, so that a million tenants cannot grow the registry without bound.
+
+use std::collections::HashSet;
+use std::sync::{LazyLock, RwLock};
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::store::{Attempt, Outcome};
+
+/// Most distinct tenant labels, and route labels, kept; the rest are `other`.
+pub const TENANT_LABELS: usize = 1_000;
+pub const ROUTE_LABELS: usize = 2_000;
+
+/// Admits label values up to a cap; later ones read as `other`.
+pub struct LabelCap {
+    seen: RwLock<HashSet<String>>,
+    cap: usize,
+}
+
+impl LabelCap {
+    pub fn new(cap: usize) -> LabelCap {
+        LabelCap {
+            seen: RwLock::new(HashSet::new()),
+            cap,
+        }
+    }
+
+    /// `value` itself while it is admitted (or there is room), `other` otherwise.
+    pub fn get<'a>(&self, value: &'a str) -> &'a str {
+        if self.seen.read().expect("label set").contains(value) {
+            return value;
+        }
+        let mut w = self.seen.write().expect("label set");
+        if w.contains(value) || w.len() < self.cap {
+            w.insert(value.to_string());
+            value
+        } else {
+            "other"
+        }
+    }
+}
+
+/// Every series tollgate exports.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by tenant, route and outcome (`challenged`, `paid`, `free`, `refused`, `pending`,
+    /// `over_quota`, `rate_limited`, `unavailable`, `upstream_failed`, `other`).
+    pub requests: IntCounterVec,
+    /// Payment attempts by network and outcome (the ledger's: settled, pending, rejected, …).
+    pub payments: IntCounterVec,
+    /// Atomic units of USDC settled, by network.
+    pub settled_atomic: IntCounterVec,
+    /// Refused replays: `duplicate` (the same authorization again).
+    pub replays: IntCounterVec,
+    pub verify_seconds: HistogramVec,
+    pub settle_seconds: HistogramVec,
+    /// The signer's (relayer's, fee payer's) balance in the chain's base unit (wei, lamports).
+    pub signer_balance: IntGaugeVec,
+    /// Ledger rows by state.
+    pub ledger_rows: IntGaugeVec,
+    tenants: LabelCap,
+    routes: LabelCap,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("metric");
+    r.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let fast = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+        let slow = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
+        Metrics {
+            requests: counter(
+                &r,
+                "tollgate_requests_total",
+                "Requests by tenant, route and outcome.",
+                &["tenant", "route", "outcome"],
+            ),
+            payments: counter(
+                &r,
+                "tollgate_payments_total",
+                "Payment attempts by network, scheme and outcome.",
+                &["network", "scheme", "outcome"],
+            ),
+            settled_atomic: counter(
+                &r,
+                "tollgate_settled_atomic_units_total",
+                "USDC settled, in atomic units (6 decimals), by tenant and network.",
+                &["tenant", "network"],
+            ),
+            replays: counter(
+                &r,
+                "tollgate_replays_refused_total",
+                "Payments refused as replays or duplicate settlements, by network.",
+                &["network"],
+            ),
+            verify_seconds: histogram(
+                &r,
+                "tollgate_verify_seconds",
+                "Payment verification (offline checks, claim, on-chain check), by network.",
+                &["network"],
+                fast,
+            ),
+            settle_seconds: histogram(
+                &r,
+                "tollgate_settle_seconds",
+                "Settlement (send and confirm), by network.",
+                &["network"],
+                slow,
+            ),
+            signer_balance: gauge(
+                &r,
+                "tollgate_signer_balance",
+                "The relayer's or fee payer's native balance in the chain's base unit (wei, lamports), by network.",
+                &["network"],
+            ),
+            ledger_rows: gauge(
+                &r,
+                "tollgate_ledger_rows",
+                "Ledger rows by state (claimed, pending, settled).",
+                &["state"],
+            ),
+            registry: r,
+            tenants: LabelCap::new(TENANT_LABELS),
+            routes: LabelCap::new(ROUTE_LABELS),
+        }
+    }
+
+    /// Counts one request that ended.
+    pub fn request(&self, tenant: &str, route: &str, outcome: &str) {
+        let t = self.tenants.get(tenant);
+        let r = self.routes.get(route);
+        self.requests.with_label_values(&[t, r, outcome]).inc();
+    }
+
+    /// Counts one payment attempt from its record (proxy, facilitator and reconciler alike).
+    pub fn attempt(&self, a: &Attempt) {
+        let Some(outcome) = a.outcome else {
+            return;
+        };
+        let network = a.network.as_deref().unwrap_or("unknown");
+        self.payments
+            .with_label_values(&[network, "exact", outcome.as_str()])
+            .inc();
+        if outcome == Outcome::Duplicate {
+            self.replays.with_label_values(&[network]).inc();
+        }
+        if outcome == Outcome::Settled {
+            if let Some(n) = a.amount.as_deref().and_then(|x| x.parse::<u64>().ok()) {
+                let t = self.tenants.get(&a.tenant);
+                self.settled_atomic.with_label_values(&[t, network]).inc_by(n);
+            }
+        }
+        if let Some(us) = a.verify_us {
+            self.verify_seconds
+                .with_label_values(&[network])
+                .observe(us as f64 / 1e6);
+        }
+        if let Some(us) = a.settle_us {
+            self.settle_seconds
+                .with_label_values(&[network])
+                .observe(us as f64 / 1e6);
+        }
+    }
+
+    /// The text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
+        String::from_utf8(buf).expect("utf-8")
+    }
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_past_the_cap_are_other() {
+        let cap = LabelCap::new(2);
+        assert_eq!(cap.get("a"), "a");
+        assert_eq!(cap.get("b"), "b");
+        assert_eq!(cap.get("c"), "other");
+        assert_eq!(cap.get("a"), "a");
+    }
+
+    #[test]
+    fn attempts_become_series() {
+        let m = Metrics::new();
+        m.attempt(&Attempt {
+            tenant: "t1".into(),
+            network: Some("eip155:8453".into()),
+            amount: Some("1000".into()),
+            outcome: Some(Outcome::Settled),
+            verify_us: Some(1500),
+            settle_us: Some(20_000),
+            ..Default::default()
+        });
+        m.request("t1", "/paid/*", "paid");
+        let text = m.render();
+        assert!(
+            text.contains(r#"tollgate_payments_total{network="eip155:8453",outcome="settled",scheme="exact"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tollgate_settled_atomic_units_total{network="eip155:8453",tenant="t1"} 1000"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tollgate_requests_total{outcome="paid",route="/paid/*",tenant="t1"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("tollgate_settle_seconds_count{network=\"eip155:8453\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! Operations: Prometheus metrics scraped by a real Prometheus server (Debian's), and readiness
+//! that follows the chain RPC.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+use crate::upstream::Upstream;
+
+/// A real Prometheus server scraping `target` every second.
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tollgate\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus is installed (.ci/run installs Debian's package)");
+        Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// The value of an instant PromQL query (a single number), if it has one yet.
+    async fn value(&self, q: &str) -> Option<f64> {
+        let url = url::Url::parse_with_params(&format!("{}/api/v1/query", self.url), &[("query", q)]).ok()?;
+        let r = http().get(url).send().await.ok()?;
+        let v: Value = r.json().await.ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_request_and_payment_counts() {
+    let anvil = Anvil::start().await;
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let db = Db::sqlite();
+    let mport = free_port();
+    let top = format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"");
+    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+    spec.top_extra = &top;
+    let tg = Tollgate::start(&spec).await;
+    let c = http();
+    // 3 free, 2 unpaid (402), 2 paid (each fetching its 402 first: 2 more challenged), 1 replayed.
+    for _ in 0..3 {
+        assert_eq!(c.get(format!("{}/hello", tg.url)).send().await.unwrap().status(), 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(c.get(format!("{}/paid/x", tg.url)).send().await.unwrap().status(), 402);
+    }
+    let mut last = None;
+    for _ in 0..2 {
+        let (name, value) = signed_header(&format!("{}/paid/x", tg.url), true).await;
+        let r = c
+            .get(format!("{}/paid/x", tg.url))
+            .header(name, &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", tg.log());
+        last = Some((name, value));
+    }
+    let (name, value) = last.unwrap();
+    let r = c
+        .get(format!("{}/paid/x", tg.url))
+        .header(name, &value)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+
+    let prom = Prometheus::start(&format!("127.0.0.1:{mport}"));
+    let expect = [
+        (r#"sum(tollgate_requests_total{outcome="free"})"#, 3.0),
+        (r#"sum(tollgate_requests_total{outcome="challenged"})"#, 4.0),
+        (r#"sum(tollgate_requests_total{outcome="paid"})"#, 2.0),
+        (r#"sum(tollgate_requests_total{outcome="refused"})"#, 1.0),
+        (
+            r#"sum(tollgate_payments_total{outcome="settled",network="eip155:8453"})"#,
+            2.0,
+        ),
+        (r#"sum(tollgate_payments_total{outcome="duplicate"})"#, 1.0),
+        (r#"sum(tollgate_settled_atomic_units_total)"#, 2000.0),
+        (r#"sum(tollgate_settle_seconds_count)"#, 2.0),
+        (r#"tollgate_signer_balance{network="base"} > 0"#, f64::NAN),
+    ];
+    for (q, want) in expect {
+        let mut got = None;
+        for _ in 0..150 {
+            got = prom.value(q).await;
+            if got.is_some_and(|g| want.is_nan() || g == want) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let g = got.unwrap_or_else(|| panic!("{q}: no value scraped"));
+        assert!(want.is_nan() || g == want, "{q}: {g}, expected {want}");
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_the_chain_rpc() {
+    let anvil = Anvil::start().await;
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let db = Db::sqlite();
+    let mport = free_port();
+    let top = format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"");
+    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+    spec.top_extra = &top;
+    let tg = Tollgate::start(&spec).await;
+    let ready = || async {
+        let r = http()
+            .get(format!("http://127.0.0.1:{mport}/status/ready"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let alive: Value = http()
+        .get(format!("http://127.0.0.1:{mport}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(alive["status"], "alive");
+    let (st, v) = ready().await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["checks"]["database"]["status"], "ok", "{v}");
+    assert_eq!(v["checks"]["chain:base"]["status"], "ok", "{v}");
+    assert_eq!(v["checks"]["signer:base"]["status"], "ok", "{v}");
+
+    // The chain RPC goes away: 503, naming the chain.
+    let port: u16 = anvil.url.rsplit(':').next().unwrap().parse().unwrap();
+    drop(anvil);
+    let (st, v) = ready().await;
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(v["checks"]["chain:base"]["status"], "failing", "{v}");
+    assert!(
+        v["checks"]["chain:base"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("networks.base.rpc_url"),
+        "{v}"
+    );
+    assert_eq!(v["checks"]["database"]["status"], "ok", "{v}");
+
+    // It comes back (a fresh anvil on the same port): 200 again.
+    let mut back = Command::new(js_dir().join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--chain-id",
+            "8453",
+            "--silent",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if ready().await.0 == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = back.kill();
+    let _ = back.wait();
+    assert!(ok, "ready again once the RPC answers: {}", tg.log());
+}
