@@ -382,7 +382,13 @@ pub fn read_head(
     out.extend_from_slice(pingora_core::protocols::http::date::get_cached_date().as_bytes());
     out.extend_from_slice(b"\r\nconnection: keep-alive\r\n\r\n");
     out.extend_from_slice(&body);
-    crate::metrics::METRICS.request(&tenant.id, route.label(), "challenged");
+    let m = &crate::metrics::METRICS;
+    if m.enabled() {
+        route
+            .challenged
+            .get_or_init(|| m.request_counter(&tenant.id, route.label(), "challenged"))
+            .inc();
+    }
     Head::Unpaid(n)
 }
 

@@ -6,6 +6,7 @@
 //! `other`, so that a million tenants cannot grow the registry without bound.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, RwLock};
 
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -65,6 +66,8 @@ pub struct Metrics {
     pub ledger_rows: IntGaugeVec,
     tenants: LabelCap,
     routes: LabelCap,
+    /// Off (`[metrics] enabled = false`): nothing is counted.
+    on: AtomicBool,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -144,19 +147,36 @@ impl Metrics {
             registry: r,
             tenants: LabelCap::new(TENANT_LABELS),
             routes: LabelCap::new(ROUTE_LABELS),
+            on: AtomicBool::new(true),
         }
+    }
+
+    /// Turns counting on or off (at start, from `[metrics] enabled`).
+    pub fn set_enabled(&self, on: bool) {
+        self.on.store(on, Ordering::Relaxed);
     }
 
     /// Counts one request that ended.
     pub fn request(&self, tenant: &str, route: &str, outcome: &str) {
+        if self.enabled() {
+            self.request_counter(tenant, route, outcome).inc();
+        }
+    }
+
+    /// The series of one (tenant, route, outcome), for callers that keep it.
+    pub fn request_counter(&self, tenant: &str, route: &str, outcome: &str) -> prometheus::IntCounter {
         let t = self.tenants.get(tenant);
         let r = self.routes.get(route);
-        self.requests.with_label_values(&[t, r, outcome]).inc();
+        self.requests.with_label_values(&[t, r, outcome])
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
     }
 
     /// Counts one payment attempt from its record (proxy, facilitator and reconciler alike).
     pub fn attempt(&self, a: &Attempt) {
-        let Some(outcome) = a.outcome else {
+        let Some(outcome) = a.outcome.filter(|_| self.on.load(Ordering::Relaxed)) else {
             return;
         };
         let network = a.network.as_deref().unwrap_or("unknown");

@@ -71,6 +71,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
             }
         }
     });
+    crate::metrics::METRICS.set_enabled(app.settings.metrics_listen.is_some());
     if let Some(addr) = app.settings.metrics_listen {
         if let Err(e) = core.block_on(crate::health::serve(addr, app.clone())) {
             tracing::warn!("{e}; metrics and health are not served (set [metrics] listen to a free address)");

@@ -73,6 +73,9 @@ pub struct Route {
     pub discoverable: Option<bool>,
     /// A short name for records and metrics: `GET /api/*` (made once, at load).
     pub label: String,
+    /// Its `tollgate_requests_total{outcome="challenged"}` series, resolved on the first 402 the
+    /// front answers (so that the 402 path counts with one atomic add, no label lookups).
+    pub challenged: std::sync::OnceLock<prometheus::IntCounter>,
 }
 
 impl Route {
@@ -92,6 +95,7 @@ impl Route {
             pricing,
             discoverable,
             label,
+            challenged: std::sync::OnceLock::new(),
         }
     }
 
