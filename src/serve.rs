@@ -231,6 +231,18 @@ async fn reconcile_forever(app: Arc<App>) {
             Ok(n) => tracing::info!(resolved = n, "reconciliation pass"),
             Err(e) => tracing::warn!(error = %e, "reconciliation pass failed; will retry"),
         }
+        // The ledger's rows by state, for `tollgate_ledger_rows`.
+        if crate::metrics::METRICS.enabled() {
+            use crate::store::PaymentState;
+            for s in [PaymentState::Claimed, PaymentState::Pending, PaymentState::Settled] {
+                if let Ok(n) = app.payments.store.count_payments(s).await {
+                    crate::metrics::METRICS
+                        .ledger_rows
+                        .with_label_values(&[s.as_str()])
+                        .set(n);
+                }
+            }
+        }
     }
 }
 

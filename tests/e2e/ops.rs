@@ -68,6 +68,8 @@ async fn prometheus_scrapes_request_and_payment_counts() {
     let top = format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"");
     let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
     spec.top_extra = &top;
+    // The ledger gauge is refreshed at each reconciliation pass.
+    spec.settlement_extra = "reconcile_interval_secs = 1";
     let tg = Tollgate::start(&spec).await;
     let c = http();
     // 3 free, 2 unpaid (402), 2 paid (each fetching its 402 first: 2 more challenged), 1 replayed.
@@ -112,6 +114,7 @@ async fn prometheus_scrapes_request_and_payment_counts() {
         (r#"sum(tollgate_settled_atomic_units_total)"#, 2000.0),
         (r#"sum(tollgate_settle_seconds_count)"#, 2.0),
         (r#"tollgate_signer_balance{network="base"} > 0"#, f64::NAN),
+        (r#"tollgate_ledger_rows{state="settled"}"#, 2.0),
     ];
     for (q, want) in expect {
         let mut got = None;
