@@ -18,14 +18,11 @@ use crate::app::App;
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The routes served on the metrics listener (the management API mounts the status ones too).
+/// The routes served on the metrics listener (the management API serves `/status` and
+/// `/status/ready` too, in its own endpoint table).
 pub fn router(app: Arc<App>) -> Router {
-    Router::new().route("/metrics", get(metrics)).merge(status_router(app))
-}
-
-/// `/status` and `/status/ready`.
-pub fn status_router(app: Arc<App>) -> Router {
     Router::new()
+        .route("/metrics", get(metrics))
         .route("/status", get(alive))
         .route("/status/ready", get(ready))
         .with_state(app)
@@ -39,7 +36,7 @@ async fn metrics() -> impl IntoResponse {
 }
 
 async fn alive() -> impl IntoResponse {
-    axum::Json(json!({"status": "alive"}))
+    axum::Json(json!({"status": "ok"}))
 }
 
 async fn within<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
@@ -82,15 +79,20 @@ pub async fn readiness(app: &App) -> (bool, Map<String, Value>) {
     (ok, checks)
 }
 
-async fn ready(axum::extract::State(app): axum::extract::State<Arc<App>>) -> impl IntoResponse {
-    let (ok, checks) = readiness(&app).await;
+async fn ready(axum::extract::State(app): axum::extract::State<Arc<App>>) -> axum::response::Response {
+    ready_response(&app).await
+}
+
+/// `/status/ready`'s answer: 200 when every check passes, 503 naming each failing one.
+pub async fn ready_response(app: &App) -> axum::response::Response {
+    let (ok, checks) = readiness(app).await;
     let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = json!({"status": if ok { "ready" } else { "not_ready" }, "checks": checks});
-    (status, axum::Json(body))
+    (status, axum::Json(body)).into_response()
 }
 
 /// Binds the metrics listener and serves it in the background.

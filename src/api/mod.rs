@@ -225,6 +225,10 @@ fn endpoints() -> Vec<(Doc, MethodRouter<Arc<Api>>)> {
         ),
         (d("GET", "/status", Public, "Alive", None, &[], (200, object(&[("status", t("string"))]))),
          get(|| async { Json(json!({"status": "ok"})) })),
+        (d("GET", "/status/ready", Public,
+           "Ready: the database, every chain RPC and every signer's funds answer; otherwise 503 naming each failing check",
+           None, &[], (200, object(&[("status", t("string")), ("checks", t("object"))]))),
+         get(|axum::extract::State(api): State| async move { crate::health::ready_response(&api.app).await })),
     ]
 }
 
@@ -251,9 +255,7 @@ pub fn router(api: Arc<Api>) -> Router {
         })
         // Bodies are small JSON documents.
         .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
-        .with_state(api.clone())
-        // Health, on the management listener as on the metrics one.
-        .merge(crate::health::status_router(api.app.clone()))
+        .with_state(api)
 }
 
 /// Serves the management API on `addr` until the process ends.

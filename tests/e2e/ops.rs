@@ -156,7 +156,7 @@ async fn readiness_follows_the_chain_rpc() {
         .json()
         .await
         .unwrap();
-    assert_eq!(alive["status"], "alive");
+    assert_eq!(alive["status"], "ok");
     let (st, v) = ready().await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["checks"]["database"]["status"], "ok", "{v}");
