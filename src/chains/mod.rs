@@ -57,6 +57,22 @@ pub enum ChainError {
     InDoubt { tx: Option<String>, detail: String },
 }
 
+/// A chain's RPC failed: the detail goes to the log (URLs cut to their host: `rpc_label`), the
+/// client learns only which network is unavailable, and that nothing was charged.
+pub(crate) fn unreachable(network: &Network, rpc_label: &str, what: &str, e: impl std::fmt::Display) -> ChainError {
+    tracing::warn!(
+        network = %network.name,
+        rpc = %rpc_label,
+        error = %crate::redact::text(&e.to_string()),
+        "chain RPC failed during {what}; check networks.{}.rpc_url",
+        network.name
+    );
+    ChainError::Unavailable(format!(
+        "the {} network cannot be reached right now; nothing was charged, try again later",
+        network.name
+    ))
+}
+
 /// The unique identity of a payment authorization: it may be spent once.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReplayKey {

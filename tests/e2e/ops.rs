@@ -59,18 +59,22 @@ impl Prometheus {
     }
 }
 
-#[tokio::test]
-async fn prometheus_scrapes_request_and_payment_counts() {
-    let anvil = Anvil::start().await;
-    let up = Upstream::start("127.0.0.1:0").await.unwrap();
-    let db = Db::sqlite();
+/// A drop-in gateway with its metrics listener on a free port (and a reconciliation pass, which
+/// refreshes the ledger gauge, every second): the gateway and that port.
+async fn metered(anvil: &Anvil, up: &Upstream, db: &Db) -> (Tollgate, u16) {
     let mport = free_port();
     let top = format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"");
     let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
     spec.top_extra = &top;
-    // The ledger gauge is refreshed at each reconciliation pass.
     spec.settlement_extra = "reconcile_interval_secs = 1";
-    let tg = Tollgate::start(&spec).await;
+    (Tollgate::start(&spec).await, mport)
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_request_and_payment_counts() {
+    let (anvil, db) = (Anvil::start().await, Db::sqlite());
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let (tg, mport) = metered(&anvil, &up, &db).await;
     let c = http();
     // 3 free, 2 unpaid (402), 2 paid (each fetching its 402 first: 2 more challenged), 1 replayed.
     for _ in 0..3 {
@@ -132,14 +136,9 @@ async fn prometheus_scrapes_request_and_payment_counts() {
 
 #[tokio::test]
 async fn readiness_follows_the_chain_rpc() {
-    let anvil = Anvil::start().await;
+    let (anvil, db) = (Anvil::start().await, Db::sqlite());
     let up = Upstream::start("127.0.0.1:0").await.unwrap();
-    let db = Db::sqlite();
-    let mport = free_port();
-    let top = format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"");
-    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
-    spec.top_extra = &top;
-    let tg = Tollgate::start(&spec).await;
+    let (tg, mport) = metered(&anvil, &up, &db).await;
     let ready = || async {
         let r = http()
             .get(format!("http://127.0.0.1:{mport}/status/ready"))

@@ -128,20 +128,8 @@ impl EvmChain {
         &self.provider
     }
 
-    /// The RPC failed: the detail goes to the log (URLs cut to their host), the client learns only
-    /// which network is unavailable.
     fn unreachable(&self, what: &str, e: impl std::fmt::Display) -> ChainError {
-        tracing::warn!(
-            network = %self.network.name,
-            rpc = %self.rpc_label,
-            error = %crate::redact::text(&e.to_string()),
-            "chain RPC failed during {what}; check networks.{}.rpc_url",
-            self.network.name
-        );
-        ChainError::Unavailable(format!(
-            "the {} network cannot be reached right now; nothing was charged, try again later",
-            self.network.name
-        ))
+        super::unreachable(&self.network, &self.rpc_label, what, e)
     }
 
     fn transfer(c: &Checked) -> &CheckedTransfer {

@@ -140,19 +140,8 @@ impl SolanaChain {
         }
     }
 
-    /// The RPC failed: the detail goes to the log, the client learns only which network.
     fn unreachable(&self, what: &str, e: impl std::fmt::Display) -> ChainError {
-        tracing::warn!(
-            network = %self.network.name,
-            rpc = %self.rpc_label,
-            error = %crate::redact::text(&e.to_string()),
-            "Solana RPC failed during {what}; check networks.{}.rpc_url",
-            self.network.name
-        );
-        ChainError::Unavailable(format!(
-            "the {} network cannot be reached right now; nothing was charged, try again later",
-            self.network.name
-        ))
+        super::unreachable(&self.network, &self.rpc_label, what, e)
     }
 
     /// The client's transaction with the fee payer's signature added.
