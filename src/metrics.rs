@@ -33,8 +33,16 @@ impl LabelCap {
 
     /// `value` itself while it is admitted (or there is room), `other` otherwise.
     pub fn get<'a>(&self, value: &'a str) -> &'a str {
-        if self.seen.read().expect("label set").contains(value) {
-            return value;
+        {
+            let r = self.seen.read().expect("label set");
+            if r.contains(value) {
+                return value;
+            }
+            // Full: past the cap every new value is `other` under the read lock alone (a write
+            // lock per request would serialise a gateway with more tenants than the cap).
+            if r.len() >= self.cap {
+                return "other";
+            }
         }
         let mut w = self.seen.write().expect("label set");
         if w.contains(value) || w.len() < self.cap {

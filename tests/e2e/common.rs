@@ -88,10 +88,10 @@ impl Anvil {
         Self::start_with(&[]).await
     }
 
-    pub async fn start_with(extra: &[&str]) -> Anvil {
+    /// A bare anvil process (chain id 8453, no USDC) on `port`.
+    pub fn process(port: u16, extra: &[&str]) -> Child {
         let bin = js_dir().join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
-        let port = free_port();
-        let child = Command::new(&bin)
+        Command::new(&bin)
             .args([
                 "--host",
                 "127.0.0.1",
@@ -105,7 +105,12 @@ impl Anvil {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}; run scripts/test (it installs tests/js)", bin.display()));
+            .unwrap_or_else(|e| panic!("{}: {e}; run scripts/test (it installs tests/js)", bin.display()))
+    }
+
+    pub async fn start_with(extra: &[&str]) -> Anvil {
+        let port = free_port();
+        let child = Self::process(port, extra);
         let url = format!("http://127.0.0.1:{port}");
         let provider = ProviderBuilder::new().connect_http(url.parse().unwrap()).erased();
         let mut anvil = Anvil { child, url, provider };

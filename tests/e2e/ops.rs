@@ -178,20 +178,7 @@ async fn readiness_follows_the_chain_rpc() {
     assert_eq!(v["checks"]["database"]["status"], "ok", "{v}");
 
     // It comes back (a fresh anvil on the same port): 200 again.
-    let mut back = Command::new(js_dir().join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"))
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--chain-id",
-            "8453",
-            "--silent",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut back = Anvil::process(port, &[]);
     let mut ok = false;
     for _ in 0..100 {
         if ready().await.0 == 200 {

@@ -421,8 +421,17 @@ impl Chain for SolanaChain {
                 if text.contains("AlreadyProcessed") || text.contains("already been processed") {
                     return self.confirm(t, sig).await;
                 }
+                // The node's own words stay in the log; the client gets the reason alone.
                 tracing::warn!(network = %self.network.name, why = %crate::redact::text(&text), "the Solana node refused a settlement");
-                return Err(Self::simulation_failed(t, &text, &[]));
+                return Err(Rejection::new(
+                    exact::reason::SIMULATION,
+                    format!(
+                        "the {} node refused the transfer; nothing was charged",
+                        self.network.name
+                    ),
+                )
+                .with_payer(t.authority.to_string())
+                .into());
             }
             Err(e) => return Err(self.unreachable("settlement", e)),
         }
