@@ -424,6 +424,7 @@ pub fn refused(
         }
         Refusal::OverQuota { retry_after, .. } => over_quota(*retry_after, false, cors),
         Refusal::OverGasBudget { retry_after, .. } => over_quota(*retry_after, true, cors),
+        Refusal::RateLimited(d) => rate_limited(d, cors),
         // Maybe charged: not a 503 (which means "nothing charged"), and never a fresh 402 (which
         // makes clients sign and pay again). The same header, sent again, is served once settled.
         Refusal::Pending { tx, detail } => {
@@ -448,6 +449,29 @@ pub fn refused(
             reply
         }
     }
+}
+
+/// A rate limit refused the request: 429 with `Retry-After` and the `RateLimit-*` headers;
+/// nothing forwarded, nothing charged.
+pub fn rate_limited(d: &crate::ratelimit::Decision, cors: Option<&str>) -> Reply {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        error: &'static str,
+        scope: &'static str,
+        detail: &'a str,
+    }
+    let detail = d.detail();
+    let mut reply = Reply::json(
+        429,
+        Body {
+            error: "rate_limited",
+            scope: d.scope.as_str(),
+            detail: &detail,
+        },
+        cors,
+    );
+    reply.headers.extend(d.headers());
+    reply
 }
 
 /// A hosted tenant's monthly allowance is used up: 429 with when it refills; nothing forwarded,

@@ -76,6 +76,9 @@ pub struct FileConfig {
     /// Prometheus metrics and health (`/metrics`, `/status`, `/status/ready`).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Rate limits per client IP, payer and API key (hosted plans' default).
+    #[serde(default)]
+    pub rate_limits: crate::ratelimit::RateLimitsConfig,
     /// Hosted mode: many tenants from the database instead of the one this file describes.
     pub hosted: Option<HostedConfig>,
     /// Plans of the hosted service (default: SAAS.md's free / starter / pro / enterprise).
@@ -174,6 +177,8 @@ fn default_proof_confirmations() -> u64 {
 pub struct PlanConfig {
     /// Verifications a month; -1 for unlimited.
     pub verifications: i64,
+    /// This plan's rate limits (otherwise `[rate_limits]`'s).
+    pub rate_limits: Option<crate::ratelimit::RateLimitsConfig>,
     /// Chains enabled (test networks are enabled on every plan); `["*"]` for every configured one.
     pub chains: Vec<String>,
     #[serde(default)]
@@ -512,6 +517,11 @@ pub struct Settings {
     pub plans: crate::tenancy::Plans,
     /// How requests are read (the drop-in tenant's, and every hosted tenant's).
     pub rules: Rules,
+    /// The drop-in tenant's rate limits (`[rate_limits]`); hosted tenants have their plan's.
+    pub rate_limits: Option<Arc<crate::ratelimit::PlanLimits>>,
+    /// `[rate_limits] redis_url`, for plans whose limits are shared, and its key prefix.
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
 }
 
 /// How payments get on chain.
@@ -855,7 +865,21 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
         false,
         &mut problems,
     );
-    let plans = crate::tenancy::Plans::from_config(&file.plans, &mut problems);
+    let plans = crate::tenancy::Plans::from_config(&file.plans, &file.rate_limits, &mut problems);
+    let rate_limits = crate::ratelimit::PlanLimits::build(
+        "rate_limits",
+        "drop-in",
+        &file.rate_limits,
+        file.rate_limits.redis_url.as_deref(),
+        &mut problems,
+    );
+    if let Some(u) = &file.rate_limits.redis_url {
+        if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("redis+unix://")) {
+            problems.push(format!(
+                "rate_limits.redis_url: '{u}' is not a Redis URL like 'redis://127.0.0.1:6379'"
+            ));
+        }
+    }
     let mut facilitator_keys = Vec::new();
     for (i, k) in file.api.iter().flat_map(|a| a.facilitator_keys.iter()).enumerate() {
         let k = k.trim().to_ascii_lowercase();
@@ -939,6 +963,13 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
         hosted: file.hosted,
         plans,
         rules: rules.clone(),
+        rate_limits: rate_limits.clone(),
+        redis_url: file.rate_limits.redis_url.clone(),
+        redis_prefix: file
+            .rate_limits
+            .redis_prefix
+            .clone()
+            .unwrap_or_else(|| "tollgate".into()),
     };
     if hosted {
         return Ok((settings, None));
@@ -953,6 +984,8 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
         lower,
         rules,
         hosted: None,
+        number: crate::ratelimit::tenant_number("default"),
+        limits: rate_limits,
     };
     Ok((settings, Some(tenant)))
 }

@@ -128,6 +128,8 @@ impl Front {
 pub enum Head {
     /// An unpaid request to a priced route, `n` bytes long, answered by `out`.
     Unpaid(usize),
+    /// The same, over its tenant's per-IP rate limit: `out` holds the 429.
+    Limited(usize),
     /// Not all of the head has arrived.
     Partial,
     /// Anything else: pingora's. With the request's length in bytes (head and body) when the head
@@ -169,14 +171,20 @@ async fn refuse_and_close(conn: &mut L4Stream, answer: &[u8]) {
 impl Front {
     /// Serves one client connection, request after request, until it closes; `slot` is its place
     /// under the connection cap ([`Connections::enter`]), held until then.
-    pub async fn serve(self: &Arc<Self>, mut conn: L4Stream, _slot: Slot, shutdown: &ShutdownWatch) {
+    pub async fn serve(
+        self: &Arc<Self>,
+        mut conn: L4Stream,
+        peer: Option<std::net::IpAddr>,
+        _slot: Slot,
+        shutdown: &ShutdownWatch,
+    ) {
         let limits = &self.conns.limits;
         let mut shutdown = shutdown.clone();
         let mut buf = BytesMut::with_capacity(2048);
         let mut out = Vec::with_capacity(2048);
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
-            match self.step(&mut conn, &mut buf, &mut out, &mut shutdown).await {
+            match self.step(&mut conn, peer, &mut buf, &mut out, &mut shutdown).await {
                 Step::Answered => continue,
                 Step::Close => return,
                 Step::Delegate(len) => {
@@ -218,6 +226,7 @@ impl Front {
     async fn step(
         &self,
         conn: &mut L4Stream,
+        peer: Option<std::net::IpAddr>,
         buf: &mut BytesMut,
         out: &mut Vec<u8>,
         shutdown: &mut ShutdownWatch,
@@ -229,8 +238,8 @@ impl Front {
         let mut deadline = (!buf.is_empty()).then(|| tokio::time::Instant::now() + head_time);
         loop {
             if !buf.is_empty() {
-                match self.answer(buf, out) {
-                    Head::Unpaid(n) => {
+                match read_head(&self.app.directory, &self.app.settings, peer, buf, out) {
+                    Head::Unpaid(n) | Head::Limited(n) => {
                         let _busy = self.conns.working();
                         buf.advance(n);
                         if conn.write_all(out).await.is_err() || conn.flush().await.is_err() {
@@ -288,18 +297,16 @@ impl Front {
             }
         }
     }
-
-    fn answer(&self, buf: &[u8], out: &mut Vec<u8>) -> Head {
-        read_head(&self.app.directory, &self.app.settings, buf, out)
-    }
 }
 
 /// Parses the head at the start of `buf`; for an unpaid request to a priced route of a tenant the
-/// directory knows without asking the database, writes the whole 402 into `out`. Pure (the fuzz
-/// target `request_head` drives it).
+/// directory knows without asking the database, writes the whole 402 into `out` (or the 429 of the
+/// tenant's per-IP rate limit, for a client `peer` over it). No I/O (the fuzz target
+/// `request_head` drives it).
 pub fn read_head(
     directory: &crate::directory::Directory,
     settings: &crate::config::Settings,
+    peer: Option<std::net::IpAddr>,
     buf: &[u8],
     out: &mut Vec<u8>,
 ) -> Head {
@@ -357,6 +364,18 @@ pub fn read_head(
     let Some(pricing) = route.pricing.as_ref() else {
         return other();
     };
+    // A per-IP limit counted in this process is checked here; one kept in Redis needs an await,
+    // so the proxy checks it.
+    if let (Some(limits), Some(ip)) = (&tenant.limits, peer) {
+        if !limits.ip_is_local() {
+            return other();
+        }
+        if let Err(d) = limits.check_ip_local(tenant.number, ip) {
+            d.wire(out);
+            crate::metrics::METRICS.request(&tenant.id, route.label(), "rate_limited");
+            return Head::Limited(n);
+        }
+    }
     let full;
     let path = if found.prefix > 0 {
         full = format!("{}{}", &target[..found.prefix], read.path());

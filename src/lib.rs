@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod money;
 pub mod payment;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reading;
 pub mod redact;
 pub mod routes;

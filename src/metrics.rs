@@ -72,6 +72,8 @@ pub struct Metrics {
     pub signer_balance: IntGaugeVec,
     /// Ledger rows by state.
     pub ledger_rows: IntGaugeVec,
+    /// Requests refused by a rate limit, by what it is kept on (`ip`, `payer`, `key`).
+    pub rate_limited: IntCounterVec,
     tenants: LabelCap,
     routes: LabelCap,
     /// Off (`[metrics] enabled = false`): nothing is counted.
@@ -151,6 +153,12 @@ impl Metrics {
                 "tollgate_ledger_rows",
                 "Ledger rows by state (claimed, pending, settled).",
                 &["state"],
+            ),
+            rate_limited: counter(
+                &r,
+                "tollgate_rate_limited_total",
+                "Requests refused 429 by a rate limit, by scope (ip, payer, key).",
+                &["scope"],
             ),
             registry: r,
             tenants: LabelCap::new(TENANT_LABELS),

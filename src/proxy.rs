@@ -62,6 +62,8 @@ pub struct Ctx {
     /// The payment-identifier id this request holds, and its answer as it is captured for replay.
     id_hold: Option<IdHold>,
     replay: Option<Capture>,
+    /// Refused by a rate limit (429).
+    limited: bool,
 }
 
 /// A paid response as it goes to the client, kept for replay under its payment identifier.
@@ -98,6 +100,7 @@ impl ProxyHttp for Proxy {
             served: false,
             id_hold: None,
             replay: None,
+            limited: false,
         }
     }
 
@@ -117,6 +120,21 @@ impl ProxyHttp for Proxy {
         };
         let prefix = found.prefix;
         let tenant = ctx.tenant.insert(found.tenant).clone();
+        if let Some(limits) = &tenant.limits {
+            if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+                let checked = if limits.ip_is_local() {
+                    limits.check_ip_local(tenant.number, ip)
+                } else {
+                    limits
+                        .check(crate::ratelimit::Scope::Ip, &tenant.id, &ip.to_string())
+                        .await
+                };
+                if let Err(d) = checked {
+                    ctx.limited = true;
+                    return send(session, challenge::rate_limited(&d, None)).await;
+                }
+            }
+        }
         let req = session.req_header();
         let read = match challenge::reading(req, prefix, &tenant.rules) {
             Ok(r) => r,
@@ -241,6 +259,7 @@ impl ProxyHttp for Proxy {
                 Ok(false)
             }
             Err(refusal) => {
+                ctx.limited = matches!(refusal, Refusal::RateLimited(_));
                 let reply = challenge::refused(
                     &refusal,
                     &pricing,
@@ -517,6 +536,7 @@ fn request_outcome(status: u16, ctx: &Ctx) -> &'static str {
     match status {
         402 if paying => "refused",
         402 => "challenged",
+        429 if ctx.limited => "rate_limited",
         429 => "over_quota",
         503 => "unavailable",
         504 if ctx

@@ -60,6 +60,27 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     })?;
     describe(&app);
     let reconciler = core.spawn(reconcile_forever(app.clone()));
+    if let Some(url) = &app.settings.redis_url {
+        let _enter = core.enter();
+        crate::ratelimit::connect(url, &app.settings.redis_prefix)?;
+    }
+    // Rate-limit buckets of clients gone quiet are dropped once a minute (memory stays bounded).
+    let limits: Vec<_> = app
+        .settings
+        .rate_limits
+        .iter()
+        .chain(app.settings.plans.all().filter_map(|p| p.limits.as_ref()))
+        .cloned()
+        .collect();
+    if !limits.is_empty() {
+        core.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                limits.iter().for_each(|l| l.forget_idle());
+            }
+        });
+    }
     // Signers' funds, reported once at start (in the background: a first run works offline).
     let checking = app.clone();
     core.spawn(async move {

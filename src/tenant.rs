@@ -206,6 +206,10 @@ pub struct Tenant {
     pub rules: Rules,
     /// Hosted mode: the tenant's name, plan and standing; `None` for the drop-in tenant.
     pub hosted: Option<Hosting>,
+    /// Its id as a number, to key its rate-limit buckets ([`crate::ratelimit::tenant_number`]).
+    pub number: u64,
+    /// Its rate limits (the drop-in `[rate_limits]`, or its plan's).
+    pub limits: Option<Arc<crate::ratelimit::PlanLimits>>,
 }
 
 /// Who a payment is for, as the pipeline needs it: the tenant's id, and its monthly allowance when it
@@ -216,6 +220,8 @@ pub struct Account<'a> {
     pub quota: Option<i64>,
     /// Gas a month for its settlements (-1: unlimited); only with a quota (a metered tenant).
     pub gas_budget: i64,
+    /// Its rate limits (the per-payer one applies here).
+    pub limits: Option<&'a crate::ratelimit::PlanLimits>,
 }
 
 impl Tenant {
@@ -224,6 +230,7 @@ impl Tenant {
             id: &self.id,
             quota: self.hosted.as_ref().map(|h| h.plan.verifications),
             gas_budget: self.hosted.as_ref().map_or(-1, |h| h.plan.gas_per_month),
+            limits: self.limits.as_deref(),
         }
     }
 }

@@ -130,7 +130,7 @@ async fn accept_until_shutdown(
                 stream.set_socket_digest(digest);
                 let _ = stream.set_nodelay();
                 let (front, shutdown) = (front.clone(), shutdown.clone());
-                tokio::spawn(async move { front.serve(stream, slot, &shutdown).await });
+                tokio::spawn(async move { front.serve(stream, Some(peer.ip()), slot, &shutdown).await });
             }
             Err(e) => {
                 // Out of descriptors (the connection cap is set below the limit, but the upstream,

@@ -23,14 +23,19 @@ fn drop_in() -> &'static (Settings, Directory) {
 fuzz_target!(|data: &[u8]| {
     let (settings, tenant) = drop_in();
     let mut out = Vec::new();
-    match read_head(tenant, settings, data, &mut out) {
+    match read_head(tenant, settings, None, data, &mut out) {
         Head::Unpaid(n) => {
             assert!(n > 0 && n <= data.len(), "{n} of {}", data.len());
             assert!(out.starts_with(b"HTTP/1.1 402 "));
             // The same head alone is answered the same way: nothing after it counted.
             let mut again = Vec::new();
-            assert_eq!(read_head(tenant, settings, &data[..n], &mut again), Head::Unpaid(n));
+            assert_eq!(
+                read_head(tenant, settings, None, &data[..n], &mut again),
+                Head::Unpaid(n)
+            );
         }
+        // No client address, so no per-IP limit applies.
+        Head::Limited(n) => panic!("limited without a client address ({n} bytes)"),
         Head::Other(Some(len)) => assert!(len > 0),
         Head::Other(None) | Head::Partial => {}
     }

@@ -122,6 +122,7 @@ impl Api {
     pub async fn caller_any(&self, headers: &HeaderMap, scope: &str) -> Result<Caller, ApiError> {
         let (known, tenant_id) = self.key_of(headers, scope).await?;
         let tenant = self.tenant_row(&tenant_id).await?;
+        self.limit_key(&tenant, &known.row.id).await?;
         Ok(Caller {
             key: Some(known),
             tenant,
@@ -188,6 +189,7 @@ impl Api {
             if !tenant.active() {
                 return Err(suspended());
             }
+            self.limit_key(&tenant, &known.row.id).await?;
             return Ok(Caller {
                 key: Some(known),
                 tenant,
@@ -215,6 +217,13 @@ impl Api {
                 "unknown key; use TOLLGATE_ADMIN_KEY or a key whose SHA-256 is in [api] facilitator_keys",
             ));
         }
+        if let Some(limits) = &self.app.settings.rate_limits {
+            // Keyed by a prefix of the key's digest: enough to tell keys apart, nothing usable.
+            limits
+                .check(crate::ratelimit::Scope::Key, &t.id, &hash[..16])
+                .await
+                .map_err(|d| ApiError::rate_limited(&d))?;
+        }
         let now = self.now_ms();
         Ok(Caller {
             key: None,
@@ -235,6 +244,18 @@ impl Api {
                 updated_at: now,
             },
         })
+    }
+
+    /// The per-key rate limit of the tenant's plan, for the key with id `key_id`.
+    async fn limit_key(&self, tenant: &TenantRow, key_id: &str) -> Result<(), ApiError> {
+        let plan = super::contract::tenant_plan(self, tenant)?;
+        match &plan.limits {
+            Some(l) => l
+                .check(crate::ratelimit::Scope::Key, &tenant.id, key_id)
+                .await
+                .map_err(|d| ApiError::rate_limited(&d)),
+            None => Ok(()),
+        }
     }
 
     /// The operator: `X-Admin-Key` equal to `TOLLGATE_ADMIN_KEY`.
@@ -262,13 +283,16 @@ fn suspended() -> ApiError {
 
 /// The plan of the drop-in gateway's one tenant: every configured network, not metered.
 pub const DROP_IN_PLAN: &str = "(drop-in)";
-pub static DROP_IN: std::sync::LazyLock<crate::tenancy::Plan> = std::sync::LazyLock::new(|| crate::tenancy::Plan {
-    name: DROP_IN_PLAN.into(),
-    verifications: -1,
-    chains: vec!["*".into()],
-    price_usd: 0,
-    gas_per_month: -1,
-});
+pub fn drop_in_plan(settings: &crate::config::Settings) -> crate::tenancy::Plan {
+    crate::tenancy::Plan {
+        name: DROP_IN_PLAN.into(),
+        verifications: -1,
+        chains: vec!["*".into()],
+        price_usd: 0,
+        gas_per_month: -1,
+        limits: settings.rate_limits.clone(),
+    }
+}
 
 /// Equality whose time depends only on the lengths.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -85,11 +85,11 @@ pub fn allowance(t: &TenantRow, plan: &Plan, now_ms: i64) -> (i64, i64, i64, i64
     (used, limit, remaining, next)
 }
 
-pub(super) fn tenant_plan<'a>(api: &'a Api, t: &TenantRow) -> Result<&'a Plan, ApiError> {
+pub(super) fn tenant_plan(api: &Api, t: &TenantRow) -> Result<Plan, ApiError> {
     if t.plan == super::auth::DROP_IN_PLAN {
-        return Ok(&super::auth::DROP_IN);
+        return Ok(super::auth::drop_in_plan(&api.app.settings));
     }
-    api.app.settings.plans.get(&t.plan).ok_or_else(|| {
+    api.app.settings.plans.get(&t.plan).cloned().ok_or_else(|| {
         tracing::error!(tenant = %t.id, plan = %t.plan, "tenant on a plan the config no longer defines");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -103,7 +103,7 @@ pub(super) fn tenant_plan<'a>(api: &'a Api, t: &TenantRow) -> Result<&'a Plan, A
 pub async fn usage(axum::extract::State(api): State, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let Caller { tenant, .. } = api.caller(&headers, "analytics").await?;
     let plan = tenant_plan(&api, &tenant)?;
-    let (used, limit, remaining, next) = allowance(&tenant, plan, api.now_ms());
+    let (used, limit, remaining, next) = allowance(&tenant, &plan, api.now_ms());
     Ok(Json(json!({
         "tier": tenant.plan,
         "verifications_used": used,

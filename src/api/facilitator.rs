@@ -235,6 +235,7 @@ async fn settle_once(
         // The drop-in gateway's one tenant is not metered (and has no counter row).
         quota: (t.plan != super::auth::DROP_IN_PLAN).then_some(plan.verifications),
         gas_budget: plan.gas_per_month,
+        limits: plan.limits.as_deref(),
     };
     let payments = &api.app.payments;
     let mut rec = Attempt {
@@ -273,6 +274,7 @@ async fn settle_once(
         Err(Refusal::OverQuota { reset, retry_after }) => {
             return Err(super::contract::over_quota(api, t, reset, retry_after))
         }
+        Err(Refusal::RateLimited(d)) => return Err(ApiError::rate_limited(&d)),
         Err(Refusal::OverGasBudget { reset, retry_after }) => {
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -280,6 +280,8 @@ pub struct ApiError {
     message: String,
     retry_after: Option<u64>,
     extra: Option<serde_json::Value>,
+    /// A rate limit's `RateLimit-*` headers.
+    limit: Option<crate::ratelimit::Decision>,
 }
 
 impl ApiError {
@@ -290,7 +292,15 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             extra: None,
+            limit: None,
         }
+    }
+    /// A rate limit refused the call: 429 `RATE_LIMITED` with `Retry-After` and `RateLimit-*`.
+    pub fn rate_limited(d: &crate::ratelimit::Decision) -> ApiError {
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", d.detail());
+        e.limit = Some(*d);
+        e.extra = Some(json!({"scope": d.scope.as_str()}));
+        e
     }
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message)
@@ -338,6 +348,12 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after {
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from_str(&s.to_string()).expect("digits"));
+        }
+        if let Some(d) = self.limit {
+            for (name, value) in d.headers() {
+                resp.headers_mut()
+                    .insert(name, HeaderValue::from_str(&value).expect("ascii"));
+            }
         }
         resp.headers_mut()
             .insert("cache-control", HeaderValue::from_static("no-store"));

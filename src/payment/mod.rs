@@ -47,6 +47,9 @@ pub enum Refusal {
     /// up: 429 like [`Refusal::OverQuota`], nothing charged.
     #[error("this API's monthly settlement gas is used up")]
     OverGasBudget { reset: u64, retry_after: u64 },
+    /// A rate limit (per payer) refused it: 429 with the limit's headers, nothing claimed or charged.
+    #[error("{}", .0.detail())]
+    RateLimited(crate::ratelimit::Decision),
 }
 
 impl From<DecodeError> for Refusal {
@@ -301,6 +304,14 @@ impl Payments {
         })?;
         let offer = offer.clone();
         rec.payer = Some(checked.payer());
+        // Per payer, once its signature is known to be real (a stranger cannot spend another
+        // payer's allowance with forged headers), and before anything touches the ledger or a chain.
+        if let Some(limits) = tenant.limits {
+            limits
+                .check(crate::ratelimit::Scope::Payer, tenant.id, &checked.payer())
+                .await
+                .map_err(Refusal::RateLimited)?;
+        }
         rec.amount = Some(checked.amount().to_string());
         let key = checked.replay_key(&offer.network);
         rec.nonce = Some(key.nonce.clone());
@@ -728,5 +739,6 @@ pub fn refusal_outcome(r: &Refusal) -> (Outcome, String) {
         Refusal::Pending { detail, .. } => (Outcome::Pending, detail.clone()),
         Refusal::OverQuota { .. } => (Outcome::Rejected, "over_quota".into()),
         Refusal::OverGasBudget { .. } => (Outcome::Rejected, "over_gas_budget".into()),
+        Refusal::RateLimited(_) => (Outcome::Rejected, "rate_limited".into()),
     }
 }

@@ -70,6 +70,8 @@ pub async fn tenant(row: &TenantRow, settings: &Settings) -> Result<Tenant, NotR
         table,
         lower,
         rules: settings.rules.clone(),
+        number: crate::ratelimit::tenant_number(&row.id),
+        limits: plan.limits.clone(),
         hosted: Some(Hosting {
             slug: row.slug.clone(),
             plan,

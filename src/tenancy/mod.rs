@@ -8,7 +8,10 @@ pub mod ssrf;
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use crate::config::{NetworkSettings, PlanConfig};
+use crate::ratelimit::{PlanLimits, RateLimitsConfig};
 
 /// Networks enabled on every plan and not counted among its chains.
 pub const TEST_NETWORKS: &[&str] = &["base-sepolia", "solana-devnet"];
@@ -25,6 +28,8 @@ pub struct Plan {
     /// Gas units the operator's relayer may spend settling one tenant's payments a month (-1:
     /// unlimited). Payments are refused (429) once it is reached, until the month turns.
     pub gas_per_month: i64,
+    /// Its rate limits (`[plans.NAME.rate_limits]`, else `[rate_limits]`); `None`: unlimited.
+    pub limits: Option<Arc<PlanLimits>>,
 }
 
 impl Plan {
@@ -67,12 +72,18 @@ impl Plans {
     /// SAAS.md's defaults. `pro`'s sixth chain is `sei`, as the contract lists (offered only when
     /// the operator configures it).
     pub fn defaults() -> Plans {
+        Plans::defaults_limited(|_| None)
+    }
+
+    /// The defaults, each with the limits `limits` gives it.
+    fn defaults_limited(limits: impl Fn(&str) -> Option<Arc<PlanLimits>>) -> Plans {
         let p = |name: &str, verifications: i64, chains: &[&str], price_usd: u64| Plan {
             name: name.into(),
             verifications,
             chains: chains.iter().map(|c| c.to_string()).collect(),
             price_usd,
             gas_per_month: default_gas(verifications),
+            limits: limits(name),
         };
         Plans(
             [
@@ -92,10 +103,27 @@ impl Plans {
         )
     }
 
-    /// The `[plans.*]` tables, or the defaults when there are none.
-    pub fn from_config(cfg: &BTreeMap<String, PlanConfig>, problems: &mut Vec<String>) -> Plans {
+    /// The `[plans.*]` tables, or the defaults when there are none; a plan without its own
+    /// `rate_limits` has the top-level `[rate_limits]`.
+    pub fn from_config(
+        cfg: &BTreeMap<String, PlanConfig>,
+        top: &RateLimitsConfig,
+        problems: &mut Vec<String>,
+    ) -> Plans {
+        let redis = top.redis_url.as_deref();
+        let mut top_problems = Vec::new();
+        let shared_default = PlanLimits::build("rate_limits", "default", top, redis, &mut top_problems);
+        let limits_of = |name: &str, own: Option<&RateLimitsConfig>, problems: &mut Vec<String>| match own {
+            Some(c) => {
+                if c.redis_url.is_some() || c.redis_prefix.is_some() {
+                    problems.push(format!("plans.{name}.rate_limits: redis_url and redis_prefix are set once, in [rate_limits], not per plan"));
+                }
+                PlanLimits::build(&format!("plans.{name}.rate_limits"), name, c, redis, problems)
+            }
+            None => shared_default.clone(),
+        };
         if cfg.is_empty() {
-            return Plans::defaults();
+            return Plans::defaults_limited(|name| limits_of(name, None, &mut Vec::new()));
         }
         let mut plans = BTreeMap::new();
         for (name, c) in cfg {
@@ -124,6 +152,7 @@ impl Plans {
                     chains: c.chains.clone(),
                     price_usd: c.price_usd,
                     gas_per_month: c.gas_per_month.unwrap_or(default_gas(c.verifications)),
+                    limits: limits_of(name, c.rate_limits.as_ref(), problems),
                 },
             );
         }
@@ -132,6 +161,10 @@ impl Plans {
 
     pub fn get(&self, name: &str) -> Option<&Plan> {
         self.0.get(name)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Plan> {
+        self.0.values()
     }
 
     pub fn names(&self) -> Vec<&str> {

@@ -9,6 +9,7 @@ mod gateway;
 mod hosted;
 mod interop;
 mod ops;
+mod ratelimit;
 mod reading;
 #[cfg(feature = "solana")]
 mod solana;
