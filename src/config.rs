@@ -57,6 +57,8 @@ pub struct FileConfig {
     pub default_price: Option<PriceValue>,
     /// Worker threads for the proxy (default: the number of CPUs).
     pub threads: Option<usize>,
+    /// Write the process id here at start (for `tollgate reload` and init systems).
+    pub pid_file: Option<PathBuf>,
     #[serde(default)]
     pub settlement: SettlementConfig,
     #[serde(default)]
@@ -248,7 +250,7 @@ impl RequestConfig {
 }
 
 /// `[limits]`: what one client can hold.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest request head (request line and headers); larger is answered 431.
@@ -498,6 +500,7 @@ pub struct Settings {
     pub listen: String,
     pub database: String,
     pub threads: usize,
+    pub pid_file: Option<PathBuf>,
     pub public_url: Option<String>,
     pub settlement: Settlement,
     /// Reconciliation: how often, and how old an unfinished payment must be.
@@ -525,7 +528,7 @@ pub struct Settings {
 }
 
 /// How payments get on chain.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Settlement {
     Local {
         key_source: KeySource,
@@ -572,7 +575,7 @@ impl KeySource {
 }
 
 /// A network as this process talks to it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NetworkSettings {
     pub network: Arc<Network>,
     pub rpc_url: String,
@@ -947,6 +950,7 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
     let settings = Settings {
         listen: file.listen,
         database: file.database,
+        pid_file: file.pid_file,
         threads: file
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),

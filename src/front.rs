@@ -36,7 +36,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::app::App;
+use crate::app::Live;
 use crate::challenge;
 use crate::config::LimitsConfig;
 use crate::fenced::Fenced;
@@ -109,15 +109,15 @@ impl Drop for Busy {
 /// The server application of each worker: the front, and the pingora proxy behind it.
 pub struct Front {
     proxy: Arc<HttpProxy<Proxy>>,
-    app: Arc<App>,
+    live: Arc<Live>,
     conns: Arc<Connections>,
 }
 
 impl Front {
-    pub fn new(proxy: HttpProxy<Proxy>, app: Arc<App>, conns: Arc<Connections>) -> Self {
+    pub fn new(proxy: HttpProxy<Proxy>, live: Arc<Live>, conns: Arc<Connections>) -> Self {
         Front {
             proxy: Arc::new(proxy),
-            app,
+            live,
             conns,
         }
     }
@@ -238,7 +238,8 @@ impl Front {
         let mut deadline = (!buf.is_empty()).then(|| tokio::time::Instant::now() + head_time);
         loop {
             if !buf.is_empty() {
-                match read_head(&self.app.directory, &self.app.settings, peer, buf, out) {
+                let app = self.live.load();
+                match read_head(&app.directory, &app.settings, peer, buf, out) {
                     Head::Unpaid(n) | Head::Limited(n) => {
                         let _busy = self.conns.working();
                         buf.advance(n);

@@ -13,19 +13,19 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Map, Value};
 
-use crate::app::App;
+use crate::app::{App, Live};
 
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The routes served on the metrics listener (the management API serves `/status` and
 /// `/status/ready` too, in its own endpoint table).
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(live: Arc<Live>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(alive))
         .route("/status/ready", get(ready))
-        .with_state(app)
+        .with_state(live)
 }
 
 async fn metrics() -> impl IntoResponse {
@@ -35,8 +35,10 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
-async fn alive() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok"}))
+/// `{"status":"ok","config_generation":N}`: N counts the configurations loaded (1 at start, one
+/// more per reload that took), which is how `tollgate reload` tells that its reload took.
+async fn alive(axum::extract::State(live): axum::extract::State<Arc<Live>>) -> impl IntoResponse {
+    axum::Json(json!({"status": "ok", "config_generation": live.generation()}))
 }
 
 async fn within<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
@@ -79,8 +81,8 @@ pub async fn readiness(app: &App) -> (bool, Map<String, Value>) {
     (ok, checks)
 }
 
-async fn ready(axum::extract::State(app): axum::extract::State<Arc<App>>) -> axum::response::Response {
-    ready_response(&app).await
+async fn ready(axum::extract::State(live): axum::extract::State<Arc<Live>>) -> axum::response::Response {
+    ready_response(&live.app()).await
 }
 
 /// `/status/ready`'s answer: 200 when every check passes, 503 naming each failing one.
@@ -96,13 +98,13 @@ pub async fn ready_response(app: &App) -> axum::response::Response {
 }
 
 /// Binds the metrics listener and serves it in the background.
-pub async fn serve(addr: SocketAddr, app: Arc<App>) -> Result<(), String> {
+pub async fn serve(addr: SocketAddr, live: Arc<Live>) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("metrics.listen {addr}: {e}"))?;
     tracing::info!(%addr, "metrics and health listening");
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(app)).await {
+        if let Err(e) = axum::serve(listener, router(live)).await {
             tracing::error!(error = %e, "metrics listener stopped");
         }
     });

@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod reading;
 pub mod redact;
+pub mod reload;
 pub mod routes;
 pub mod serve;
 pub mod store;

@@ -29,6 +29,16 @@ enum Command {
         #[arg(long, short, default_value = "config/tollgate.toml", env = "TOLLGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Re-read the config of a running gateway without dropping a connection: validates the file
+    /// first (an invalid one is refused here, and the gateway keeps its configuration), then sends
+    /// the gateway SIGHUP and waits until its `/status` shows the new configuration.
+    Reload {
+        #[arg(long, short, default_value = "config/tollgate.toml", env = "TOLLGATE_CONFIG")]
+        config: PathBuf,
+        /// The gateway's process id (default: read from the config's `pid_file`).
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Validate a config without serving; every problem is named with its key and fix.
     CheckConfig {
         /// The TOML config.
@@ -129,6 +139,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => tollgate::serve::serve(&config),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Reload { config, pid } => reload(&config, pid),
         Command::Migrate { config } => migrate(&config),
         Command::Tenant { config, action } => tenant_cmd(&config, action),
         Command::Key { config, action } => key_cmd(&config, action),
@@ -139,6 +150,68 @@ fn main() -> ExitCode {
             eprintln!("tollgate: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn reload(config: &std::path::Path, pid: Option<u32>) -> Result<(), String> {
+    let (settings, _) = tollgate::config::load_any(config).map_err(|e| format!("{e}\nnothing was reloaded"))?;
+    let pid = match (pid, &settings.pid_file) {
+        (Some(p), _) => p,
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| format!("pid_file {}: {e}; is the gateway running?", f.display()))?
+            .trim()
+            .parse()
+            .map_err(|_| format!("pid_file {}: not a process id", f.display()))?,
+        (None, None) => {
+            return Err(format!(
+                "which gateway? give --pid, or set pid_file in {} (or send the process SIGHUP yourself)",
+                config.display()
+            ))
+        }
+    };
+    // The gateway says which configuration it runs on its metrics listener, if it has one.
+    let status = settings.metrics_listen.map(|a| format!("http://{a}/status"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let generation = |url: String| async move {
+        let v: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+        v["config_generation"].as_u64()
+    };
+    let before = match &status {
+        Some(url) => rt.block_on(generation(url.clone())),
+        None => None,
+    };
+    // SAFETY: kill(2) with a plain signal number.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
+        return Err(format!(
+            "cannot signal process {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let (Some(url), Some(before)) = (status, before) else {
+        println!("sent SIGHUP to {pid}; its log says whether the configuration took");
+        return Ok(());
+    };
+    let after = rt.block_on(async {
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            match generation(url.clone()).await {
+                Some(g) if g > before => return Some(g),
+                _ => {}
+            }
+        }
+        None
+    });
+    match after {
+        Some(g) => {
+            println!("{}: reloaded (configuration {g} in force)", config.display());
+            Ok(())
+        }
+        None => Err(format!(
+            "process {pid} kept its configuration ({before}); its log says why"
+        )),
     }
 }
 

@@ -12,7 +12,7 @@ use pingora_core::{Error, ErrorSource, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::app::App;
+use crate::app::{App, Live};
 use crate::chains::SettleOutcome;
 use crate::challenge::names::*;
 use crate::challenge::{self, Reply};
@@ -30,17 +30,20 @@ const UPSTREAM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// The proxy: one per process.
 pub struct Proxy {
-    app: Arc<App>,
+    live: Arc<Live>,
 }
 
 impl Proxy {
-    pub fn new(app: Arc<App>) -> Self {
-        Proxy { app }
+    pub fn new(live: Arc<Live>) -> Self {
+        Proxy { live }
     }
 }
 
 /// What one request carries between phases.
 pub struct Ctx {
+    /// The configuration in force when the request began, used to its end (a reload mid-request
+    /// does not change its route, price or chain).
+    app: Arc<App>,
     started: Instant,
     /// The tenant the request is for, once the directory has answered.
     tenant: Option<Arc<Tenant>>,
@@ -86,6 +89,7 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            app: self.live.app(),
             started: Instant::now(),
             tenant: None,
             route: String::new(),
@@ -111,9 +115,10 @@ impl ProxyHttp for Proxy {
     /// Reads the request once (400 if it has no single reading), matches the route; unpaid → 402,
     /// malformed payment → 400, paid → verify (and settle, if before).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let app = ctx.app.clone();
         let req = session.req_header();
         let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes());
-        let found = match self.app.directory.find(host, req.raw_path()).await {
+        let found = match app.directory.find(host, req.raw_path()).await {
             Lookup::Found(f) => f,
             Lookup::Unknown => return send(session, challenge::unknown_tenant()).await,
             Lookup::NotReady(_) => return send(session, challenge::tenant_not_ready()).await,
@@ -152,11 +157,11 @@ impl ProxyHttp for Proxy {
         ctx.close_upstream = !tenant.rules.reuse_upstream_after_body && challenge::has_body(req);
         if read.path() == crate::discovery::WELL_KNOWN && req.method == http::Method::GET {
             let base = String::from_utf8_lossy(&req.raw_path()[..prefix]).into_owned();
-            let base = challenge::asked(req, &base, self.app.settings.public_url.as_deref()).url;
-            let doc = crate::discovery::well_known(&tenant.routes, &base, self.app.payments.clock.now_ms() as i64);
+            let base = challenge::asked(req, &base, app.settings.public_url.as_deref()).url;
+            let doc = crate::discovery::well_known(&tenant.routes, &base, app.payments.clock.now_ms() as i64);
             return send(session, challenge::document(&doc)).await;
         }
-        if let Some(reply) = challenge::preflight(req, &read, &tenant, &self.app.settings.cors_origins) {
+        if let Some(reply) = challenge::preflight(req, &read, &tenant, &app.settings.cors_origins) {
             return send(session, reply).await;
         }
         let Some((_, route)) = tenant.route_for(&read) else {
@@ -165,15 +170,15 @@ impl ProxyHttp for Proxy {
         let Some(pricing) = route.pricing.clone() else {
             return Ok(false);
         };
-        ctx.cors = challenge::allowed_origin(req, &self.app.settings.cors_origins);
+        ctx.cors = challenge::allowed_origin(req, &app.settings.cors_origins);
         if tenant.hosted.as_ref().is_some_and(|h| !h.active) {
             return send(session, challenge::suspended(ctx.cors.as_deref())).await;
         }
         let asked = if prefix > 0 {
             let path = format!("{}{}", String::from_utf8_lossy(&req.raw_path()[..prefix]), read.path());
-            challenge::asked(req, &path, self.app.settings.public_url.as_deref())
+            challenge::asked(req, &path, app.settings.public_url.as_deref())
         } else {
-            challenge::asked(req, read.path(), self.app.settings.public_url.as_deref())
+            challenge::asked(req, read.path(), app.settings.public_url.as_deref())
         };
         drop(read);
 
@@ -187,7 +192,7 @@ impl ProxyHttp for Proxy {
             Err(e) => return send(session, challenge::malformed(&e.to_string(), ctx.cors.as_deref())).await,
         };
         ctx.route = route.label().to_string();
-        let payments = &self.app.payments;
+        let payments = &app.payments;
         let mut rec = new_attempt(payments.clock.now_ms(), &tenant.id, &ctx.route, req);
         let accepted = if pricing.payment_id == IdPolicy::Off {
             payments
@@ -326,11 +331,12 @@ impl ProxyHttp for Proxy {
 
     /// Settle-after happens here, once the upstream's status is known; then the payment response header.
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        let app = ctx.app.clone();
         if let Some(a) = ctx.accepted.as_mut() {
             let rec = ctx.attempt.get_or_insert_with(Attempt::default);
             if a.settle == SettleTiming::After && a.outcome.is_none() {
                 if resp.status.as_u16() < 400 {
-                    if let Err(refusal) = self.app.payments.settle(a, rec).await {
+                    if let Err(refusal) = app.payments.settle(a, rec).await {
                         // The upstream answered but the payment did not go through: the client gets
                         // the refusal, not the content.
                         let pricing = ctx.pricing.clone().expect("priced");
@@ -351,7 +357,7 @@ impl ProxyHttp for Proxy {
                         return Ok(());
                     }
                 } else {
-                    self.app.payments.release(&a.key).await;
+                    app.payments.release(&a.key).await;
                     rec.outcome = Some(Outcome::Released);
                     rec.reason = Some(format!("upstream answered {}; not charged", resp.status.as_u16()));
                 }
@@ -411,6 +417,7 @@ impl ProxyHttp for Proxy {
     /// The upstream failed: 502, and an unsettled (after-mode) payment is released, not charged. A
     /// request the client framed wrongly (a bad chunk, a protected header in `Connection`): 400.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let app = ctx.app.clone();
         if client_mistake(e) {
             // Its reading did not settle anything: an unsettled claim is given back in `logging`.
             session.set_keepalive(None);
@@ -428,7 +435,7 @@ impl ProxyHttp for Proxy {
         if let Some(a) = &ctx.accepted {
             let rec = ctx.attempt.get_or_insert_with(Attempt::default);
             if a.outcome.is_none() {
-                self.app.payments.release(&a.key).await;
+                app.payments.release(&a.key).await;
                 rec.outcome = Some(Outcome::Released);
                 rec.reason = Some(format!("{}: {e}; not charged", reason::UPSTREAM_FAILED));
             } else {
@@ -481,6 +488,7 @@ impl ProxyHttp for Proxy {
 
     /// The request is over: write its attempt record.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let app = ctx.app.clone();
         if let Some(t) = &ctx.tenant {
             let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
             let route = if ctx.route.is_empty() {
@@ -500,7 +508,7 @@ impl ProxyHttp for Proxy {
         // rather than at the next reconciliation.
         if let Some(a) = ctx.accepted.as_ref().filter(|a| a.outcome.is_none()) {
             if rec.outcome.is_none() {
-                self.app.payments.release(&a.key).await;
+                app.payments.release(&a.key).await;
                 rec.outcome = Some(Outcome::Released);
                 rec.reason
                     .get_or_insert_with(|| "request ended before settlement; not charged".into());
@@ -510,12 +518,10 @@ impl ProxyHttp for Proxy {
         // the payer may collect it by sending the same header again.
         match ctx.accepted.as_ref().map(|a| (a, &a.outcome)) {
             Some((a, Some(_))) if !ctx.served => {
-                self.app.payments.delivered(&a.key, Delivery::Owed).await;
+                app.payments.delivered(&a.key, Delivery::Owed).await;
                 tracing::info!(route = %ctx.route, payer = %a.payer(), "settled but not served; the same payment header will be served");
             }
-            Some((a, Some(SettleOutcome::Pending { .. }))) => {
-                self.app.payments.delivered(&a.key, Delivery::Served).await
-            }
+            Some((a, Some(SettleOutcome::Pending { .. }))) => app.payments.delivered(&a.key, Delivery::Served).await,
             _ => {}
         }
         if rec.outcome.is_none() {
@@ -526,7 +532,7 @@ impl ProxyHttp for Proxy {
             });
         }
         rec.total_us = ctx.started.elapsed().as_micros() as u64;
-        self.app.payments.record(rec);
+        app.payments.record(rec);
     }
 }
 
@@ -558,7 +564,8 @@ impl Proxy {
     /// payment charged (or maybe) and not served keeps the id for the same payment; otherwise
     /// nothing was charged and the id is free again.
     async fn end_id(&self, hold: &IdHold, ctx: &Ctx) {
-        let payments = &self.app.payments;
+        let app = ctx.app.clone();
+        let payments = &app.payments;
         let charged = ctx.accepted.as_ref().is_some_and(|a| a.outcome.is_some())
             || ctx
                 .attempt

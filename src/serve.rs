@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::App;
+use crate::app::{App, Live};
 use crate::clock::SystemClock;
 use crate::config;
 use crate::directory::{Directory, Hosted};
@@ -40,7 +40,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
 
     let threads = settings.threads;
-    let (app, writer) = core.block_on(async {
+    let (live, writer) = core.block_on(async {
         let store = Store::connect(&settings.database).await.map_err(|e| e.to_string())?;
         let (log, writer) = AttemptLog::start(store.clone());
         let payments = Payments::new(&settings, store.clone(), log, Arc::new(SystemClock))?;
@@ -53,34 +53,37 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
             payments: Arc::new(payments),
             directory,
         });
+        let live = Live::new(app.clone());
         if let Some(addr) = app.settings.api_listen {
-            crate::api::serve(addr, crate::api::Api::new(app.clone())).await?;
+            crate::api::serve(addr, crate::api::Api::new(live.clone())).await?;
         }
-        Ok::<_, String>((app, writer))
+        Ok::<_, String>((live, writer))
     })?;
+    let app = live.app();
     describe(&app);
-    let reconciler = core.spawn(reconcile_forever(app.clone()));
+    let pid_file = app.settings.pid_file.clone();
+    if let Some(p) = &pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id())).map_err(|e| format!("pid_file {}: {e}", p.display()))?;
+    }
+    let reconciler = core.spawn(reconcile_forever(live.clone()));
     if let Some(url) = &app.settings.redis_url {
         let _enter = core.enter();
         crate::ratelimit::connect(url, &app.settings.redis_prefix)?;
     }
     // Rate-limit buckets of clients gone quiet are dropped once a minute (memory stays bounded).
-    let limits: Vec<_> = app
-        .settings
-        .rate_limits
-        .iter()
-        .chain(app.settings.plans.all().filter_map(|p| p.limits.as_ref()))
-        .cloned()
-        .collect();
-    if !limits.is_empty() {
-        core.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                limits.iter().for_each(|l| l.forget_idle());
-            }
-        });
-    }
+    let forgetting = live.clone();
+    core.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let app = forgetting.load();
+            let s = &app.settings;
+            s.rate_limits
+                .iter()
+                .chain(s.plans.all().filter_map(|p| p.limits.as_ref()))
+                .for_each(|l| l.forget_idle());
+        }
+    });
     // Signers' funds, reported once at start (in the background: a first run works offline).
     let checking = app.clone();
     core.spawn(async move {
@@ -94,7 +97,7 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     });
     crate::metrics::METRICS.set_enabled(app.settings.metrics_listen.is_some());
     if let Some(addr) = app.settings.metrics_listen {
-        if let Err(e) = core.block_on(crate::health::serve(addr, app.clone())) {
+        if let Err(e) = core.block_on(crate::health::serve(addr, live.clone())) {
             tracing::warn!("{e}; metrics and health are not served (set [metrics] listen to a free address)");
         }
     }
@@ -113,11 +116,18 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     let conns = Connections::new(limits.clone(), max_open);
 
     let (shutdown, watch) = tokio::sync::watch::channel(false);
-    crate::workers::start(threads, listen, budget.upstream_pool, app.clone(), conns.clone(), watch)?;
+    crate::workers::start(
+        threads,
+        listen,
+        budget.upstream_pool,
+        live.clone(),
+        conns.clone(),
+        watch,
+    )?;
     tracing::info!(%listen, workers = threads, max_connections = max_open, "tollgate listening");
 
     core.block_on(async {
-        let graceful = wait_for_signal().await;
+        let graceful = wait_for_signal(|| tokio::task::block_in_place(|| reload(&live, config_path))).await;
         let _ = shutdown.send(true);
         if graceful {
             tracing::info!(in_flight = conns.busy(), open = conns.open(), grace_secs = limits.shutdown_grace_secs, "SIGTERM: no new connections; finishing the requests in flight");
@@ -134,10 +144,14 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
             tracing::info!("SIGINT: exiting without waiting for requests in flight");
         }
         reconciler.abort();
+        let app = live.app();
         let _ = tokio::time::timeout(Duration::from_secs(5), app.payments.flush_records()).await;
         app.payments.store.close().await;
     });
     drop(writer);
+    if let Some(p) = &pid_file {
+        let _ = std::fs::remove_file(p);
+    }
     tracing::info!("tollgate stopped");
     Ok(())
 }
@@ -175,16 +189,41 @@ impl Budget {
     }
 }
 
-/// Waits for SIGTERM (`true`: drain first) or SIGINT (`false`).
-async fn wait_for_signal() -> bool {
+/// Waits for SIGTERM (`true`: drain first) or SIGINT (`false`); runs `on_hup` at each SIGHUP.
+async fn wait_for_signal(on_hup: impl Fn()) -> bool {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         tracing::error!("cannot listen for signals; only SIGKILL will stop this process");
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => true,
-        _ = int.recv() => false,
+    loop {
+        tokio::select! {
+            _ = term.recv() => return true,
+            _ = int.recv() => return false,
+            _ = hup.recv() => on_hup(),
+        }
+    }
+}
+
+/// SIGHUP: re-reads the config file and puts it in force, or keeps the running one if it is
+/// invalid ([`crate::reload`]).
+fn reload(live: &Live, path: &Path) {
+    let current = live.app();
+    match crate::reload::next(&current, path) {
+        Ok(r) => {
+            if !r.at_restart.is_empty() {
+                tracing::warn!(keys = ?r.at_restart, "reload: these changed in the file and take effect at the next start; they keep their running values");
+            }
+            let describe_it = r.app.clone();
+            let generation = live.store(r.app);
+            describe(&describe_it);
+            tracing::info!(generation, file = %path.display(), "reload: configuration in force");
+        }
+        Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
     }
 }
 
@@ -242,11 +281,12 @@ fn raise_open_file_limit() -> u64 {
     lim.rlim_cur
 }
 
-async fn reconcile_forever(app: Arc<App>) {
-    let mut tick = tokio::time::interval(app.settings.reconcile_every);
+async fn reconcile_forever(live: Arc<Live>) {
+    let mut tick = tokio::time::interval(live.app().settings.reconcile_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let app = live.app();
         match app.payments.reconcile_once(app.settings.reconcile_after).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(resolved = n, "reconciliation pass"),

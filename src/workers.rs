@@ -18,7 +18,7 @@ use pingora_core::server::configuration::ServerConf;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
-use crate::app::App;
+use crate::app::Live;
 use crate::front::{Connections, Front, TOO_MANY_CONNECTIONS};
 use crate::proxy::Proxy;
 
@@ -29,7 +29,7 @@ pub fn start(
     threads: usize,
     addr: SocketAddr,
     upstream_pool: usize,
-    app: Arc<App>,
+    live: Arc<Live>,
     conns: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -42,8 +42,8 @@ pub fn start(
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     for i in 0..threads {
-        let (app, conns, conf, shutdown, ready) = (
-            app.clone(),
+        let (live, conns, conf, shutdown, ready) = (
+            live.clone(),
             conns.clone(),
             conf.clone(),
             shutdown.clone(),
@@ -69,8 +69,8 @@ pub fn start(
                     };
                     let _ = ready.send(Ok(()));
                     let front = Arc::new(Front::new(
-                        pingora_proxy::http_proxy(&conf, Proxy::new(app.clone())),
-                        app,
+                        pingora_proxy::http_proxy(&conf, Proxy::new(live.clone())),
+                        live,
                         conns.clone(),
                     ));
                     accept_until_shutdown(listener, front, conns, shutdown).await;

@@ -29,7 +29,7 @@ pub async fn list(
         .map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
     let limit = p.limit.unwrap_or(100).clamp(1, 1000);
     let rows = api
-        .app
+        .app()
         .payments
         .store
         .tenants(p.after.as_deref(), limit)
@@ -53,7 +53,7 @@ pub async fn show(
 ) -> Result<Json<Value>, ApiError> {
     api.admin(&headers)?;
     let t = api
-        .app
+        .app()
         .payments
         .store
         .tenant(&id)
@@ -61,7 +61,7 @@ pub async fn show(
         .map_err(ApiError::db)?
         .ok_or_else(|| ApiError::not_found("tenant"))?;
     let mut v = tenant_json(&t, &api);
-    if let (Some(plan), Some(o)) = (api.app.settings.plans.get(&t.plan), v.as_object_mut()) {
+    if let (Some(plan), Some(o)) = (api.app().settings.plans.get(&t.plan), v.as_object_mut()) {
         let (used, limit, remaining, next) = allowance(&t, plan, api.now_ms());
         o.insert(
             "usage".into(),
@@ -125,9 +125,15 @@ async fn standing(api: &Api, headers: &HeaderMap, id: &str, status: &str) -> Res
 }
 
 async fn change(api: &Api, id: &str, c: TenantChange) -> Result<Json<Value>, ApiError> {
-    let t = crate::tenancy::ops::change_tenant(&api.app.payments.store, &api.app.settings.plans, id, c, api.now_ms())
-        .await?;
-    if let Some(h) = api.app.directory.hosted() {
+    let t = crate::tenancy::ops::change_tenant(
+        &api.app().payments.store,
+        &api.app().settings.plans,
+        id,
+        c,
+        api.now_ms(),
+    )
+    .await?;
+    if let Some(h) = api.app().directory.hosted() {
         h.forget(&t.slug);
     }
     api.settling.invalidate(&t.id);

@@ -130,7 +130,7 @@ impl Api {
     }
 
     async fn tenant_row(&self, id: &str) -> Result<TenantRow, ApiError> {
-        self.app
+        self.app()
             .payments
             .store
             .tenant(id)
@@ -176,7 +176,7 @@ impl Api {
     /// (with `scope`); in the drop-in mode the one configured tenant, for the admin key or a key
     /// whose SHA-256 is in `[api] facilitator_keys`.
     pub async fn payee(&self, headers: &HeaderMap, scope: &str) -> Result<Caller, ApiError> {
-        let crate::directory::Directory::One(t) = &self.app.directory else {
+        let crate::directory::Directory::One(t) = &self.app().directory else {
             let (known, tenant_id) = self.key_of(headers, scope).await?;
             let tenant = match self.settling.get(&tenant_id) {
                 Some(t) => t,
@@ -207,7 +207,7 @@ impl Api {
             .is_some_and(|k| constant_time_eq(given.as_bytes(), k.as_bytes()));
         let hash = keys::hash(given);
         let listed = self
-            .app
+            .app()
             .settings
             .facilitator_keys
             .iter()
@@ -217,7 +217,7 @@ impl Api {
                 "unknown key; use TOLLGATE_ADMIN_KEY or a key whose SHA-256 is in [api] facilitator_keys",
             ));
         }
-        if let Some(limits) = &self.app.settings.rate_limits {
+        if let Some(limits) = &self.app().settings.rate_limits {
             // Keyed by a prefix of the key's digest: enough to tell keys apart, nothing usable.
             limits
                 .check(crate::ratelimit::Scope::Key, &t.id, &hash[..16])

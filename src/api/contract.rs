@@ -45,7 +45,8 @@ pub async fn create_tenant(
         slug: b.slug,
         live: !b.test,
     };
-    let (row, key) = ops::create_tenant(&api.app.payments.store, &api.app.settings.plans, new, api.now_ms()).await?;
+    let (row, key) =
+        ops::create_tenant(&api.app().payments.store, &api.app().settings.plans, new, api.now_ms()).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -59,7 +60,8 @@ pub async fn create_tenant(
 /// A tenant as the API shows it.
 pub fn tenant_json(t: &TenantRow, api: &Api) -> Value {
     let routes: Value = serde_json::from_str(&t.routes).unwrap_or(Value::Array(vec![]));
-    let plan = api.app.settings.plans.get(&t.plan);
+    let app = api.app();
+    let plan = app.settings.plans.get(&t.plan);
     json!({
         "id": t.id,
         "slug": t.slug,
@@ -70,7 +72,7 @@ pub fn tenant_json(t: &TenantRow, api: &Api) -> Value {
         "upstream": t.upstream,
         "pay_to": {"evm": t.pay_to_evm, "solana": t.pay_to_solana},
         "routes": routes,
-        "enabled_chains": plan.map(|p| p.enabled_names(&api.app.settings.networks)).unwrap_or_default(),
+        "enabled_chains": plan.map(|p| p.enabled_names(&api.app().settings.networks)).unwrap_or_default(),
         "created_at": rfc3339(t.created_at / 1000),
         "updated_at": rfc3339(t.updated_at / 1000),
     })
@@ -87,9 +89,9 @@ pub fn allowance(t: &TenantRow, plan: &Plan, now_ms: i64) -> (i64, i64, i64, i64
 
 pub(super) fn tenant_plan(api: &Api, t: &TenantRow) -> Result<Plan, ApiError> {
     if t.plan == super::auth::DROP_IN_PLAN {
-        return Ok(super::auth::drop_in_plan(&api.app.settings));
+        return Ok(super::auth::drop_in_plan(&api.app().settings));
     }
-    api.app.settings.plans.get(&t.plan).cloned().ok_or_else(|| {
+    api.app().settings.plans.get(&t.plan).cloned().ok_or_else(|| {
         tracing::error!(tenant = %t.id, plan = %t.plan, "tenant on a plan the config no longer defines");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -110,7 +112,7 @@ pub async fn usage(axum::extract::State(api): State, headers: HeaderMap) -> Resu
         "verifications_limit": limit,
         "verifications_remaining": remaining,
         "quota_reset_date": rfc3339(next),
-        "enabled_chains": plan.enabled_names(&api.app.settings.networks),
+        "enabled_chains": plan.enabled_names(&api.app().settings.networks),
     })))
 }
 
@@ -118,16 +120,11 @@ pub async fn usage(axum::extract::State(api): State, headers: HeaderMap) -> Resu
 pub async fn supported_chains(axum::extract::State(api): State, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let Caller { tenant, .. } = api.caller(&headers, "analytics").await?;
     let plan = tenant_plan(&api, &tenant)?;
-    let all: Vec<&str> = api
-        .app
-        .settings
-        .networks
-        .iter()
-        .map(|n| n.network.name.as_str())
-        .collect();
+    let app = api.app();
+    let all: Vec<&str> = app.settings.networks.iter().map(|n| n.network.name.as_str()).collect();
     Ok(Json(json!({
         "tier": tenant.plan,
-        "enabled_chains": plan.enabled_names(&api.app.settings.networks),
+        "enabled_chains": plan.enabled_names(&api.app().settings.networks),
         "all_chains": all,
     })))
 }
@@ -183,17 +180,18 @@ pub(super) fn enabled_chain(
 ) -> Result<(Arc<dyn crate::chains::Chain>, Arc<crate::x402::Network>), ApiError> {
     let plan = tenant_plan(api, t)?;
     let known = crate::x402::network::builtin(name).is_some()
-        || api.app.settings.networks.iter().any(|n| n.network.is_named(name))
+        || api.app().settings.networks.iter().any(|n| n.network.is_named(name))
         || name == "sei";
     if !known {
         return Err(ApiError::invalid(format!(
             "chain: '{name}' is not a chain this service knows; see GET /api/v1/x402/supported-chains"
         )));
     }
-    let configured = api.app.settings.networks.iter().find(|n| n.network.is_named(name));
+    let app = api.app();
+    let configured = app.settings.networks.iter().find(|n| n.network.is_named(name));
     match configured {
         Some(n) if plan.allows(&n.network.name) => {
-            let chain = api.app.payments.chain(&n.network.name).cloned().ok_or_else(|| {
+            let chain = api.app().payments.chain(&n.network.name).cloned().ok_or_else(|| {
                 ApiError::new(
                     StatusCode::FORBIDDEN,
                     "CHAIN_NOT_ENABLED",
@@ -208,7 +206,7 @@ pub(super) fn enabled_chain(
             format!(
                 "chain '{name}' is not enabled on the '{}' plan; enabled: {}",
                 t.plan,
-                plan.enabled_names(&api.app.settings.networks).join(", ")
+                plan.enabled_names(&api.app().settings.networks).join(", ")
             ),
         )),
     }
@@ -218,7 +216,7 @@ pub(super) fn enabled_chain(
 async fn count(api: &Api, t: &TenantRow) -> Result<(), ApiError> {
     let plan = tenant_plan(api, t)?;
     // A proof moves nothing: no gas to bound.
-    match api.app.payments.count(&t.id, plan.verifications, -1).await {
+    match api.app().payments.count(&t.id, plan.verifications, -1).await {
         Ok(()) => Ok(()),
         Err(crate::payment::Refusal::OverQuota { reset, retry_after }) => Err(over_quota(api, t, reset, retry_after)),
         Err(_) => Err(ApiError::new(
@@ -231,9 +229,9 @@ async fn count(api: &Api, t: &TenantRow) -> Result<(), ApiError> {
 
 /// The contract's 429: when the allowance refills, and where to upgrade.
 pub(super) fn over_quota(api: &Api, t: &TenantRow, reset: u64, retry_after: u64) -> ApiError {
-    let limit = api.app.settings.plans.get(&t.plan).map_or(0, |p| p.verifications);
+    let limit = api.app().settings.plans.get(&t.plan).map_or(0, |p| p.verifications);
     let upgrade = api
-        .app
+        .app()
         .settings
         .hosted
         .as_ref()
@@ -256,7 +254,7 @@ pub(super) fn over_quota(api: &Api, t: &TenantRow, reset: u64, retry_after: u64)
 /// Gives a count back when the service, not the verification, failed.
 async fn uncount(api: &Api, t: &TenantRow) {
     let (period, _) = month_bounds(api.now_ms() / 1000);
-    if let Err(e) = api.app.payments.store.uncount_use(&t.id, period).await {
+    if let Err(e) = api.app().payments.store.uncount_use(&t.id, period).await {
         tracing::warn!(error = %e, "could not give back a verification count");
     }
 }
@@ -362,7 +360,8 @@ async fn verify_proof(
     record.amount = Some(proof.amount.to_string());
     record.payer = Some(proof.from.clone());
     record.confirmations = Some(proof.confirmations as i64);
-    let hosted = api.app.settings.hosted.as_ref();
+    let app = api.app();
+    let hosted = app.settings.hosted.as_ref();
     let min_conf = hosted.map_or(1, |h| h.proof_confirmations);
     let max_age = hosted.map_or(0, |h| h.proof_max_age_secs);
     let age = (now_ms / 1000 - proof.block_time as i64).max(0) as u64;
@@ -402,7 +401,7 @@ async fn verify_proof(
         None
     };
     let seen = api
-        .app
+        .app()
         .payments
         .store
         .payer_seen(&t.id, &proof.from)
@@ -419,7 +418,7 @@ async fn verify_proof(
     }
     // Consumed once per tenant: a second verification of this transaction is not a second payment.
     match api
-        .app
+        .app()
         .payments
         .store
         .consume_tx(&t.id, &network.name, &proof.tx, now_ms)
@@ -474,7 +473,7 @@ pub fn risk_score(confirmations: u64, age_secs: u64, amount: U256, expected: Opt
 }
 
 async fn save(api: &Api, v: &VerificationRow) {
-    if let Err(e) = api.app.payments.store.insert_verification(v).await {
+    if let Err(e) = api.app().payments.store.insert_verification(v).await {
         tracing::error!(error = %e, "could not record a verification");
     }
 }
@@ -530,7 +529,7 @@ pub(super) async fn verify_x402(
         return Ok(invalid(why, None));
     }
     let offer = Offer::exact(network.clone(), amount, own.to_string(), r.max_timeout);
-    let now = api.app.payments.clock.now_secs();
+    let now = api.app().payments.clock.now_secs();
     let result: Result<String, Rejection> = match chain.check_offline(&offer, AmountMatch::Exact, &payment, now) {
         Err(r) => Err(r),
         Ok(checked) => match chain.check_onchain(&checked).await {

@@ -121,7 +121,7 @@ pub async fn settle(
     // The payment-identifier extension: a settle already answered for this id and payload is
     // answered the same; another payload under the id is a conflict.
     let sent = identifier::read(payment.extensions.as_deref()).map_err(ApiError::invalid)?;
-    let payments = &api.app.payments;
+    let payments = &api.app().payments;
     let payload = b.payment_payload.get().as_bytes();
     let hold = match payments.hold_id(&t.id, &sent, sent.required, payload).await {
         Ok(IdStart::Untracked) => None,
@@ -237,7 +237,7 @@ async fn settle_once(
         gas_budget: plan.gas_per_month,
         limits: plan.limits.as_deref(),
     };
-    let payments = &api.app.payments;
+    let payments = &api.app().payments;
     let mut rec = Attempt {
         at_ms: payments.clock.now_ms(),
         tenant: t.id.clone(),
@@ -311,7 +311,7 @@ pub async fn supported(axum::extract::State(api): State, headers: HeaderMap) -> 
     let plan = super::contract::tenant_plan(&api, &caller.tenant)?;
     let mut kinds = Vec::new();
     let (mut evm, mut svm): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
-    for ns in plan.enabled(&api.app.settings.networks) {
+    for ns in plan.enabled(&api.app().settings.networks) {
         let n = &ns.network;
         let extra = match n.family {
             Family::Evm => json!({"name": n.eip712_name, "version": n.eip712_version}),
@@ -324,7 +324,7 @@ pub async fn supported(axum::extract::State(api): State, headers: HeaderMap) -> 
             Family::Evm => &mut evm,
             Family::Solana => &mut svm,
         };
-        if let Some(s) = api.app.payments.chain(&n.name).and_then(|c| c.signer()) {
+        if let Some(s) = api.app().payments.chain(&n.name).and_then(|c| c.signer()) {
             if !list.contains(&s) {
                 list.push(s);
             }
@@ -362,7 +362,7 @@ pub async fn discovery(
         return Err(ApiError::invalid(format!("limit: {limit} is not between 1 and 1000")));
     }
     let offset = q.offset.unwrap_or(0);
-    let items = api.catalog.items(&api.app).await.map_err(ApiError::db)?;
+    let items = api.catalog.items(&api.app()).await.map_err(ApiError::db)?;
     let page: Vec<&Value> = items.iter().skip(offset).take(limit).collect();
     Ok(Json(json!({
         "x402Version": 2,

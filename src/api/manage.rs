@@ -31,7 +31,7 @@ fn key_json(k: &KeyRow) -> Value {
 pub async fn list_keys(axum::extract::State(api): State, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let c = api.caller(&headers, "manage").await?;
     let keys = api
-        .app
+        .app()
         .payments
         .store
         .keys_of(&c.tenant.id)
@@ -60,7 +60,7 @@ pub async fn create_key(
 ) -> Result<impl IntoResponse, ApiError> {
     let c = api.caller(&headers, "manage").await?;
     let (row, key) = ops::create_key(
-        &api.app.payments.store,
+        &api.app().payments.store,
         &c.tenant.id,
         &b.name,
         &b.scopes,
@@ -82,7 +82,7 @@ pub async fn revoke_key(
 ) -> Result<Json<Value>, ApiError> {
     let c = api.caller(&headers, "manage").await?;
     let hash = api
-        .app
+        .app()
         .payments
         .store
         .revoke_key(&c.tenant.id, &id, api.now_ms())
@@ -123,7 +123,7 @@ pub async fn update_tenant(
     Body(b): Body<TenantPatch>,
 ) -> Result<Json<Value>, ApiError> {
     let c = api.caller(&headers, "manage").await?;
-    let settings = &api.app.settings;
+    let settings = &api.app().settings;
     let mut change = TenantChange::default();
     if let Some(n) = b.name {
         let n = n.trim().to_string();
@@ -198,12 +198,12 @@ pub async fn update_tenant(
         }
         change.routes = Some(text);
     }
-    let store = &api.app.payments.store;
+    let store = &api.app().payments.store;
     store
         .update_tenant(&c.tenant.id, &change, api.now_ms())
         .await
         .map_err(ApiError::db)?;
-    if let Some(h) = api.app.directory.hosted() {
+    if let Some(h) = api.app().directory.hosted() {
         h.forget(&c.tenant.slug);
     }
     api.settling.invalidate(&c.tenant.id);
@@ -264,7 +264,7 @@ pub async fn verifications(
     let c = api.caller(&headers, "analytics").await?;
     let listing = query(q)?.listing()?;
     let rows = api
-        .app
+        .app()
         .payments
         .store
         .verifications(&c.tenant.id, &listing)
@@ -288,12 +288,12 @@ pub async fn payments(
     let mut listing = query(q)?.listing()?;
     // The ledger keys payments by CAIP-2 id; a filter may name the network either way.
     if let Some(n) = listing.chain.as_mut() {
-        if let Some(ns) = api.app.settings.networks.iter().find(|ns| ns.network.is_named(n)) {
+        if let Some(ns) = api.app().settings.networks.iter().find(|ns| ns.network.is_named(n)) {
             *n = ns.network.caip2.clone();
         }
     }
     let rows = api
-        .app
+        .app()
         .payments
         .store
         .payments_of(&c.tenant.id, &listing)
@@ -332,7 +332,7 @@ pub async fn breakdown(
         .since
         .map(|s| s * 1000)
         .unwrap_or_else(|| crate::clock::month_bounds(api.now_ms() / 1000).0 * 1000);
-    let store = &api.app.payments.store;
+    let store = &api.app().payments.store;
     let rows = |b: crate::store::Breakdown| -> Vec<Value> {
         b.into_iter()
             .map(|(day, network, outcome, count)| json!({"day": day, "network": network, "outcome": outcome, "count": count}))

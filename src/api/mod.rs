@@ -23,12 +23,13 @@ use serde_json::{json, Value};
 
 use openapi::Doc;
 
-use crate::app::App;
+use crate::app::{App, Live};
 pub use auth::Keys;
 
 /// What every handler shares.
 pub struct Api {
-    pub app: Arc<App>,
+    /// The configuration in force (a reload swaps it; each call reads the one in force).
+    live: Arc<Live>,
     pub keys: Keys,
     /// `TOLLGATE_ADMIN_KEY`; admin endpoints answer 401 while it is unset.
     admin_key: Option<String>,
@@ -42,7 +43,8 @@ pub struct Api {
 type State = axum::extract::State<Arc<Api>>;
 
 impl Api {
-    pub fn new(app: Arc<App>) -> Arc<Api> {
+    pub fn new(live: Arc<Live>) -> Arc<Api> {
+        let app = live.app();
         let bound = app.settings.hosted.as_ref().map_or(30, |h| h.key_cache_secs);
         let admin_key = std::env::var("TOLLGATE_ADMIN_KEY")
             .ok()
@@ -58,13 +60,18 @@ impl Api {
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(bound))
                 .build(),
-            app,
+            live,
             admin_key,
         })
     }
 
+    /// The configuration in force.
+    pub fn app(&self) -> Arc<App> {
+        self.live.app()
+    }
+
     fn now_ms(&self) -> i64 {
-        self.app.payments.clock.now_ms() as i64
+        self.app().payments.clock.now_ms() as i64
     }
 }
 
@@ -223,12 +230,15 @@ fn endpoints() -> Vec<(Doc, MethodRouter<Arc<Api>>)> {
               (200, object(&[("x402Version", t("integer")), ("items", t("array")), ("pagination", t("object"))]))),
             get(facilitator::discovery),
         ),
-        (d("GET", "/status", Public, "Alive", None, &[], (200, object(&[("status", t("string"))]))),
-         get(|| async { Json(json!({"status": "ok"})) })),
+        (d("GET", "/status", Public, "Alive, and how many configurations were loaded (1 at start, one more per reload)", None, &[],
+           (200, object(&[("status", t("string")), ("config_generation", t("integer"))]))),
+         get(|axum::extract::State(api): State| async move {
+             Json(json!({"status": "ok", "config_generation": api.live.generation()}))
+         })),
         (d("GET", "/status/ready", Public,
            "Ready: the database, every chain RPC and every signer's funds answer; otherwise 503 naming each failing check",
            None, &[], (200, object(&[("status", t("string")), ("checks", t("object"))]))),
-         get(|axum::extract::State(api): State| async move { crate::health::ready_response(&api.app).await })),
+         get(|axum::extract::State(api): State| async move { crate::health::ready_response(&api.app()).await })),
     ]
 }
 

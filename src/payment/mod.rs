@@ -15,7 +15,7 @@ use crate::chains::evm::relayer::Relayer;
 use crate::chains::evm::{EvmChain, EvmOptions};
 use crate::chains::{Chain, ChainError, ChainStatus, Checked, Rejection, ReplayKey, SettleOutcome};
 use crate::clock::Clock;
-use crate::config::{Settings, Settlement};
+use crate::config::{NetworkSettings, Settings, Settlement};
 use crate::facilitator::FacilitatorClient;
 use crate::store::{Attempt, AttemptLog, Counted, Delivery, NewClaim, Outcome, PaymentState, Store};
 use crate::tenant::{Account, Pricing, SettleTiming};
@@ -118,6 +118,29 @@ impl Payments {
         attempts: AttemptLog,
         clock: Arc<dyn Clock>,
     ) -> Result<Payments, String> {
+        Payments::reusing(settings, store, attempts, clock, None)
+    }
+
+    /// A reload's pipeline: as [`Self::new`], but each network configured exactly as before keeps
+    /// its chain (its RPC client, and its relayer's nonces and the batch being formed) from `old`,
+    /// whose networks were `old_networks`.
+    pub fn reloaded(&self, settings: &Settings, old_networks: &[NetworkSettings]) -> Result<Payments, String> {
+        Payments::reusing(
+            settings,
+            self.store.clone(),
+            self.attempts.clone(),
+            self.clock.clone(),
+            Some((self, old_networks)),
+        )
+    }
+
+    fn reusing(
+        settings: &Settings,
+        store: Store,
+        attempts: AttemptLog,
+        clock: Arc<dyn Clock>,
+        old: Option<(&Payments, &[NetworkSettings])>,
+    ) -> Result<Payments, String> {
         // The Solana fee payer's key (facilitator mode has none: the facilitator's fee payer signs).
         let (solana_key, solana_hint) = match &settings.settlement {
             Settlement::Local { solana_key, .. } => (
@@ -173,6 +196,13 @@ impl Payments {
         let mut chains: HashMap<String, Arc<dyn Chain>> = HashMap::new();
         for ns in &settings.networks {
             let net = ns.network.clone();
+            let kept = old
+                .filter(|(_, nets)| nets.contains(ns))
+                .and_then(|(p, _)| p.chains.get(&net.name));
+            if let Some(chain) = kept {
+                chains.insert(net.name.clone(), chain.clone());
+                continue;
+            }
             match net.family {
                 Family::Evm => {
                     let relayer = match &key {

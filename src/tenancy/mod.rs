@@ -163,6 +163,18 @@ impl Plans {
         self.0.get(name)
     }
 
+    /// Keeps `old`'s rate-limit buckets for each plan whose limits did not change (a reload
+    /// does not hand every client a fresh burst).
+    pub fn keep_buckets_of(&mut self, old: &Plans) {
+        for (name, plan) in self.0.iter_mut() {
+            if let (Some(new), Some(kept)) = (&plan.limits, old.get(name).and_then(|p| p.limits.as_ref())) {
+                if new == kept {
+                    plan.limits = Some(kept.clone());
+                }
+            }
+        }
+    }
+
     pub fn all(&self) -> impl Iterator<Item = &Plan> {
         self.0.values()
     }

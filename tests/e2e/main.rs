@@ -8,6 +8,7 @@ mod front;
 mod gateway;
 mod hosted;
 mod interop;
+mod lifecycle;
 mod ops;
 mod ratelimit;
 mod reading;
