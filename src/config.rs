@@ -1517,5 +1517,12 @@ mod tests {
         assert!(tenant.is_none() && settings.hosted.is_some());
         assert_eq!(settings.plans, crate::tenancy::Plans::defaults());
         assert_eq!(settings.api_listen, Some("127.0.0.1:8403".parse().unwrap()));
+        // The compose file's config, with its upstream (a Docker host name) pointed here.
+        let text = std::fs::read_to_string(path("deploy/tollgate.compose.toml")).unwrap();
+        let text = text.replace("host.docker.internal", "127.0.0.1");
+        let file: FileConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let (settings, _) = build(file).unwrap_or_else(|p| panic!("{p:?}"));
+        assert!(settings.database.starts_with("postgres://"));
+        assert_eq!(settings.metrics_listen, Some("0.0.0.0:9402".parse().unwrap()));
     }
 }

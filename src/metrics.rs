@@ -238,6 +238,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_grafana_dashboard_queries_only_series_tollgate_exports() {
+        let m = Metrics::new();
+        // A family is exported once it has a series: give each one.
+        m.requests.with_label_values(&["t", "r", "paid"]).inc();
+        m.payments.with_label_values(&["n", "exact", "settled"]).inc();
+        m.settled_atomic.with_label_values(&["t", "n"]).inc();
+        m.replays.with_label_values(&["n"]).inc();
+        m.verify_seconds.with_label_values(&["n"]).observe(0.1);
+        m.settle_seconds.with_label_values(&["n"]).observe(0.1);
+        m.signer_balance.with_label_values(&["n"]).set(1);
+        m.ledger_rows.with_label_values(&["settled"]).set(1);
+        m.rate_limited.with_label_values(&["ip"]).inc();
+        let exported: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
+        let dash: serde_json::Value =
+            serde_json::from_str(include_str!("../deploy/grafana/tollgate.json")).expect("the dashboard is JSON");
+        let mut queried = 0;
+        for panel in dash["panels"].as_array().expect("panels") {
+            for t in panel["targets"].as_array().expect("targets") {
+                let expr = t["expr"].as_str().expect("expr");
+                for (i, _) in expr.match_indices("tollgate_") {
+                    let name: String = expr[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let base = name.strip_suffix("_bucket").unwrap_or(&name);
+                    assert!(
+                        exported.iter().any(|e| e == base),
+                        "panel '{}' queries {name}, which tollgate does not export",
+                        panel["title"]
+                    );
+                    queried += 1;
+                }
+            }
+        }
+        assert!(queried >= 10, "{queried}");
+        // Every series tollgate exports is on the dashboard.
+        for e in &exported {
+            assert!(dash["panels"].to_string().contains(e.as_str()), "{e} is on no panel");
+        }
+    }
+
+    #[test]
     fn labels_past_the_cap_are_other() {
         let cap = LabelCap::new(2);
         assert_eq!(cap.get("a"), "a");

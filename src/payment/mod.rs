@@ -282,9 +282,27 @@ impl Payments {
         self.chains.get(network)
     }
 
-    /// Queues an attempt record (and counts it in the metrics).
+    /// Queues an attempt record (and counts it in the metrics), and logs it as one line (target
+    /// `tollgate::request`): tenant, route, outcome, payer, network, amount, transaction and
+    /// latencies. Never a key, a secret or the payment header itself.
     pub fn record(&self, a: Attempt) {
         crate::metrics::METRICS.attempt(&a);
+        let ms = |us: Option<u64>| us.map_or(-1.0, |us| us as f64 / 1000.0);
+        tracing::info!(
+            target: "tollgate::request",
+            tenant = %a.tenant,
+            route = %a.route,
+            outcome = a.outcome.map_or("unknown", |o| o.as_str()),
+            reason = a.reason.as_deref().unwrap_or(""),
+            payer = a.payer.as_deref().unwrap_or(""),
+            network = a.network.as_deref().unwrap_or(""),
+            amount = a.amount.as_deref().unwrap_or(""),
+            tx = a.tx_hash.as_deref().unwrap_or(""),
+            verify_ms = ms(a.verify_us),
+            settle_ms = ms(a.settle_us),
+            total_ms = a.total_us as f64 / 1000.0,
+            "payment"
+        );
         self.attempts.record(a);
     }
 

@@ -435,6 +435,8 @@ pub struct GatewaySpec<'a> {
     pub networks_extra: &'a str,
     /// Run under this open-file limit (soft and hard), as a small machine or container would.
     pub nofile: Option<u32>,
+    /// More environment for the process.
+    pub env: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> GatewaySpec<'a> {
@@ -462,6 +464,7 @@ settle = "after"
             pay_to: PAYEE,
             networks_extra: "",
             nofile: None,
+            env: Vec::new(),
         }
     }
 }
@@ -520,7 +523,8 @@ rpc_timeout_ms = 2000
             spec.networks_extra,
             spec.routes
         );
-        let env: Vec<(&str, &str)> = spec.relayer_key.map(|k| ("TEST_RELAYER_KEY", k)).into_iter().collect();
+        let mut env: Vec<(&str, &str)> = spec.relayer_key.map(|k| ("TEST_RELAYER_KEY", k)).into_iter().collect();
+        env.extend(spec.env.iter().copied());
         Self::spawn(dir, port, &config, spec.nofile, &env).await
     }
 

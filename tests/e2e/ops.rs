@@ -191,3 +191,79 @@ async fn readiness_follows_the_chain_rpc() {
     let _ = back.wait();
     assert!(ok, "ready again once the RPC answers: {}", tg.log());
 }
+
+/// The systemd unit passes `systemd-analyze verify` (with its binary path pointed at this build).
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/tollgate.service")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/tollgate", env!("CARGO_BIN_EXE_tollgate")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed (.ci/run installs systemd)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Only the unit's own findings count (the machine's other units are not ours to judge).
+    let ours: Vec<&str> = said.lines().filter(|l| l.contains("tollgate")).collect();
+    assert!(out.status.success() && ours.is_empty(), "{said}");
+}
+
+/// `TOLLGATE_LOG_FORMAT=json`: every line is a JSON object, and each paid or refused request is
+/// one line with its tenant, route, outcome, payer, transaction and latencies, never the header.
+#[tokio::test]
+async fn json_logs_say_one_line_per_payment_without_the_header() {
+    let (anvil, db) = (Anvil::start().await, Db::sqlite());
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+    spec.env = vec![("TOLLGATE_LOG_FORMAT", "json")];
+    let tg = Tollgate::start(&spec).await;
+    let url = format!("{}/paid/x", tg.url);
+    let (name, value) = signed_header(&url, true).await;
+    let c = http();
+    assert_eq!(c.get(&url).header(name, &value).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(&url).header(name, &value).send().await.unwrap().status(), 402);
+    let lines = || -> Vec<Value> {
+        tg.log()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON line: {l}")))
+            .collect()
+    };
+    let mut payments = Vec::new();
+    for _ in 0..50 {
+        payments = lines()
+            .into_iter()
+            .filter(|l| l["target"] == "tollgate::request")
+            .collect();
+        if payments.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(payments.len(), 2, "{}", tg.log());
+    let (paid, refused) = (&payments[0], &payments[1]);
+    assert_eq!(paid["outcome"], "settled", "{paid}");
+    assert_eq!(paid["tenant"], "default");
+    assert_eq!(paid["route"], "GET /paid/*");
+    assert_eq!(paid["payer"].as_str().unwrap().to_lowercase(), format!("{:#x}", PAYER));
+    assert_eq!(paid["amount"], "1000");
+    assert!(paid["tx"].as_str().unwrap().starts_with("0x"), "{paid}");
+    assert!(paid["total_ms"].as_f64().unwrap() > 0.0 && paid["settle_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(refused["outcome"], "duplicate", "{refused}");
+    assert!(!refused["reason"].as_str().unwrap().is_empty(), "{refused}");
+    let log = tg.log();
+    assert!(!log.contains(&value), "the payment header is in the log");
+    assert!(
+        !log.contains(RELAYER_KEY.trim_start_matches("0x")),
+        "the relayer key is in the log"
+    );
+}
