@@ -59,6 +59,9 @@ pub struct FileConfig {
     pub threads: Option<usize>,
     /// Write the process id here at start (for `tollgate reload` and init systems).
     pub pid_file: Option<PathBuf>,
+    /// Where a graceful upgrade hands the listening sockets over (`serve --upgrade`, SIGQUIT).
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: PathBuf,
     #[serde(default)]
     pub settlement: SettlementConfig,
     #[serde(default)]
@@ -292,6 +295,10 @@ fn default_grace() -> u64 {
     30
 }
 
+fn default_upgrade_sock() -> PathBuf {
+    PathBuf::from("/tmp/tollgate_upgrade.sock")
+}
+
 fn default_listen() -> String {
     "0.0.0.0:8402".into()
 }
@@ -501,6 +508,7 @@ pub struct Settings {
     pub database: String,
     pub threads: usize,
     pub pid_file: Option<PathBuf>,
+    pub upgrade_sock: PathBuf,
     pub public_url: Option<String>,
     pub settlement: Settlement,
     /// Reconciliation: how often, and how old an unfinished payment must be.
@@ -951,6 +959,7 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
         listen: file.listen,
         database: file.database,
         pid_file: file.pid_file,
+        upgrade_sock: file.upgrade_sock,
         threads: file
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),

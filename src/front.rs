@@ -43,6 +43,10 @@ use crate::fenced::Fenced;
 use crate::proxy::Proxy;
 use crate::reading;
 
+/// During a shutdown, how long a connection accepted just before it may take to start its first
+/// request.
+const FIRST_REQUEST_AT_SHUTDOWN: Duration = Duration::from_secs(1);
+
 /// Request heads with more headers than this go to pingora (which allows more).
 const MAX_HEADERS: usize = 48;
 
@@ -183,8 +187,15 @@ impl Front {
         let mut buf = BytesMut::with_capacity(2048);
         let mut out = Vec::with_capacity(2048);
         let mut settings: Option<HttpPersistentSettings> = None;
+        // A new connection owes its client an answer to its first request: a shutdown (or an
+        // upgrade handing the socket to the next process) waits for it, briefly.
+        let mut fresh = Some(self.conns.working());
         loop {
-            match self.step(&mut conn, peer, &mut buf, &mut out, &mut shutdown).await {
+            let step = self
+                .step(&mut conn, peer, fresh.is_some(), &mut buf, &mut out, &mut shutdown)
+                .await;
+            fresh = None;
+            match step {
                 Step::Answered => continue,
                 Step::Close => return,
                 Step::Delegate(len) => {
@@ -227,6 +238,7 @@ impl Front {
         &self,
         conn: &mut L4Stream,
         peer: Option<std::net::IpAddr>,
+        fresh: bool,
         buf: &mut BytesMut,
         out: &mut Vec<u8>,
         shutdown: &mut ShutdownWatch,
@@ -264,8 +276,9 @@ impl Front {
                     }
                     Head::Partial | Head::Other(_) => {}
                 }
-            } else if *shutdown.borrow() {
-                // Shutting down between requests: close, as pingora does.
+            } else if *shutdown.borrow() && !fresh {
+                // Shutting down between requests: close, as pingora does. (A new connection's
+                // first request, on its way, is still answered.)
                 return Step::Close;
             }
             if buf.capacity() - buf.len() < 1024 {
@@ -273,12 +286,20 @@ impl Front {
             }
             let wait = match deadline {
                 Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
+                // Shutting down: a new connection's first request has a second to start.
+                None if fresh && *shutdown.borrow() => idle.min(FIRST_REQUEST_AT_SHUTDOWN),
                 None => idle,
             };
             let read = tokio::select! {
                 biased;
                 r = tokio::time::timeout(wait, conn.read_buf(buf)) => r,
-                _ = shutdown.changed(), if deadline.is_none() => return Step::Close,
+                // Shutting down: close an idle connection; give a new one its second.
+                _ = shutdown.changed(), if deadline.is_none() => {
+                    if fresh {
+                        continue;
+                    }
+                    return Step::Close;
+                }
             };
             match read {
                 Ok(Ok(n)) if n > 0 => {

@@ -98,15 +98,24 @@ pub async fn ready_response(app: &App) -> axum::response::Response {
 }
 
 /// Binds the metrics listener and serves it in the background.
-pub async fn serve(addr: SocketAddr, live: Arc<Live>) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("metrics.listen {addr}: {e}"))?;
+/// Binds the metrics listener (or takes `inherited`, handed over in an upgrade) and serves it in
+/// the background; returns the listening descriptor.
+pub async fn serve(
+    addr: SocketAddr,
+    live: Arc<Live>,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<std::os::fd::RawFd, String> {
+    let listener = match inherited {
+        Some(l) => tokio::net::TcpListener::from_std(l),
+        None => tokio::net::TcpListener::bind(addr).await,
+    }
+    .map_err(|e| format!("metrics.listen {addr}: {e}"))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     tracing::info!(%addr, "metrics and health listening");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router(live)).await {
             tracing::error!(error = %e, "metrics listener stopped");
         }
     });
-    Ok(())
+    Ok(fd)
 }

@@ -30,5 +30,6 @@ pub mod serve;
 pub mod store;
 pub mod tenancy;
 pub mod tenant;
+pub mod upgrade;
 pub mod workers;
 pub mod x402;

@@ -37,6 +37,10 @@ enum Command {
         /// The TOML config.
         #[arg(long, short, default_value = "config/tollgate.toml", env = "TOLLGATE_CONFIG")]
         config: PathBuf,
+        /// Graceful upgrade: take over the listening sockets of the running gateway (send it
+        /// SIGQUIT within 5 s) instead of binding them.
+        #[arg(long, short)]
+        upgrade: bool,
     },
     /// Re-read the config of a running gateway without dropping a connection: validates the file
     /// first (an invalid one is refused here, and the gateway keeps its configuration), then sends
@@ -148,7 +152,7 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
     }
     let result = match cli.command {
-        Command::Serve { config } => tollgate::serve::serve(&config),
+        Command::Serve { config, upgrade } => tollgate::serve::serve(&config, upgrade),
         Command::CheckConfig { file } => check_config(&file),
         Command::Reload { config, pid } => reload(&config, pid),
         Command::Migrate { config } => migrate(&config),

@@ -77,6 +77,7 @@ fn keep_restart_only(new: &mut Settings, old: &Settings) -> Vec<&'static str> {
     keep!(database, "database");
     keep!(threads, "threads");
     keep!(pid_file, "pid_file");
+    keep!(upgrade_sock, "upgrade_sock");
     keep!(api_listen, "api.listen");
     keep!(metrics_listen, "metrics.listen");
     keep!(limits, "limits");

@@ -21,17 +21,36 @@ use crate::payment::Payments;
 use crate::store::{AttemptLog, Store};
 
 /// Runs the gateway until a shutdown signal.
-pub fn serve(config_path: &Path) -> Result<(), String> {
+pub fn serve(config_path: &Path, upgrade: bool) -> Result<(), String> {
     let (settings, tenant) = config::load_any(config_path).map_err(|e| e.to_string())?;
+    // A graceful upgrade takes the running gateway's sockets ([`crate::upgrade`]).
+    let mut inherited = if upgrade {
+        crate::upgrade::Inherited::receive(&settings.upgrade_sock)?
+    } else {
+        crate::upgrade::Inherited::default()
+    };
     let listen: std::net::SocketAddr = settings
         .listen
         .parse()
         .map_err(|_| format!("listen: '{}' is not an address", settings.listen))?;
     // The workers bind with SO_REUSEPORT, which would let a second gateway share the port silently
     // (and take half the traffic): refuse to start if something already listens there.
-    std::net::TcpListener::bind(listen).map_err(|e| {
-        format!("listen {listen}: {e}; is another tollgate (or anything else) already listening there?")
-    })?;
+    // (Sockets handed over for another address are not this configuration's: closed.)
+    let proxy_sockets: Vec<_> = inherited
+        .take_proxy()
+        .into_iter()
+        .filter(|l| l.local_addr().ok() == Some(listen))
+        .collect();
+    if proxy_sockets.is_empty() {
+        std::net::TcpListener::bind(listen).map_err(|e| {
+            format!("listen {listen}: {e}; is another tollgate (or anything else) already listening there? (to replace it without refusing a connection: `tollgate serve --upgrade`, then SIGQUIT to the running one)")
+        })?;
+    }
+    let mut listening = crate::upgrade::Listening::default();
+    let on =
+        |l: &std::net::TcpListener, want: Option<std::net::SocketAddr>| want.is_some() && l.local_addr().ok() == want;
+    let api_socket = inherited.take("api").filter(|l| on(l, settings.api_listen));
+    let metrics_socket = inherited.take("metrics").filter(|l| on(l, settings.metrics_listen));
     let core = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("tollgate-core")
@@ -39,8 +58,11 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
 
+    // Signals are caught from here on: a SIGHUP or SIGQUIT sent as soon as the port answers must
+    // not find the default action (which ends the process).
+    let signals = core.block_on(async { Signals::new() })?;
     let threads = settings.threads;
-    let (live, writer) = core.block_on(async {
+    let (live, writer, api_fd) = core.block_on(async {
         let store = Store::connect(&settings.database).await.map_err(|e| e.to_string())?;
         let (log, writer) = AttemptLog::start(store.clone());
         let payments = Payments::new(&settings, store.clone(), log, Arc::new(SystemClock))?;
@@ -54,10 +76,11 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
             directory,
         });
         let live = Live::new(app.clone());
+        let mut api_fd = None;
         if let Some(addr) = app.settings.api_listen {
-            crate::api::serve(addr, crate::api::Api::new(live.clone())).await?;
+            api_fd = Some(crate::api::serve(addr, crate::api::Api::new(live.clone()), api_socket).await?);
         }
-        Ok::<_, String>((live, writer))
+        Ok::<_, String>((live, writer, api_fd))
     })?;
     let app = live.app();
     describe(&app);
@@ -97,8 +120,9 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     });
     crate::metrics::METRICS.set_enabled(app.settings.metrics_listen.is_some());
     if let Some(addr) = app.settings.metrics_listen {
-        if let Err(e) = core.block_on(crate::health::serve(addr, live.clone())) {
-            tracing::warn!("{e}; metrics and health are not served (set [metrics] listen to a free address)");
+        match core.block_on(crate::health::serve(addr, live.clone(), metrics_socket)) {
+            Ok(fd) => listening.0.push(("metrics".into(), fd)),
+            Err(e) => tracing::warn!("{e}; metrics and health are not served (set [metrics] listen to a free address)"),
         }
     }
 
@@ -116,18 +140,44 @@ pub fn serve(config_path: &Path) -> Result<(), String> {
     let conns = Connections::new(limits.clone(), max_open);
 
     let (shutdown, watch) = tokio::sync::watch::channel(false);
-    crate::workers::start(
+    let worker_fds = crate::workers::start(
         threads,
         listen,
         budget.upstream_pool,
         live.clone(),
         conns.clone(),
         watch,
+        proxy_sockets,
     )?;
+    drop(inherited);
+    listening.0.extend(
+        worker_fds
+            .into_iter()
+            .enumerate()
+            .map(|(i, fd)| (format!("proxy#{i}"), fd)),
+    );
+    listening.0.extend(api_fd.map(|fd| ("api".to_string(), fd)));
+    let upgrade_sock = app.settings.upgrade_sock.clone();
     tracing::info!(%listen, workers = threads, max_connections = max_open, "tollgate listening");
 
     core.block_on(async {
-        let graceful = wait_for_signal(|| tokio::task::block_in_place(|| reload(&live, config_path))).await;
+        let graceful = wait_for_signal(
+            signals,
+            || tokio::task::block_in_place(|| reload(&live, config_path)),
+            || {
+                tokio::task::block_in_place(|| match crate::upgrade::send(&listening, &upgrade_sock) {
+                    Ok(()) => {
+                        tracing::info!("SIGQUIT: listening sockets handed to the new process; draining");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}; still serving");
+                        false
+                    }
+                })
+            },
+        )
+        .await;
         let _ = shutdown.send(true);
         if graceful {
             tracing::info!(in_flight = conns.busy(), open = conns.open(), grace_secs = limits.shutdown_grace_secs, "SIGTERM: no new connections; finishing the requests in flight");
@@ -189,22 +239,43 @@ impl Budget {
     }
 }
 
-/// Waits for SIGTERM (`true`: drain first) or SIGINT (`false`); runs `on_hup` at each SIGHUP.
-async fn wait_for_signal(on_hup: impl Fn()) -> bool {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot listen for signals; only SIGKILL will stop this process");
-        return std::future::pending().await;
-    };
+/// The signals the gateway acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts catching them (inside the core runtime).
+    fn new() -> Result<Signals, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let catch = |k: SignalKind| signal(k).map_err(|e| format!("cannot listen for signals: {e}"));
+        Ok(Signals {
+            term: catch(SignalKind::terminate())?,
+            int: catch(SignalKind::interrupt())?,
+            hup: catch(SignalKind::hangup())?,
+            quit: catch(SignalKind::quit())?,
+        })
+    }
+}
+
+/// Waits for SIGTERM (`true`: drain first) or SIGINT (`false`); runs `on_hup` at each SIGHUP, and
+/// `on_quit` at each SIGQUIT (a graceful upgrade: drain once it has handed the sockets over).
+async fn wait_for_signal(s: Signals, on_hup: impl Fn(), on_quit: impl Fn() -> bool) -> bool {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+        mut quit,
+    } = s;
     loop {
         tokio::select! {
             _ = term.recv() => return true,
             _ = int.recv() => return false,
             _ = hup.recv() => on_hup(),
+            _ = quit.recv() => if on_quit() { return true },
         }
     }
 }

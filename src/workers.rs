@@ -22,9 +22,10 @@ use crate::app::Live;
 use crate::front::{Connections, Front, TOO_MANY_CONNECTIONS};
 use crate::proxy::Proxy;
 
-/// Starts `threads` workers listening on `addr`, each keeping at most `upstream_pool` idle upstream
-/// connections; returns once every one is listening. When `shutdown` turns `true` they stop accepting
-/// (and the front closes idle connections).
+/// Starts `threads` workers listening on `addr` (on the sockets in `inherited` first, handed over
+/// by the previous process in an upgrade), each keeping at most `upstream_pool` idle upstream
+/// connections; returns each worker's listening descriptor once every one is listening. When
+/// `shutdown` turns `true` they stop accepting (and the front closes idle connections).
 pub fn start(
     threads: usize,
     addr: SocketAddr,
@@ -32,7 +33,8 @@ pub fn start(
     live: Arc<Live>,
     conns: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
+    inherited: Vec<std::net::TcpListener>,
+) -> Result<Vec<std::os::fd::RawFd>, String> {
     let conf = Arc::new(ServerConf {
         threads: 1,
         work_stealing: false,
@@ -40,8 +42,12 @@ pub fn start(
         upstream_keepalive_pool_size: upstream_pool,
         ..Default::default()
     });
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<std::os::fd::RawFd, String>>();
+    // More sockets than workers: the extra ones are closed here (left open, each would take its
+    // share of connections with nobody accepting them).
+    let mut inherited = inherited.into_iter();
     for i in 0..threads {
+        let adopted = inherited.next();
         let (live, conns, conf, shutdown, ready) = (
             live.clone(),
             conns.clone(),
@@ -60,14 +66,14 @@ pub fn start(
                     }
                 };
                 rt.block_on(async move {
-                    let listener = match bind(addr) {
+                    let listener = match adopted.map(TcpListener::from_std).unwrap_or_else(|| bind(addr)) {
                         Ok(l) => l,
                         Err(e) => {
                             let _ = ready.send(Err(format!("listen {addr}: {e}")));
                             return;
                         }
                     };
-                    let _ = ready.send(Ok(()));
+                    let _ = ready.send(Ok(std::os::fd::AsRawFd::as_raw_fd(&listener)));
                     let front = Arc::new(Front::new(
                         pingora_proxy::http_proxy(&conf, Proxy::new(live.clone())),
                         live,
@@ -81,12 +87,16 @@ pub fn start(
             .map_err(|e| format!("cannot start worker {i}: {e}"))?;
     }
     drop(ready_tx);
+    drop(inherited);
+    let mut fds = Vec::with_capacity(threads);
     for _ in 0..threads {
-        ready_rx
-            .recv()
-            .map_err(|_| "a worker stopped before listening".to_string())??;
+        fds.push(
+            ready_rx
+                .recv()
+                .map_err(|_| "a worker stopped before listening".to_string())??,
+        );
     }
-    Ok(())
+    Ok(fds)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

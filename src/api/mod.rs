@@ -269,17 +269,26 @@ pub fn router(api: Arc<Api>) -> Router {
 }
 
 /// Serves the management API on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, api: Arc<Api>) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("api.listen {addr}: {e}"))?;
+/// Serves the management API on `addr` (or on `inherited`, its socket handed over by the previous
+/// process in an upgrade); returns the listening descriptor.
+pub async fn serve(
+    addr: SocketAddr,
+    api: Arc<Api>,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<std::os::fd::RawFd, String> {
+    let listener = match inherited {
+        Some(l) => tokio::net::TcpListener::from_std(l),
+        None => tokio::net::TcpListener::bind(addr).await,
+    }
+    .map_err(|e| format!("api.listen {addr}: {e}"))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     tracing::info!(%addr, "management API listening");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router(api)).await {
             tracing::error!(error = %e, "management API stopped");
         }
     });
-    Ok(())
+    Ok(fd)
 }
 
 /// A refusal in the contract's shape.

@@ -244,3 +244,121 @@ async fn sigterm_during_paid_load_leaves_every_payment_settled_or_given_back_aft
         tg.log()
     );
 }
+
+/// Requests on fresh connections (`Connection: close`), from `tasks` loops, until `stop`: (served
+/// 200, failed in any way).
+async fn fresh_connection_load(
+    port: u16,
+    tasks: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, Vec<String>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runs: Vec<_> = (0..tasks)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0usize, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let one = async {
+                        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                            .await
+                            .map_err(|e| format!("connect: {e}"))?;
+                        s.write_all(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                            .await
+                            .map_err(|e| format!("write: {e}"))?;
+                        let mut answer = Vec::new();
+                        s.read_to_end(&mut answer).await.map_err(|e| format!("read: {e}"))?;
+                        if answer.starts_with(b"HTTP/1.1 200") {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "answer: {}",
+                                String::from_utf8_lossy(&answer[..answer.len().min(80)])
+                            ))
+                        }
+                    };
+                    match one.await {
+                        Ok(()) => ok += 1,
+                        Err(e) => failed.push(e),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed) = (0, Vec::new());
+    for r in runs {
+        let (o, f) = r.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    (ok, failed)
+}
+
+#[tokio::test]
+async fn a_graceful_upgrade_hands_the_sockets_over_without_refusing_a_connection() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (anvil, db) = (Anvil::start().await, Db::sqlite());
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let mport = free_port();
+    let top = format!(
+        "upgrade_sock = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{mport}\"\n",
+        sock_dir.path().join("upgrade.sock").display()
+    );
+    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+    spec.top_extra = &top;
+    let mut old = Tollgate::start(&spec).await;
+    let cfg = old.dir.path().join("tollgate.toml");
+
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(fresh_connection_load(old.port, 4, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The new binary waits for the sockets; the old one hands them over on SIGQUIT and drains.
+    let new_log = old.dir.path().join("new.log");
+    let log = std::fs::File::create(&new_log).unwrap();
+    let mut new = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--upgrade", "--config"])
+        .arg(&cfg)
+        .env("TEST_RELAYER_KEY", RELAYER_KEY)
+        .env("TOLLGATE_LOG", "info,tollgate=debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal_pid(old.pid(), "QUIT");
+    eventually("the old process to exit", || {
+        let exited = old.exited().is_some();
+        async move { exited }
+    })
+    .await;
+    // Load keeps going on the new process alone for a while.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (served, failed) = load.await.unwrap();
+    // The metrics listener came over too.
+    let status = http().get(format!("http://127.0.0.1:{mport}/status")).send().await;
+    let new_said = std::fs::read_to_string(&new_log).unwrap();
+    assert_eq!(status.map(|r| r.status().as_u16()).ok(), Some(200), "{new_said}");
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(
+        failed.is_empty(),
+        "{} requests failed, e.g. {:?}\n{new_said}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(served > 100, "{served} served");
+    assert!(
+        old.log().contains("listening sockets handed to the new process"),
+        "{}",
+        old.log()
+    );
+    assert!(
+        new_said.contains("took over the running gateway's listening sockets"),
+        "{new_said}"
+    );
+}
