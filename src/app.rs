@@ -14,6 +14,19 @@ pub struct App {
     pub settings: Settings,
     pub payments: Arc<Payments>,
     pub directory: Directory,
+    /// `[tls]`: the proxy listener's TLS acceptor (built from the files at start and each reload).
+    pub tls: Option<Arc<pingora_core::listeners::tls::Acceptor>>,
+}
+
+impl App {
+    /// The TLS acceptor `settings` asks for, read from its files.
+    pub fn tls_of(settings: &Settings) -> Result<Option<Arc<pingora_core::listeners::tls::Acceptor>>, String> {
+        settings
+            .tls
+            .as_ref()
+            .map(|t| crate::conn::acceptor(&t.cert_file, &t.key_file))
+            .transpose()
+    }
 }
 
 /// The configuration in force. A request reads one snapshot from start to end (the proxy keeps it

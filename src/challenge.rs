@@ -612,14 +612,15 @@ fn host_value(v: &[u8]) -> Option<&str> {
 
 /// The URL the client asked for, as the 402 names it: `public_url` if configured, else
 /// X-Forwarded-Proto/Host (a proxy in front of tollgate), else the Host header.
-pub fn asked(req: &RequestHeader, path: &str, public_url: Option<&str>) -> Asked {
+/// `tls`: the request came over TLS (the URL is `https` unless `X-Forwarded-Proto` says otherwise).
+pub fn asked(req: &RequestHeader, path: &str, public_url: Option<&str>, tls: bool) -> Asked {
     let host_of = |name: &HeaderName| req.headers.get(name).and_then(|v| host_value(v.as_bytes()));
     let host = host_of(&http::header::HOST).or_else(|| req.uri.authority().map(|a| a.as_str()));
     Asked {
         url: resource_url(
             path,
             public_url,
-            forwarded(req, &X_FORWARDED_PROTO),
+            forwarded(req, &X_FORWARDED_PROTO).or(tls.then_some("https")),
             host_of(&X_FORWARDED_HOST),
             host,
         ),

@@ -81,6 +81,8 @@ pub struct FileConfig {
     /// Prometheus metrics and health (`/metrics`, `/status`, `/status/ready`).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// TLS on the proxy listener.
+    pub tls: Option<TlsConfig>,
     /// Rate limits per client IP, payer and API key (hosted plans' default).
     #[serde(default)]
     pub rate_limits: crate::ratelimit::RateLimitsConfig,
@@ -106,6 +108,17 @@ pub struct ApiConfig {
 
 fn default_api_listen() -> String {
     "127.0.0.1:8403".into()
+}
+
+/// `[tls]`: the proxy listener speaks HTTPS with this certificate (re-read at each reload, so that
+/// a renewed certificate is picked up without a restart).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM (leaf first).
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// `[metrics]`: Prometheus `/metrics` and the health checks, on their own listener.
@@ -530,6 +543,8 @@ pub struct Settings {
     pub rules: Rules,
     /// The drop-in tenant's rate limits (`[rate_limits]`); hosted tenants have their plan's.
     pub rate_limits: Option<Arc<crate::ratelimit::PlanLimits>>,
+    /// `[tls]`: the proxy listener's certificate and key files.
+    pub tls: Option<TlsConfig>,
     /// `[rate_limits] redis_url`, for plans whose limits are shared, and its key prefix.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
@@ -952,6 +967,12 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
         );
     }
 
+    if let Some(t) = &file.tls {
+        if let Err(e) = crate::conn::acceptor(&t.cert_file, &t.key_file) {
+            problems.push(e);
+        }
+    }
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -977,6 +998,7 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
         plans,
         rules: rules.clone(),
         rate_limits: rate_limits.clone(),
+        tls: file.tls,
         redis_url: file.rate_limits.redis_url.clone(),
         redis_prefix: file
             .rate_limits

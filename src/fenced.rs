@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::conn::Conn;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::{GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest};
 use pingora_core::protocols::{Peek, Shutdown, Ssl, UniqueID, UniqueIDType};
@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A connection with a fence after the request pingora may read.
 #[derive(Debug)]
 pub struct Fenced {
-    inner: L4Stream,
+    inner: Conn,
     /// Bytes read from the socket and not given to pingora: the rest of this request, then whatever
     /// the client sent after it.
     held: BytesMut,
@@ -40,7 +40,7 @@ pub struct Fenced {
 
 impl Fenced {
     /// Lends `inner` with the bytes already read (`held`), fenced after `len` bytes when known.
-    pub fn new(inner: L4Stream, held: BytesMut, len: Option<usize>, cap: usize) -> Fenced {
+    pub fn new(inner: Conn, held: BytesMut, len: Option<usize>, cap: usize) -> Fenced {
         Fenced {
             inner,
             held,
@@ -51,7 +51,7 @@ impl Fenced {
     }
 
     /// The connection back, with the bytes read past the request (the next request's start).
-    pub fn into_parts(self) -> (L4Stream, BytesMut) {
+    pub fn into_parts(self) -> (Conn, BytesMut) {
         (self.inner, self.held)
     }
 
@@ -155,7 +155,17 @@ impl UniqueID for Fenced {
     }
 }
 
-impl Ssl for Fenced {}
+impl Ssl for Fenced {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<pingora_core::protocols::tls::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
 
 #[async_trait]
 impl Peek for Fenced {}

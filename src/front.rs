@@ -28,10 +28,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::conn::Conn;
 use bytes::{Buf, BytesMut};
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -67,6 +67,11 @@ impl Connections {
             open: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
         })
+    }
+
+    /// The limits connections are held to.
+    pub fn limits(&self) -> &LimitsConfig {
+        &self.limits
     }
 
     /// Requests being answered right now (a shutdown waits for these).
@@ -127,6 +132,14 @@ impl Front {
     }
 }
 
+/// Who sent a request: the client's address (for per-IP limits), and whether over TLS (for the
+/// resource URL's scheme).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Client {
+    pub ip: Option<std::net::IpAddr>,
+    pub tls: bool,
+}
+
 /// What the front makes of the bytes it holds.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Head {
@@ -160,7 +173,7 @@ fn refusal(status: &str, error: &str, detail: &str) -> Vec<u8> {
 
 /// Writes a refusal and closes without losing it: a close with unread input resets the connection,
 /// and the client may then never read the answer (nginx's lingering close).
-async fn refuse_and_close(conn: &mut L4Stream, answer: &[u8]) {
+async fn refuse_and_close(conn: &mut Conn, answer: &[u8]) {
     if conn.write_all(answer).await.is_err() || conn.flush().await.is_err() {
         return;
     }
@@ -177,8 +190,8 @@ impl Front {
     /// under the connection cap ([`Connections::enter`]), held until then.
     pub async fn serve(
         self: &Arc<Self>,
-        mut conn: L4Stream,
-        peer: Option<std::net::IpAddr>,
+        mut conn: Conn,
+        ip: Option<std::net::IpAddr>,
         _slot: Slot,
         shutdown: &ShutdownWatch,
     ) {
@@ -187,6 +200,7 @@ impl Front {
         let mut buf = BytesMut::with_capacity(2048);
         let mut out = Vec::with_capacity(2048);
         let mut settings: Option<HttpPersistentSettings> = None;
+        let peer = Client { ip, tls: conn.is_tls() };
         // A new connection owes its client an answer to its first request: a shutdown (or an
         // upgrade handing the socket to the next process) waits for it, briefly.
         let mut fresh = Some(self.conns.working());
@@ -236,8 +250,8 @@ impl Front {
     /// else should.
     async fn step(
         &self,
-        conn: &mut L4Stream,
-        peer: Option<std::net::IpAddr>,
+        conn: &mut Conn,
+        peer: Client,
         fresh: bool,
         buf: &mut BytesMut,
         out: &mut Vec<u8>,
@@ -328,7 +342,7 @@ impl Front {
 pub fn read_head(
     directory: &crate::directory::Directory,
     settings: &crate::config::Settings,
-    peer: Option<std::net::IpAddr>,
+    client: Client,
     buf: &[u8],
     out: &mut Vec<u8>,
 ) -> Head {
@@ -388,7 +402,7 @@ pub fn read_head(
     };
     // A per-IP limit counted in this process is checked here; one kept in Redis needs an await,
     // so the proxy checks it.
-    if let (Some(limits), Some(ip)) = (&tenant.limits, peer) {
+    if let (Some(limits), Some(ip)) = (&tenant.limits, client.ip) {
         if !limits.ip_is_local() {
             return other();
         }
@@ -409,7 +423,7 @@ pub fn read_head(
         &read.method,
         path,
         settings.public_url.as_deref(),
-        seen.x_forwarded_proto,
+        seen.x_forwarded_proto.or(client.tls.then_some(b"https".as_slice())),
         seen.x_forwarded_host,
         seen.host,
     );

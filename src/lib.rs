@@ -11,6 +11,7 @@ pub mod challenge;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod conn;
 pub mod directory;
 pub mod discovery;
 pub mod facilitator;

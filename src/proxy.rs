@@ -125,6 +125,7 @@ impl ProxyHttp for Proxy {
         };
         let prefix = found.prefix;
         let tenant = ctx.tenant.insert(found.tenant).clone();
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         if let Some(limits) = &tenant.limits {
             if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
                 let checked = if limits.ip_is_local() {
@@ -157,7 +158,7 @@ impl ProxyHttp for Proxy {
         ctx.close_upstream = !tenant.rules.reuse_upstream_after_body && challenge::has_body(req);
         if read.path() == crate::discovery::WELL_KNOWN && req.method == http::Method::GET {
             let base = String::from_utf8_lossy(&req.raw_path()[..prefix]).into_owned();
-            let base = challenge::asked(req, &base, app.settings.public_url.as_deref()).url;
+            let base = challenge::asked(req, &base, app.settings.public_url.as_deref(), tls).url;
             let doc = crate::discovery::well_known(&tenant.routes, &base, app.payments.clock.now_ms() as i64);
             return send(session, challenge::document(&doc)).await;
         }
@@ -176,9 +177,9 @@ impl ProxyHttp for Proxy {
         }
         let asked = if prefix > 0 {
             let path = format!("{}{}", String::from_utf8_lossy(&req.raw_path()[..prefix]), read.path());
-            challenge::asked(req, &path, app.settings.public_url.as_deref())
+            challenge::asked(req, &path, app.settings.public_url.as_deref(), tls)
         } else {
-            challenge::asked(req, read.path(), app.settings.public_url.as_deref())
+            challenge::asked(req, read.path(), app.settings.public_url.as_deref(), tls)
         };
         drop(read);
 

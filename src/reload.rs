@@ -54,6 +54,8 @@ pub fn next(current: &App, path: &Path) -> Result<Reloaded, String> {
     };
     Ok(Reloaded {
         app: Arc::new(App {
+            // Read again: a renewed certificate is picked up.
+            tls: App::tls_of(&settings)?,
             settings,
             payments,
             directory,

@@ -71,6 +71,7 @@ pub fn serve(config_path: &Path, upgrade: bool) -> Result<(), String> {
             None => Directory::Hosted(Hosted::new(store, Arc::new(settings.clone()))),
         };
         let app = Arc::new(App {
+            tls: App::tls_of(&settings)?,
             settings,
             payments: Arc::new(payments),
             directory,

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::app::Live;
+use crate::conn::Conn;
 use crate::front::{Connections, Front, TOO_MANY_CONNECTIONS};
 use crate::proxy::Proxy;
 
@@ -74,12 +75,13 @@ pub fn start(
                         }
                     };
                     let _ = ready.send(Ok(std::os::fd::AsRawFd::as_raw_fd(&listener)));
+                    let live_tls = live.clone();
                     let front = Arc::new(Front::new(
                         pingora_proxy::http_proxy(&conf, Proxy::new(live.clone())),
                         live,
                         conns.clone(),
                     ));
-                    accept_until_shutdown(listener, front, conns, shutdown).await;
+                    accept_until_shutdown(listener, front, live_tls, conns, shutdown).await;
                     // Listening socket closed; the connections still open finish on this runtime.
                     std::future::pending::<()>().await;
                 });
@@ -114,6 +116,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn accept_until_shutdown(
     listener: TcpListener,
     front: Arc<Front>,
+    live: Arc<Live>,
     conns: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -140,7 +143,28 @@ async fn accept_until_shutdown(
                 stream.set_socket_digest(digest);
                 let _ = stream.set_nodelay();
                 let (front, shutdown) = (front.clone(), shutdown.clone());
-                tokio::spawn(async move { front.serve(stream, Some(peer.ip()), slot, &shutdown).await });
+                let tls = live.load().tls.clone();
+                let handshake_time = Duration::from_secs(conns.limits().head_timeout_secs);
+                tokio::spawn(async move {
+                    let conn = match tls {
+                        None => Conn::Plain(stream),
+                        // The handshake has the head's deadline (a slow-loris handshake ends too).
+                        Some(acceptor) => {
+                            match tokio::time::timeout(handshake_time, acceptor.tls_handshake(stream)).await {
+                                Ok(Ok(s)) => Conn::Tls(Box::new(s)),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    front.serve(conn, Some(peer.ip()), slot, &shutdown).await
+                });
             }
             Err(e) => {
                 // Out of descriptors (the connection cap is set below the limit, but the upstream,

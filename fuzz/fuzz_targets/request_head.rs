@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use tollgate::config::Settings;
 use tollgate::directory::Directory;
-use tollgate::front::{read_head, Head};
+use tollgate::front::{read_head, Client, Head};
 
 fn drop_in() -> &'static (Settings, Directory) {
     static D: OnceLock<(Settings, Directory)> = OnceLock::new();
@@ -23,14 +23,14 @@ fn drop_in() -> &'static (Settings, Directory) {
 fuzz_target!(|data: &[u8]| {
     let (settings, tenant) = drop_in();
     let mut out = Vec::new();
-    match read_head(tenant, settings, None, data, &mut out) {
+    match read_head(tenant, settings, Client::default(), data, &mut out) {
         Head::Unpaid(n) => {
             assert!(n > 0 && n <= data.len(), "{n} of {}", data.len());
             assert!(out.starts_with(b"HTTP/1.1 402 "));
             // The same head alone is answered the same way: nothing after it counted.
             let mut again = Vec::new();
             assert_eq!(
-                read_head(tenant, settings, None, &data[..n], &mut again),
+                read_head(tenant, settings, Client::default(), &data[..n], &mut again),
                 Head::Unpaid(n)
             );
         }

@@ -15,5 +15,6 @@ mod reading;
 #[cfg(feature = "solana")]
 mod solana;
 mod store;
+mod tls;
 mod trust;
 mod upstream;
