@@ -21,6 +21,10 @@
 #        HOSTED=1 (0: skip hosted mode)  BENCH_PG=postgres://postgres@127.0.0.1:5432/test (an admin URL)
 #        FACIL_ONLY=1 (run only the facilitator section; the other rows keep their last run's figures)
 #        SOLANA=1 (0: skip the Solana section)  SOLANA_ONLY=1 (run only it)  N_SOL=300
+#        OPS=1 (0: skip the operations section)  OPS_ONLY=1 (run only it)  OPS_ROUNDS=5
+#   ops     — the free route and the 402 with metrics on and off, with rate limits on (a limit no
+#             request reaches), and over TLS: variants interleaved round by round (the machine's drift
+#             falls on all of them alike), medians and ratios against metrics off.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_BENCH:-$ROOT/../shared/bench}
@@ -31,7 +35,9 @@ export NM_VARIANTS=${NM_VARIANTS:-1}
 FACIL_ONLY=${FACIL_ONLY:-0}
 SOLANA_ONLY=${SOLANA_ONLY:-0}; N_SOL=${N_SOL:-300}
 # Only the Solana section: every other section is skipped (as FACIL_ONLY=1 HOSTED=0 would).
-[ "$SOLANA_ONLY" = 1 ] && { FACIL_ONLY=1; HOSTED=0; }
+[ "$SOLANA_ONLY" = 1 ] && { FACIL_ONLY=1; HOSTED=0; OPS=0; }
+OPS_ONLY=${OPS_ONLY:-0}
+[ "$OPS_ONLY" = 1 ] && { FACIL_ONLY=1; HOSTED=0; SOLANA=0; PEERS=0; }
 TG_PORT=18402
 mkdir -p "$OUT/peers" "$OUT/raw"
 
@@ -370,6 +376,53 @@ print(json.dumps(d))' "$r" "$B0" "$B1" "$LAST_LOAD" "$LAST_BUSY" "$R0" "$R1" "$G
     done
   done
   kill "$SRPC_PID" 2>/dev/null || true
+fi
+
+if [ "${OPS:-1}" = 1 ]; then
+  # Operations: the same free route and 402 under variants of the drop-in config, interleaved.
+  echo "== operations (metrics on/off, rate limits, TLS)"
+  OPS_TSV=$OUT/raw/tollgate-ops.tsv
+  printf "label\trep\trps\tp50_ms\tp99_ms\trequests\tnon2xx\tsocket_errors\tload1\tcpu_busy_pct\n" > "$OPS_TSV"
+  [ -f run/tg/tls.crt ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -subj /CN=localhost -keyout run/tg/tls.key -out run/tg/tls.crt 2> /dev/null
+  start_ops() { # start_ops VARIANT
+    [ -n "$TG_PID" ] && { kill "$TG_PID"; wait "$TG_PID" 2>/dev/null || true; TG_PID=""; }
+    rm -f run/tg/tollgate-ops.db*
+    local extra=""
+    case $1 in
+      metrics_off) extra=$'[metrics]\nenabled = false' ;;
+      ratelimit) extra=$'[rate_limits]\nper_ip = "100000000/s"' ;;
+      tls) extra=$"[tls]"$'\n'"cert_file = \"$B/run/tg/tls.crt\""$'\n'"key_file = \"$B/run/tg/tls.key\"" ;;
+    esac
+    cat > run/tg/tollgate-ops.toml <<CONF
+listen = "127.0.0.1:$TG_PORT"
+upstream = "http://127.0.0.1:18080"
+database = "sqlite://$B/run/tg/tollgate-ops.db"
+pay_to = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
+$extra
+[networks.base]
+rpc_url = "http://127.0.0.1:18545"
+[[routes]]
+method = "GET"
+path = "/paid"
+price = "\$0.001"
+description = "paid JSON"
+CONF
+    TOLLGATE_LOG=${TG_LOG:-warn} "$TOLLGATE" serve --config run/tg/tollgate-ops.toml >> run/tg/tollgate-ops.log 2>&1 &
+    TG_PID=$!; PIDS+=($TG_PID)
+    local scheme=http; [ "$1" = tls ] && scheme=https
+    for i in $(seq 1 100); do curl -sk -o /dev/null $scheme://127.0.0.1:$TG_PORT/ && return 0; sleep 0.1; done
+    echo "tollgate did not start"; cat run/tg/tollgate-ops.log; exit 1
+  }
+  for round in $(seq 1 "${OPS_ROUNDS:-5}"); do
+    for V in metrics_on metrics_off ratelimit tls; do
+      start_ops $V
+      scheme=http; [ "$V" = tls ] && scheme=https
+      RESULTS=$OPS_TSV REPS=1 run_wrk "ops_${V}_free" $scheme://127.0.0.1:$TG_PORT/
+      RESULTS=$OPS_TSV REPS=1 run_wrk "ops_${V}_402" $scheme://127.0.0.1:$TG_PORT/paid
+    done
+  done
+  kill "$TG_PID" 2>/dev/null || true; TG_PID=""
 fi
 
 python3 "$ROOT/benches/load/summary.py" "$OUT" | tee "$OUT/latest.md"

@@ -124,3 +124,19 @@ if sol:
         print(f"| {label} | {med(ds,'paid_rps'):.1f} | {med(ds,'p50_ms'):.0f} / {med(ds,'p99_ms'):.0f} "
               f"| {', '.join(str(d['landed_onchain']) + '/' + str(d['n']) for d in ds)} "
               f"| {per_pay(ds,'gateway_cpu_s'):.2f} | {per_pay(ds,'rpc_cpu_s'):.2f} |")
+
+ops = tsv(f"{out}/raw/tollgate-ops.tsv")
+if ops:
+    print()
+    print("| operations (interleaved rounds, medians) | free route | 402 | vs metrics off (free; 402) |")
+    print("|---|---|---|---|")
+    base_free, base_402 = ops.get("ops_metrics_off_free"), ops.get("ops_metrics_off_402")
+    names = {"metrics_on": "metrics on (the default)", "metrics_off": "metrics off (`[metrics] enabled = false`)",
+             "ratelimit": "rate limit per IP on (never reached)", "tls": "TLS (keep-alive, wrk over HTTPS)"}
+    for v, name in names.items():
+        f, t = ops.get(f"ops_{v}_free"), ops.get(f"ops_{v}_402")
+        if not f or not t:
+            continue
+        vs = "" if v == "metrics_off" or not base_free else \
+            f"{med(f,'rps')/med(base_free,'rps'):.3f}×; {med(t,'rps')/med(base_402,'rps'):.3f}×"
+        print(f"| {name} | {med(f,'rps'):,.0f} rps, p50 {med(f,'p50'):.2f} ms | {med(t,'rps'):,.0f} rps, p50 {med(t,'p50'):.2f} ms | {vs} |")
