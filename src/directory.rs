@@ -105,15 +105,27 @@ impl Hosted {
 
     fn cached(&self, host: Option<&[u8]>, target: &[u8]) -> Option<Lookup> {
         let (slug, prefix) = self.slug(host, target)?;
-        self.cache.get(slug).map(|e| to_lookup(e, prefix))
+        // (A miss here is counted where the tenant is then loaded.)
+        let e = self.cache.get(slug)?;
+        if crate::metrics::METRICS.enabled() {
+            crate::metrics::METRICS.tenant_cache_hit.inc();
+        }
+        Some(to_lookup(e, prefix))
     }
 
     async fn find(&self, host: Option<&[u8]>, target: &[u8]) -> Lookup {
         let Some((slug, prefix)) = self.slug(host, target) else {
             return Lookup::Unknown;
         };
+        let m = &crate::metrics::METRICS;
         if let Some(e) = self.cache.get(slug) {
+            if m.enabled() {
+                m.tenant_cache_hit.inc();
+            }
             return to_lookup(e, prefix);
+        }
+        if m.enabled() {
+            m.tenant_cache_miss.inc();
         }
         let entry = self.load(slug).await;
         to_lookup(entry, prefix)

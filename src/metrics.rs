@@ -74,6 +74,21 @@ pub struct Metrics {
     pub ledger_rows: IntGaugeVec,
     /// Requests refused by a rate limit, by what it is kept on (`ip`, `payer`, `key`).
     pub rate_limited: IntCounterVec,
+    /// The upstream's time to answer (request sent → response head), proxied requests.
+    pub upstream_seconds: prometheus::Histogram,
+    /// Chain RPC calls that failed (no answer, an error), by network.
+    pub rpc_errors: IntCounterVec,
+    /// Chain RPC latency by network, probed at each reconciliation pass.
+    pub rpc_seconds: HistogramVec,
+    /// Hosted tenants' verifications this month, and their plan's allowance (-1: unlimited).
+    pub quota_used: IntGaugeVec,
+    pub quota_limit: IntGaugeVec,
+    /// Cache lookups by cache (`tenants`, `keys`) and result (`hit`, `miss`).
+    pub cache: IntCounterVec,
+    pub tenant_cache_hit: prometheus::IntCounter,
+    pub tenant_cache_miss: prometheus::IntCounter,
+    pub key_cache_hit: prometheus::IntCounter,
+    pub key_cache_miss: prometheus::IntCounter,
     tenants: LabelCap,
     routes: LabelCap,
     /// Off (`[metrics] enabled = false`): nothing is counted.
@@ -103,6 +118,12 @@ impl Metrics {
         let r = Registry::new();
         let fast = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
         let slow = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
+        let cache = counter(
+            &r,
+            "tollgate_cache_requests_total",
+            "Cache lookups by cache (tenants: hosted tenants' built paywalls; keys: API keys) and result (hit, miss).",
+            &["cache", "result"],
+        );
         Metrics {
             requests: counter(
                 &r,
@@ -160,6 +181,50 @@ impl Metrics {
                 "Requests refused 429 by a rate limit, by scope (ip, payer, key).",
                 &["scope"],
             ),
+            upstream_seconds: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tollgate_upstream_seconds",
+                        "The upstream's time to answer a proxied request (request sent to response head).",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                    ]),
+                )
+                .expect("metric");
+                r.register(Box::new(h.clone())).expect("registered once");
+                h
+            },
+            rpc_errors: counter(
+                &r,
+                "tollgate_chain_rpc_errors_total",
+                "Chain RPC calls that failed, by network.",
+                &["network"],
+            ),
+            rpc_seconds: histogram(
+                &r,
+                "tollgate_chain_rpc_seconds",
+                "Chain RPC latency, probed at each reconciliation pass, by network.",
+                &["network"],
+                vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            ),
+            quota_used: gauge(
+                &r,
+                "tollgate_quota_used",
+                "Hosted tenants' verified payments this month (the 1,000 highest), by tenant.",
+                &["tenant"],
+            ),
+            quota_limit: gauge(
+                &r,
+                "tollgate_quota_limit",
+                "Their plan's monthly allowance (-1: unlimited), by tenant.",
+                &["tenant"],
+            ),
+            cache: cache.clone(),
+            tenant_cache_hit: cache.with_label_values(&["tenants", "hit"]),
+            tenant_cache_miss: cache.with_label_values(&["tenants", "miss"]),
+            key_cache_hit: cache.with_label_values(&["keys", "hit"]),
+            key_cache_miss: cache.with_label_values(&["keys", "miss"]),
             registry: r,
             tenants: LabelCap::new(TENANT_LABELS),
             routes: LabelCap::new(ROUTE_LABELS),
@@ -250,6 +315,12 @@ mod tests {
         m.signer_balance.with_label_values(&["n"]).set(1);
         m.ledger_rows.with_label_values(&["settled"]).set(1);
         m.rate_limited.with_label_values(&["ip"]).inc();
+        m.upstream_seconds.observe(0.01);
+        m.rpc_errors.with_label_values(&["n"]).inc();
+        m.rpc_seconds.with_label_values(&["n"]).observe(0.01);
+        m.quota_used.with_label_values(&["t"]).set(1);
+        m.quota_limit.with_label_values(&["t"]).set(1);
+        m.tenant_cache_hit.inc();
         let exported: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         let dash: serde_json::Value =
             serde_json::from_str(include_str!("../deploy/grafana/tollgate.json")).expect("the dashboard is JSON");

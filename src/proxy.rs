@@ -67,6 +67,8 @@ pub struct Ctx {
     replay: Option<Capture>,
     /// Refused by a rate limit (429).
     limited: bool,
+    /// When the request went to the upstream.
+    upstream_sent: Option<Instant>,
 }
 
 /// A paid response as it goes to the client, kept for replay under its payment identifier.
@@ -105,6 +107,7 @@ impl ProxyHttp for Proxy {
             id_hold: None,
             replay: None,
             limited: false,
+            upstream_sent: None,
         }
     }
 
@@ -327,12 +330,19 @@ impl ProxyHttp for Proxy {
                 up.insert_header(X_TOLLGATE_TX, o.tx())?;
             }
         }
+        ctx.upstream_sent = Some(Instant::now());
         challenge::forwarding_headers(session, up, &tenant.upstream)
     }
 
     /// Settle-after happens here, once the upstream's status is known; then the payment response header.
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         let app = ctx.app.clone();
+        if let Some(sent) = ctx.upstream_sent.take() {
+            let m = &crate::metrics::METRICS;
+            if m.enabled() {
+                m.upstream_seconds.observe(sent.elapsed().as_secs_f64());
+            }
+        }
         if let Some(a) = ctx.accepted.as_mut() {
             let rec = ctx.attempt.get_or_insert_with(Attempt::default);
             if a.settle == SettleTiming::After && a.outcome.is_none() {

@@ -364,6 +364,39 @@ async fn reconcile_forever(live: Arc<Live>) {
             Ok(n) => tracing::info!(resolved = n, "reconciliation pass"),
             Err(e) => tracing::warn!(error = %e, "reconciliation pass failed; will retry"),
         }
+        // Each chain's RPC latency, and (hosted) the tenants' use of their allowances.
+        if crate::metrics::METRICS.enabled() {
+            let m = &crate::metrics::METRICS;
+            for c in app.payments.chains() {
+                let started = std::time::Instant::now();
+                if tokio::time::timeout(Duration::from_secs(5), c.ping())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    m.rpc_seconds
+                        .with_label_values(&[&c.network().name])
+                        .observe(started.elapsed().as_secs_f64());
+                }
+            }
+            if app.settings.hosted.is_some() {
+                let now = app.payments.clock.now_secs() as i64;
+                let (period, _) = crate::clock::month_bounds(now);
+                if let Ok(top) = app
+                    .payments
+                    .store
+                    .top_usage(period, crate::metrics::TENANT_LABELS as i64)
+                    .await
+                {
+                    m.quota_used.reset();
+                    m.quota_limit.reset();
+                    for (id, plan, used) in top {
+                        m.quota_used.with_label_values(&[&id]).set(used);
+                        let limit = app.settings.plans.get(&plan).map_or(-1, |p| p.verifications);
+                        m.quota_limit.with_label_values(&[&id]).set(limit);
+                    }
+                }
+            }
+        }
         // The ledger's rows by state, for `tollgate_ledger_rows`.
         if crate::metrics::METRICS.enabled() {
             use crate::store::PaymentState;

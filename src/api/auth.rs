@@ -55,8 +55,12 @@ impl Keys {
     /// that a flood of made-up keys costs one query each per bound, not one per request).
     /// Concurrent misses for one key wait for a single query.
     async fn lookup(&self, hash: &str) -> Result<Option<Arc<Known>>, StoreError> {
-        self.cache
+        let m = &crate::metrics::METRICS;
+        let missed = std::sync::atomic::AtomicBool::new(false);
+        let found = self
+            .cache
             .try_get_with_by_ref(hash, async {
+                missed.store(true, Ordering::Relaxed);
                 self.lookups.fetch_add(1, Ordering::Relaxed);
                 let row = self.store.key_by_hash(hash).await?;
                 Ok::<_, StoreError>(row.map(|row| {
@@ -70,7 +74,15 @@ impl Keys {
             .map_err(|e: Arc<StoreError>| match Arc::try_unwrap(e) {
                 Ok(e) => e,
                 Err(shared) => StoreError::Shared(shared.to_string()),
-            })
+            });
+        if m.enabled() {
+            if missed.load(Ordering::Relaxed) {
+                m.key_cache_miss.inc();
+            } else {
+                m.key_cache_hit.inc();
+            }
+        }
+        found
     }
 
     /// Forgets a key here at once (after a revocation).

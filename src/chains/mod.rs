@@ -60,6 +60,10 @@ pub enum ChainError {
 /// A chain's RPC failed: the detail goes to the log (URLs cut to their host: `rpc_label`), the
 /// client learns only which network is unavailable, and that nothing was charged.
 pub(crate) fn unreachable(network: &Network, rpc_label: &str, what: &str, e: impl std::fmt::Display) -> ChainError {
+    let m = &crate::metrics::METRICS;
+    if m.enabled() {
+        m.rpc_errors.with_label_values(&[&network.name]).inc();
+    }
     tracing::warn!(
         network = %network.name,
         rpc = %rpc_label,

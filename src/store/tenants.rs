@@ -219,6 +219,21 @@ impl Store {
         })
     }
 
+    /// The `limit` tenants that used the most of the period that started at `period`: (id, plan,
+    /// used), most first (for `tollgate_quota_used`).
+    pub async fn top_usage(&self, period: i64, limit: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, plan, used FROM tenants WHERE period_start = $1 AND used > 0 ORDER BY used DESC LIMIT $2",
+        )
+        .bind(period)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("plan")?, r.try_get("used")?)))
+            .collect()
+    }
+
     /// Adds a settlement's gas to the tenant's use of the period that started at `period`.
     pub async fn add_gas(&self, tenant: &str, period: i64, gas: u64) -> Result<(), StoreError> {
         sqlx::query("UPDATE tenants SET gas_used = gas_used + $3 WHERE id = $1 AND period_start = $2")

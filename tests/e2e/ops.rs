@@ -119,6 +119,9 @@ async fn prometheus_scrapes_request_and_payment_counts() {
         (r#"sum(tollgate_settle_seconds_count)"#, 2.0),
         (r#"tollgate_signer_balance{network="base"} > 0"#, f64::NAN),
         (r#"tollgate_ledger_rows{state="settled"}"#, 2.0),
+        // 3 free and 2 paid requests went to the upstream.
+        (r#"tollgate_upstream_seconds_count"#, 5.0),
+        (r#"tollgate_chain_rpc_seconds_count{network="base"} > 0"#, f64::NAN),
     ];
     for (q, want) in expect {
         let mut got = None;
@@ -265,5 +268,106 @@ async fn json_logs_say_one_line_per_payment_without_the_header() {
     assert!(
         !log.contains(RELAYER_KEY.trim_start_matches("0x")),
         "the relayer key is in the log"
+    );
+}
+
+/// A TCP relay in front of PostgreSQL that can be cut (every connection closed, new ones refused)
+/// and restored, so that one gateway loses its database while the server runs on for the others.
+struct Relay {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Relay {
+    async fn start(target: &'static str) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (flag, cuts) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !flag.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { port, up, cut }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up {
+            self.cut.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_the_database() {
+    let anvil = Anvil::start().await;
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let db = Db::postgres().await;
+    let relay = Relay::start("127.0.0.1:5432").await;
+    // The same database, reached through the relay.
+    let through = db
+        .url
+        .replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", relay.port), 1);
+    assert_ne!(through, db.url, "the test database is on 127.0.0.1:5432");
+    let mport = free_port();
+    let top = format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"");
+    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &through);
+    spec.top_extra = &top;
+    let tg = Tollgate::start(&spec).await;
+    let ready = || async {
+        let r = http()
+            .get(format!("http://127.0.0.1:{mport}/status/ready"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let (st, v) = ready().await;
+    assert_eq!(st, 200, "{v}");
+
+    relay.set(false);
+    let (st, v) = ready().await;
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(v["checks"]["database"]["status"], "failing", "{v}");
+    assert_eq!(v["checks"]["chain:base"]["status"], "ok", "{v}");
+    // Paid requests are refused with nothing charged while it is gone.
+    let url = format!("{}/paid/x", tg.url);
+    let (name, value) = signed_header(&url, true).await;
+    let r = http().get(&url).header(name, &value).send().await.unwrap();
+    assert_eq!(r.status(), 503, "{}", tg.log());
+
+    relay.set(true);
+    let mut back = false;
+    for _ in 0..100 {
+        if ready().await.0 == 200 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "ready again once the database answers: {}", tg.log());
+    let r = http().get(&url).header(name, &value).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the same payment, once the database is back: {}",
+        tg.log()
     );
 }

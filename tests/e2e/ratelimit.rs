@@ -173,7 +173,10 @@ async fn a_plans_per_key_limit_refuses_api_calls_with_its_headers() {
     let anvil = Anvil::start().await;
     let db = Db::sqlite();
     let mut spec = HostedSpec::new(&db.url, &anvil.url);
-    spec.extra = r#"
+    let mport = free_port();
+    let extra = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{mport}\"\n{}",
+        r#"
 [plans.free]
 verifications = 100
 chains = ["base"]
@@ -182,7 +185,9 @@ rate_limits = { per_key = "3/min" }
 [plans.pro]
 verifications = 1000
 chains = ["*"]
-"#;
+"#
+    );
+    spec.extra = &extra;
     let h = Hosted::start(&spec).await;
     let (_, key) = h.tenant("rl@example.com", "free", None).await;
     let (_, pro_key) = h.tenant("rl-pro@example.com", "pro", None).await;
@@ -204,4 +209,25 @@ chains = ["*"]
         let (st, _, _) = h.call("GET", "/api/v1/x402/usage", Auth::Key(&pro_key), None).await;
         assert_eq!(st, 200);
     }
+    // Each key was looked up in the database once, then found in the cache: 2 misses, 7 hits.
+    let metrics = http()
+        .get(format!("http://127.0.0.1:{mport}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tollgate_cache_requests_total{cache=\"keys\",result=\"miss\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_cache_requests_total{cache=\"keys\",result=\"hit\"} 7"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_rate_limited_total{scope=\"key\"} 1"),
+        "{metrics}"
+    );
 }

@@ -195,8 +195,5 @@ async fn https_on_the_proxy_listener_with_a_certificate_renewed_by_reload() {
         tg.log().contains("reload refused") && tg.log().contains("no private key")
     })
     .await;
-    assert_eq!(
-        presented(&format!("{base}/hello"), &ca).await,
-        Some(der_of(&second))
-    );
+    assert_eq!(presented(&format!("{base}/hello"), &ca).await, Some(der_of(&second)));
 }
