@@ -80,6 +80,8 @@ pub struct Metrics {
     pub rpc_errors: IntCounterVec,
     /// Chain RPC latency by network, probed at each reconciliation pass.
     pub rpc_seconds: HistogramVec,
+    /// The relayer's transactions sent and not yet mined, by network.
+    pub relayer_pending: IntGaugeVec,
     /// Hosted tenants' verifications this month, and their plan's allowance (-1: unlimited).
     pub quota_used: IntGaugeVec,
     pub quota_limit: IntGaugeVec,
@@ -208,6 +210,12 @@ impl Metrics {
                 &["network"],
                 vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
             ),
+            relayer_pending: gauge(
+                &r,
+                "tollgate_relayer_pending_transactions",
+                "The relayer's transactions the node holds but has not mined (pending nonces), by network.",
+                &["network"],
+            ),
             quota_used: gauge(
                 &r,
                 "tollgate_quota_used",
@@ -319,6 +327,7 @@ mod tests {
         m.rpc_errors.with_label_values(&["n"]).inc();
         m.rpc_seconds.with_label_values(&["n"]).observe(0.01);
         m.quota_used.with_label_values(&["t"]).set(1);
+        m.relayer_pending.with_label_values(&["n"]).set(1);
         m.quota_limit.with_label_values(&["t"]).set(1);
         m.tenant_cache_hit.inc();
         let exported: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();

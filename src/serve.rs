@@ -376,6 +376,11 @@ async fn reconcile_forever(live: Arc<Live>) {
                     m.rpc_seconds
                         .with_label_values(&[&c.network().name])
                         .observe(started.elapsed().as_secs_f64());
+                    if let Ok(Some(n)) = tokio::time::timeout(Duration::from_secs(5), c.pending_sends()).await {
+                        m.relayer_pending
+                            .with_label_values(&[&c.network().name])
+                            .set(n.min(i64::MAX as u64) as i64);
+                    }
                 }
             }
             if app.settings.hosted.is_some() {

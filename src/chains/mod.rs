@@ -276,6 +276,12 @@ pub trait Chain: Send + Sync {
         None
     }
 
+    /// The signer's transactions the node holds but has not mined (EVM: its pending nonce count
+    /// minus its mined one); `None` where there is no such thing.
+    async fn pending_sends(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether the chain's RPC answers (readiness).
     async fn ping(&self) -> Result<(), String> {
         Ok(())

@@ -122,6 +122,8 @@ async fn prometheus_scrapes_request_and_payment_counts() {
         // 3 free and 2 paid requests went to the upstream.
         (r#"tollgate_upstream_seconds_count"#, 5.0),
         (r#"tollgate_chain_rpc_seconds_count{network="base"} > 0"#, f64::NAN),
+        // anvil mines each transaction at once: none waiting.
+        (r#"tollgate_relayer_pending_transactions{network="base"}"#, 0.0),
     ];
     for (q, want) in expect {
         let mut got = None;

@@ -388,6 +388,15 @@ impl Chain for EvmChain {
         }
     }
 
+    async fn pending_sends(&self) -> Option<u64> {
+        let a = self.relayer_address()?;
+        let (pending, mined) = tokio::join!(
+            self.provider.get_transaction_count(a).pending(),
+            self.provider.get_transaction_count(a).latest()
+        );
+        Some(pending.ok()?.saturating_sub(mined.ok()?))
+    }
+
     async fn ping(&self) -> Result<(), String> {
         self.provider.get_block_number().await.map(|_| ()).map_err(|_| {
             format!(
