@@ -301,8 +301,8 @@ async fn verify_proof(
     let expected = expected_atomic(expected, network.decimals)?;
     let Some(pay_to) = t.pay_to(network.family).map(str::to_string) else {
         let which = match network.family {
-            crate::x402::Family::Evm => "an EVM payTo address yet; set pay_to.evm",
-            crate::x402::Family::Solana => "a Solana payTo wallet yet; set pay_to.solana",
+            crate::x402::Family::Evm => "EVM payTo address yet; set pay_to.evm",
+            crate::x402::Family::Solana => "Solana payTo wallet yet; set pay_to.solana",
         };
         return Err(ApiError::invalid(format!(
             "this tenant has no {which} with PATCH /api/v1/x402/tenant"
