@@ -95,9 +95,23 @@ def test_http_errors_map_to_their_exceptions(gateway: Gateway) -> None:
         admin.create_tenant("a@sdk.test", "free", slug=slug)
         with pytest.raises(tg.SlugTaken):
             admin.create_tenant("b@sdk.test", "free", slug=slug)
-    assert gateway.admin("POST", f"/api/v1/x402/admin/tenants/{tenant_id}/suspend").status_code == 200
-    with X402Client(key, gateway.api) as c, pytest.raises(tg.TenantSuspended):
-        c.get_usage()
+    with X402Client(base_url=gateway.api, admin_key=gateway.admin_key) as admin:
+        assert admin.suspend(tenant_id).status == "suspended"
+        with X402Client(key, gateway.api) as c, pytest.raises(tg.TenantSuspended):
+            c.get_usage()
+        assert admin.resume(tenant_id).status == "active"
+        assert admin.set_plan(tenant_id, "pro").tier == "pro"
+        assert admin.tenant(tenant_id).tier == "pro"
+        for i in range(3):
+            admin.create_tenant(f"more{i}-{secrets.token_hex(3)}@sdk.test", "free")
+        listed = [t.id for t in admin.list_tenants(page_size=2)]
+        # At least five tenants now, so at least three pages of two, each tenant once.
+        assert tenant_id in listed and len(listed) == len(set(listed)) and len(listed) >= 5
+    with X402Client(key, gateway.api) as c:
+        assert c.get_usage().tier == "pro"
+    with X402Client(key, gateway.api) as c, pytest.raises(tg.X402Error) as e:
+        c.list_tenants().__next__()
+    assert "admin key" in str(e.value)
 
 
 def test_quota_exceeded_carries_the_reset_and_the_upgrade_url_and_is_not_retried(

@@ -82,6 +82,10 @@ async def test_a_fastapi_app_with_x402_middleware_settles_through_tollgate(gatew
         # And tollgate counted it against the tenant.
         with X402Client(created.api_key, gateway.api) as c:
             assert c.get_usage().verifications_used >= 1
+            paid = list(c.payments())
+            assert len(paid) == 1 and paid[0].amount_atomic == 1_000 and paid[0].state == "settled", paid
+            kinds = c.facilitator_supported()["kinds"]
+            assert any(k.get("network") == "eip155:8453" for k in kinds), kinds
     finally:
         web.should_exit = True
         thread.join(timeout=10)

@@ -223,6 +223,18 @@ class Calls:
         return Call("PATCH", f"{API}/tenant", json=body)
 
     @staticmethod
+    def admin_tenants(page_size: int, after: str | None) -> Call:
+        params: dict[str, Any] = {"limit": page_size}
+        if after:
+            params["after"] = after
+        return Call("GET", f"{API}/admin/tenants", "admin", params=params, idempotent=True)
+
+    @staticmethod
+    def admin_tenant(tenant_id: str, action: str | None = None, body: Any = None) -> Call:
+        path = f"{API}/admin/tenants/{tenant_id}" + (f"/{action}" if action else "")
+        return Call("POST" if action else "GET", path, "admin", json=body, idempotent=action is None)
+
+    @staticmethod
     def page(kind: str, params: dict[str, Any], cursor: str | None) -> Call:
         p = dict(params)
         if cursor:

@@ -248,6 +248,33 @@ class X402Client:
         again, collects the same settlement)."""
         return SettleResult.parse(self._send(Calls.settle(payment_payload, payment_requirements)))
 
+    # -- the operator (admin_key) ------------------------------------------------------------------
+
+    def list_tenants(self, *, page_size: int = 100) -> Iterator[Tenant]:
+        """Every tenant, page by page (operator only)."""
+        after: str | None = None
+        while True:
+            d = self._send(Calls.admin_tenants(page_size, after))
+            for t in d.get("tenants", []):
+                yield Tenant.parse(t)
+            after = d.get("next_cursor")
+            if not after:
+                return
+
+    def tenant(self, tenant_id: str) -> Tenant:
+        """One tenant and this month's use (operator only)."""
+        return Tenant.parse(self._send(Calls.admin_tenant(tenant_id))["tenant"])
+
+    def set_plan(self, tenant_id: str, tier: str) -> Tenant:
+        return Tenant.parse(self._send(Calls.admin_tenant(tenant_id, "plan", {"tier": tier}))["tenant"])
+
+    def suspend(self, tenant_id: str) -> Tenant:
+        """Its priced routes take no payment and its keys are refused until `resume`."""
+        return Tenant.parse(self._send(Calls.admin_tenant(tenant_id, "suspend"))["tenant"])
+
+    def resume(self, tenant_id: str) -> Tenant:
+        return Tenant.parse(self._send(Calls.admin_tenant(tenant_id, "resume"))["tenant"])
+
 
 class AsyncX402Client:
     """`X402Client` for asyncio: the same methods, awaited; `async with` closes it."""
@@ -414,3 +441,25 @@ class AsyncX402Client:
         self, payment_payload: dict[str, Any], payment_requirements: dict[str, Any]
     ) -> SettleResult:
         return SettleResult.parse(await self._send(Calls.settle(payment_payload, payment_requirements)))
+
+    async def list_tenants(self, *, page_size: int = 100) -> AsyncIterator[Tenant]:
+        after: str | None = None
+        while True:
+            d = await self._send(Calls.admin_tenants(page_size, after))
+            for t in d.get("tenants", []):
+                yield Tenant.parse(t)
+            after = d.get("next_cursor")
+            if not after:
+                return
+
+    async def tenant(self, tenant_id: str) -> Tenant:
+        return Tenant.parse((await self._send(Calls.admin_tenant(tenant_id)))["tenant"])
+
+    async def set_plan(self, tenant_id: str, tier: str) -> Tenant:
+        return Tenant.parse((await self._send(Calls.admin_tenant(tenant_id, "plan", {"tier": tier})))["tenant"])
+
+    async def suspend(self, tenant_id: str) -> Tenant:
+        return Tenant.parse((await self._send(Calls.admin_tenant(tenant_id, "suspend")))["tenant"])
+
+    async def resume(self, tenant_id: str) -> Tenant:
+        return Tenant.parse((await self._send(Calls.admin_tenant(tenant_id, "resume")))["tenant"])
