@@ -52,6 +52,7 @@ fn chain() -> EvmChain {
         receipt_poll: std::time::Duration::from_millis(100),
         max_batch: 32,
         batch_window: std::time::Duration::from_millis(5),
+        block_time: std::time::Duration::ZERO,
     };
     EvmChain::new(o.network.clone(), opts, Err("bench: no relayer".into())).unwrap()
 }

@@ -442,6 +442,9 @@ pub struct NetworkConfig {
     pub max_batch: Option<usize>,
     /// While settlements are busy, how long (ms) a batch may wait for more payments (0: never).
     pub batch_window_ms: Option<u64>,
+    /// The chain's block interval (ms; Base 2000): a busy relayer then sends one batch per block,
+    /// just before the block is due. 0 (the default): batches go out as they form.
+    pub block_time_ms: Option<u64>,
     /// Solana: the fee payer to name in 402s when this process does not hold its key (facilitator
     /// mode); otherwise the key's own public key.
     pub fee_payer: Option<String>,
@@ -610,6 +613,7 @@ pub struct NetworkSettings {
     pub rpc_timeout_ms: u64,
     pub max_batch: usize,
     pub batch_window_ms: u64,
+    pub block_time_ms: u64,
 }
 
 /// Reads and validates a config file of either kind (drop-in: with its tenant; hosted: without).
@@ -1122,7 +1126,7 @@ fn build_network(name: &str, nc: &NetworkConfig) -> Result<NetworkSettings, Stri
         (nc.min_fee_payer_lamports.is_some(), "min_fee_payer_lamports"),
     ] {
         if set {
-            return Err(format!("{key}.{field}: a Solana setting; EVM networks take rpc_url, chain_id, caip2, usdc, eip712_name, eip712_version, gas_limit, rpc_timeout_ms, max_batch, batch_window_ms"));
+            return Err(format!("{key}.{field}: a Solana setting; EVM networks take rpc_url, chain_id, caip2, usdc, eip712_name, eip712_version, gas_limit, rpc_timeout_ms, max_batch, batch_window_ms, block_time_ms"));
         }
     }
     let mut net = match known {
@@ -1196,6 +1200,7 @@ fn build_network(name: &str, nc: &NetworkConfig) -> Result<NetworkSettings, Stri
         rpc_timeout_ms: nc.rpc_timeout_ms.unwrap_or(5_000),
         max_batch: nc.max_batch.unwrap_or(32).max(1),
         batch_window_ms: nc.batch_window_ms.unwrap_or(5),
+        block_time_ms: nc.block_time_ms.unwrap_or(0),
     })
 }
 
@@ -1222,6 +1227,7 @@ fn build_solana_network(
         (nc.gas_limit.is_some(), "gas_limit"),
         (nc.max_batch.is_some(), "max_batch"),
         (nc.batch_window_ms.is_some(), "batch_window_ms"),
+        (nc.block_time_ms.is_some(), "block_time_ms"),
     ] {
         if set {
             return Err(format!("{key}.{field}: an EVM setting; Solana networks take rpc_url, usdc, fee_payer, max_compute_units, max_compute_unit_price, min_fee_payer_lamports"));
@@ -1268,6 +1274,7 @@ fn build_solana_network(
         rpc_timeout_ms: nc.rpc_timeout_ms.unwrap_or(5_000),
         max_batch: 1,
         batch_window_ms: 0,
+        block_time_ms: 0,
     })
 }
 

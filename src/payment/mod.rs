@@ -218,6 +218,7 @@ impl Payments {
                         receipt_poll: receipts.poll,
                         max_batch: ns.max_batch,
                         batch_window: Duration::from_millis(ns.batch_window_ms),
+                        block_time: Duration::from_millis(ns.block_time_ms),
                     };
                     let chain = EvmChain::new(net.clone(), opts, relayer)?;
                     if let Some(a) = chain.relayer_address() {

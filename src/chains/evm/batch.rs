@@ -7,6 +7,14 @@
 //! sends fewer, fuller transactions (less gas per payment, fewer blocks for the node to build).
 //! Each payment is then judged by its own `AuthorizationUsed` and `Transfer` logs in the receipt.
 //! Chains without Multicall3 at its canonical address get one transaction per payment, sent in parallel.
+//!
+//! With the chain's block interval known (`networks.<name>.block_time_ms`), a busy relayer keeps to
+//! the block rhythm: while its last batch waits to be mined, payments gather; once it is mined (a
+//! block seen through its receipt), the next batch goes out a little before the next block is due,
+//! so that each block carries one full transaction instead of the several small ones sent as they
+//! formed. Waiting until just before the block does not delay inclusion. An idle relayer (nothing in
+//! flight, no block seen lately) sends at once, and a chain that mines on arrival (a receipt back in
+//! a fraction of the interval: a dev node) is recognised and never waited for.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -60,6 +68,19 @@ pub struct BatchOptions {
     pub window: Duration,
     pub receipt_timeout: Duration,
     pub confirmations: u64,
+    /// The chain's block interval; zero: not known, batches go out as they form.
+    pub block_time: Duration,
+}
+
+/// What the batcher has seen of the chain's blocks.
+#[derive(Default)]
+struct Rhythm {
+    /// Batches sent whose receipt has not come back.
+    in_flight: usize,
+    /// When the last of them was mined (its receipt arrived).
+    last_block: Option<std::time::Instant>,
+    /// The chain mines on arrival: a receipt came back in under a quarter of the interval.
+    instant: bool,
 }
 
 struct Inner {
@@ -72,6 +93,9 @@ struct Inner {
     /// Payments being checked on chain now, whose settlement will most likely follow at once.
     coming: std::sync::atomic::AtomicUsize,
     multicall: OnceCell<bool>,
+    rhythm: Mutex<Rhythm>,
+    /// Signalled when a batch's receipt comes back (a block was seen).
+    mined: Notify,
 }
 
 /// One chain's settlement queue.
@@ -97,6 +121,8 @@ impl Batcher {
                 wake: Notify::new(),
                 coming: Default::default(),
                 multicall: OnceCell::new(),
+                rhythm: Mutex::new(Rhythm::default()),
+                mined: Notify::new(),
             }),
             started: std::sync::Once::new(),
         }
@@ -177,12 +203,67 @@ impl Inner {
                 jobs.extend(more);
             }
             if self.opts.max_batch > 1 && self.multicall_deployed().await {
+                self.keep_to_blocks(&mut jobs, max).await;
                 // Serialised on purpose: while this batch is sent, the next one gathers.
                 self.clone().send(jobs).await;
             } else {
                 for job in jobs {
                     tokio::spawn(self.clone().send(vec![job]));
                 }
+            }
+        }
+    }
+
+    /// With the block interval known, holds the batch until just before the next block is due (see
+    /// the module's notes), taking the payments that arrive meanwhile, up to `max`.
+    async fn keep_to_blocks(&self, jobs: &mut Vec<Job>, max: usize) {
+        let bt = self.opts.block_time;
+        if bt.is_zero() {
+            return;
+        }
+        // Sent this far ahead of the block it should be in.
+        let lead = (bt / 5).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        // Never held longer than an interval and a half (a chain that stalls, a lost receipt).
+        let give_up = tokio::time::Instant::now() + bt + bt / 2;
+        while jobs.len() < max {
+            // Listening before looking: a receipt that comes back in between is not missed.
+            let mined = self.mined.notified();
+            tokio::pin!(mined);
+            mined.as_mut().enable();
+            let (in_flight, last, instant) = {
+                let r = self.rhythm.lock().expect("rhythm lock");
+                (r.in_flight, r.last_block, r.instant)
+            };
+            if instant {
+                return;
+            }
+            let until = if in_flight > 0 {
+                // The block that mines the last batch is next; this one goes in the one after.
+                give_up
+            } else {
+                let Some(last) = last else { return };
+                let now = std::time::Instant::now();
+                let mut next = last + bt;
+                while next <= now {
+                    next += bt;
+                }
+                if next.saturating_duration_since(now) <= lead || now.duration_since(last) > bt * 4 {
+                    // Due now; or no block seen lately (idle): send at once.
+                    return;
+                }
+                tokio::time::Instant::from_std(next - lead).min(give_up)
+            };
+            if tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = &mut mined, if in_flight > 0 => {}
+                _ = self.wake.notified() => {}
+            }
+            jobs.extend(self.take(max - jobs.len()));
+            if tokio::time::Instant::now() >= until && in_flight == 0 {
+                return;
             }
         }
     }
@@ -279,11 +360,24 @@ impl Inner {
         };
         match self.relayer.send(&self.provider, to, input, gas, &self.receipts).await {
             Ok((tx, awaited)) => {
+                let sent = std::time::Instant::now();
+                self.rhythm.lock().expect("rhythm lock").in_flight += 1;
                 tokio::spawn(async move {
                     let receipt = self
                         .receipts
                         .wait(tx, awaited, self.opts.receipt_timeout, self.opts.confirmations)
                         .await;
+                    {
+                        let mut r = self.rhythm.lock().expect("rhythm lock");
+                        r.in_flight = r.in_flight.saturating_sub(1);
+                        if receipt.is_some() {
+                            let now = std::time::Instant::now();
+                            r.last_block = Some(now);
+                            r.instant =
+                                !self.opts.block_time.is_zero() && now.duration_since(sent) < self.opts.block_time / 4;
+                        }
+                    }
+                    self.mined.notify_waiters();
                     for j in jobs {
                         let _ = j.reply.send(Ok(Landed {
                             tx,

@@ -41,6 +41,8 @@ pub struct EvmOptions {
     pub max_batch: usize,
     /// How long a busy gateway lets a batch gather.
     pub batch_window: Duration,
+    /// The chain's block interval (zero: unknown; batches go out as they form).
+    pub block_time: Duration,
 }
 
 /// One EVM network: offline checks, the RPC, and (with a key) the relayer.
@@ -101,6 +103,7 @@ impl EvmChain {
                 gas_per_transfer: opts.gas_limit,
                 max_batch: opts.max_batch,
                 window: opts.batch_window,
+                block_time: opts.block_time,
                 receipt_timeout: opts.receipt_timeout,
                 confirmations: opts.confirmations,
             };

@@ -1,0 +1,87 @@
+//! Settling at the chain's rhythm: on anvil mining a block every 2 s, a stream of payments goes out as
+//! one transaction per block when the block interval is configured, and as one transaction each when
+//! it is not (the same stream, the same chain).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::common::*;
+use crate::upstream::Upstream;
+
+/// 16 payments, one every 150 ms (2.4 s: across a block boundary or two); each answered 200. Returns
+/// the settlement transactions they name.
+async fn stream(tg: &Tollgate) -> Vec<String> {
+    let mut signed = Vec::new();
+    for i in 0..16 {
+        let url = format!("{}/paid/b{i}", tg.url);
+        let o = offers(&url, true).await.remove(0);
+        let p = tollgate::client::authorize(&o, &payer(), now());
+        signed.push((url, tollgate::client::payment_header(&o, &p)));
+    }
+    let mut runs = Vec::new();
+    for (i, (url, (name, value))) in signed.into_iter().enumerate() {
+        runs.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150 * i as u64)).await;
+            http().get(&url).header(name, &value).send().await.unwrap()
+        }));
+    }
+    let mut txs = Vec::new();
+    for r in runs {
+        let r = r.await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v = decode_b64_json(r.headers()["payment-response"].to_str().unwrap());
+        txs.push(v["transaction"].as_str().unwrap().to_string());
+    }
+    txs
+}
+
+async fn interval_mining(anvil: &Anvil) {
+    anvil.set_automine(false).await;
+    anvil.rpc("evm_setIntervalMining", serde_json::json!([2])).await;
+}
+
+#[tokio::test]
+async fn with_the_block_interval_known_a_busy_relayer_sends_one_batch_per_block() {
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let settle = "receipt_timeout_secs = 20";
+
+    // Without the interval: each payment goes out as it comes.
+    let (anvil, db) = (Anvil::start().await, Db::sqlite());
+    interval_mining(&anvil).await;
+    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+    spec.settlement_extra = settle;
+    let tg = Tollgate::start(&spec).await;
+    let loose: BTreeSet<String> = stream(&tg).await.into_iter().collect();
+    drop(tg);
+
+    // With it: the same stream keeps to the blocks.
+    let (anvil2, db2) = (Anvil::start().await, Db::sqlite());
+    interval_mining(&anvil2).await;
+    let mut spec = GatewaySpec::new(up.url(), anvil2.url.clone(), &db2.url);
+    spec.settlement_extra = settle;
+    spec.networks_extra = "block_time_ms = 2000";
+    let tg = Tollgate::start(&spec).await;
+    let payer0 = anvil2.usdc_balance(PAYER).await;
+    let kept = stream(&tg).await;
+    let kept_set: BTreeSet<&String> = kept.iter().collect();
+    assert!(
+        kept_set.len() <= 3,
+        "16 payments over ~2.4 s of 2 s blocks: at most 3 transactions (the first alone, then one per block), got {}: {kept_set:?}",
+        kept_set.len()
+    );
+    assert!(
+        loose.len() >= 8,
+        "without the interval the same stream takes many transactions ({}), so the test tells the two apart",
+        loose.len()
+    );
+    eprintln!(
+        "16 payments: {} transactions with block_time_ms, {} without",
+        kept_set.len(),
+        loose.len()
+    );
+    // Every payment settled once.
+    assert_eq!(
+        payer0 - anvil2.usdc_balance(PAYER).await,
+        alloy::primitives::U256::from(16_000u64)
+    );
+}
