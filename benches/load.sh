@@ -22,6 +22,8 @@
 #        FACIL_ONLY=1 (run only the facilitator section; the other rows keep their last run's figures)
 #        SOLANA=1 (0: skip the Solana section)  SOLANA_ONLY=1 (run only it)  N_SOL=300
 #        OPS=1 (0: skip the operations section)  OPS_ONLY=1 (run only it)  OPS_ROUNDS=5
+#        BLOCK_TIME=2 (the paid runs on anvil mining a block every 2 s instead of on arrival, tollgate told
+#        the interval: labels t_paid_*_bt2; each run also reports the relayer's transactions and gas)
 #   ops     — the free route and the 402 with metrics on and off, with rate limits on (a limit no
 #             request reaches), and over TLS: variants interleaved round by round (the machine's drift
 #             falls on all of them alike), medians and ratios against metrics off.
@@ -38,6 +40,7 @@ SOLANA_ONLY=${SOLANA_ONLY:-0}; N_SOL=${N_SOL:-300}
 [ "$SOLANA_ONLY" = 1 ] && { FACIL_ONLY=1; HOSTED=0; OPS=0; }
 OPS_ONLY=${OPS_ONLY:-0}
 [ "$OPS_ONLY" = 1 ] && { FACIL_ONLY=1; HOSTED=0; SOLANA=0; PEERS=0; }
+BT_SUFFIX=""; [ -n "${BLOCK_TIME:-}" ] && BT_SUFFIX="_bt$BLOCK_TIME"
 TG_PORT=18402
 mkdir -p "$OUT/peers" "$OUT/raw"
 
@@ -74,9 +77,11 @@ if [ "${PEERS:-1}" = 1 ] && [ "$FACIL_ONLY" != 1 ]; then
 fi
 
 echo "== tollgate"
-RESULTS=$OUT/raw/tollgate-wrk.tsv; LOG=$OUT/raw/tollgate-wrk.log; PAID=$OUT/raw/tollgate-paid.jsonl
+RESULTS=$OUT/raw/tollgate-wrk.tsv; LOG=$OUT/raw/tollgate-wrk.log; PAID=$OUT/raw/tollgate-paid$BT_SUFFIX.jsonl
 if [ "$FACIL_ONLY" != 1 ]; then
-  printf "label\trep\trps\tp50_ms\tp99_ms\trequests\tnon2xx\tsocket_errors\tload1\tcpu_busy_pct\n" > "$RESULTS"; : > "$LOG"; : > "$PAID"
+  # (A block-time run has only paid rows, in their own file: the instant-mining rows stay.)
+  [ -z "$BT_SUFFIX" ] && { printf "label\trep\trps\tp50_ms\tp99_ms\trequests\tnon2xx\tsocket_errors\tload1\tcpu_busy_pct\n" > "$RESULTS"; : > "$LOG"; }
+  : > "$PAID"
 fi
 mkdir -p run/tg nginx/tmp; rm -f run/tg/tollgate-*.log
 # The same upstream as the peers: nginx, one worker, return 200 {"ok":true}.
@@ -108,6 +113,7 @@ database = "sqlite://$B/run/tg/tollgate.db"
 pay_to = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
 [networks.base]
 rpc_url = "http://127.0.0.1:18545"
+$([ -n "${BLOCK_TIME:-}" ] && echo "block_time_ms = $((BLOCK_TIME * 1000))")
 [[routes]]
 method = "GET"
 path = "/paid"
@@ -122,6 +128,8 @@ CONF
   for i in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:$TG_PORT/ && return 0; sleep 0.1; done
   echo "tollgate did not start"; cat run/tg/tollgate-$1.log; exit 1
 }
+block_number() { curl -s -X POST -H 'content-type: application/json' --data '{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}' \
+  http://127.0.0.1:18545 | python3 -c 'import sys,json; print(int(json.load(sys.stdin)["result"],16))'; }
 rss_kb() { awk '/VmRSS/ {print $2}' /proc/$1/status; }
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
 payee_bal() { curl -s -X POST -H 'content-type: application/json' --data \
@@ -134,16 +142,19 @@ paid_run() { # paid_run LABEL CONC PATH START_CMD
   local label=$1 c=$2 path=$3 start=$4
   sed "s#\${C.SRV_URL}/paid#\${C.SRV_URL}$path#" x402ref/pregen.mjs > x402ref/pregen-p.mjs
   sed "s#\${C.SRV_URL}/paid#\${C.SRV_URL}$path#" x402ref/fire.mjs > x402ref/fire-p.mjs
-  ./chain.sh stop > /dev/null; ./chain.sh start > /dev/null; ANVIL_PID=$(cat run/anvil.pid)
+  ./chain.sh stop > /dev/null
+  ANVIL_EXTRA=${BLOCK_TIME:+--block-time $BLOCK_TIME} ./chain.sh start > /dev/null; ANVIL_PID=$(cat run/anvil.pid)
   $start
   SRV_PORT=$TG_PORT node x402ref/pregen-p.mjs $WARMUP run/tg/h-warm.json > /dev/null
   SRV_PORT=$TG_PORT node x402ref/fire-p.mjs run/tg/h-warm.json 8 warmup > /dev/null
   SRV_PORT=$TG_PORT node x402ref/pregen-p.mjs $N run/tg/h.json > /dev/null
   wait_quiet
   echo "[$label rep $r] uptime: $(uptime)"
-  B0=$(payee_bal); A0=$(ticks $ANVIL_PID); G0=$(ticks $TG_PID)
+  B0=$(payee_bal); A0=$(ticks $ANVIL_PID); G0=$(ticks $TG_PID); BLK0=$(block_number)
   OUT_JSON=$(SRV_PORT=$TG_PORT timeout 600 node x402ref/fire-p.mjs run/tg/h.json $c "$label")
   A1=$(ticks $ANVIL_PID); G1=$(ticks $TG_PID); B1=$(payee_bal)
+  [ -n "${BLOCK_TIME:-}" ] && sleep $((BLOCK_TIME * 3))   # the last batch mined
+  OUT_JSON=$(echo "$OUT_JSON" | python3 "$ROOT/benches/load/relayer_txs.py" http://127.0.0.1:18545 "$BLK0")
   echo "$OUT_JSON" | python3 -c '
 import sys, json
 d = json.loads(sys.stdin.read()); a = sys.argv
@@ -154,6 +165,7 @@ print(json.dumps(d))' "$r" "$B0" "$B1" "$LAST_LOAD" "$LAST_BUSY" "$A0" "$A1" "$G
 
 if [ "$FACIL_ONLY" != 1 ]; then
 ./chain.sh start > /dev/null
+if [ -z "$BT_SUFFIX" ]; then
 start_tollgate before
 sleep 1
 RSS_IDLE=$(rss_kb $TG_PID)
@@ -165,11 +177,12 @@ python3 "$ROOT/benches/load/conns.py" $TG_PORT 1000 4 / > run/tg/conns.out &
 CP=$!; sleep 3; RSS_1000=$(rss_kb $TG_PID); wait $CP || true
 echo "rss: idle ${RSS_IDLE} kB, after wrk ${RSS_BEFORE_CONNS} kB, 1000 keep-alive connections ${RSS_1000} kB ($(cat run/tg/conns.out))"
 printf '{"rss_idle_kb":%s,"rss_after_wrk_kb":%s,"rss_1000_conns_kb":%s,"conns":"%s"}\n' "$RSS_IDLE" "$RSS_BEFORE_CONNS" "$RSS_1000" "$(cat run/tg/conns.out)" > "$OUT/raw/tollgate-rss.json"
+fi
 
 for MODE in $MODES; do
   for C in $CONCS; do
     for r in $(seq 1 "$REPS"); do
-      paid_run "t_paid_${MODE}_c$C" "$C" /paid "start_tollgate $MODE"
+      paid_run "t_paid_${MODE}_c$C$BT_SUFFIX" "$C" /paid "start_tollgate $MODE"
     done
   done
 done

@@ -82,6 +82,9 @@ pub struct Metrics {
     pub rpc_seconds: HistogramVec,
     /// The relayer's transactions sent and not yet mined, by network.
     pub relayer_pending: IntGaugeVec,
+    /// Per settled payment: how many payments its transaction carried, and its share of the gas.
+    pub batch_size: HistogramVec,
+    pub gas_per_payment: HistogramVec,
     /// Hosted tenants' verifications this month, and their plan's allowance (-1: unlimited).
     pub quota_used: IntGaugeVec,
     pub quota_limit: IntGaugeVec,
@@ -216,6 +219,22 @@ impl Metrics {
                 "The relayer's transactions the node holds but has not mined (pending nonces), by network.",
                 &["network"],
             ),
+            batch_size: histogram(
+                &r,
+                "tollgate_settlement_batch_size",
+                "Per settled payment (relayer): how many payments its transaction carried, by network.",
+                &["network"],
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0, 64.0],
+            ),
+            gas_per_payment: histogram(
+                &r,
+                "tollgate_settlement_gas_per_payment",
+                "Per settled payment (relayer): its share of the transaction's gas, by network.",
+                &["network"],
+                vec![
+                    30_000.0, 40_000.0, 50_000.0, 60_000.0, 70_000.0, 85_000.0, 100_000.0, 150_000.0,
+                ],
+            ),
             quota_used: gauge(
                 &r,
                 "tollgate_quota_used",
@@ -328,6 +347,8 @@ mod tests {
         m.rpc_seconds.with_label_values(&["n"]).observe(0.01);
         m.quota_used.with_label_values(&["t"]).set(1);
         m.relayer_pending.with_label_values(&["n"]).set(1);
+        m.batch_size.with_label_values(&["n"]).observe(1.0);
+        m.gas_per_payment.with_label_values(&["n"]).observe(1.0);
         m.quota_limit.with_label_values(&["t"]).set(1);
         m.tenant_cache_hit.inc();
         let exported: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
@@ -342,7 +363,10 @@ mod tests {
                         .chars()
                         .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                         .collect();
-                    let base = name.strip_suffix("_bucket").unwrap_or(&name);
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|x| name.strip_suffix(x))
+                        .unwrap_or(&name);
                     assert!(
                         exported.iter().any(|e| e == base),
                         "panel '{}' queries {name}, which tollgate does not export",

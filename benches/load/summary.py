@@ -32,6 +32,9 @@ peers.update(tsv(f"{out}/peers/x402ref-wrk.tsv"))
 ref_paid = jsonl(f"{out}/peers/x402ref-paid.jsonl")
 tg = tsv(f"{out}/raw/tollgate-wrk.tsv")
 tg_paid = jsonl(f"{out}/raw/tollgate-paid.jsonl")
+import glob
+for extra in sorted(glob.glob(f"{out}/raw/tollgate-paid_bt*.jsonl")):
+    tg_paid.update(jsonl(extra))
 rss = json.load(open(f"{out}/raw/tollgate-rss.json")) if os.path.exists(f"{out}/raw/tollgate-rss.json") else {}
 
 cpu = open("/proc/cpuinfo").read()
@@ -77,6 +80,14 @@ for label, ds in list(tg_paid.items()) + list(ref_paid.items()):
     print(f"| {label} | {med(ds,'paid_rps'):.1f} | {med(ds,'p50_ms'):.0f} / {med(ds,'p99_ms'):.0f} "
           f"| {', '.join(str(d['landed_onchain']) + '/' + str(d['n']) for d in ds)} | {gw:.2f} | {per_pay(ds,'anvil_cpu_s'):.2f} | {vs} |")
 print("\n(reference rows `f_paid_nm1_*`: gateway CPU = facilitator + express server.)")
+chain_rows = [(label, ds) for label, ds in tg_paid.items() if "relayer_txs" in ds[0]]
+if chain_rows:
+    print()
+    print("| paid, on chain (tollgate's relayer) | settlement transactions per run | blocks with one | payments per transaction | gas per payment |")
+    print("|---|---|---|---|---|")
+    for label, ds in chain_rows:
+        print(f"| {label} | {', '.join(str(d['relayer_txs']) for d in ds)} | {', '.join(str(d['relayer_blocks']) for d in ds)} "
+              f"| {med(ds,'payments_per_tx'):.1f} | {med(ds,'gas_per_payment'):,.0f} |")
 for c in sorted({d[0]["conc"] for d in tg_paid.values()}):
     h, d = tg_paid.get(f"t_hosted_paid_before_c{c}"), tg_paid.get(f"t_paid_before_c{c}")
     if h and d:

@@ -124,6 +124,9 @@ async fn prometheus_scrapes_request_and_payment_counts() {
         (r#"tollgate_chain_rpc_seconds_count{network="base"} > 0"#, f64::NAN),
         // anvil mines each transaction at once: none waiting.
         (r#"tollgate_relayer_pending_transactions{network="base"}"#, 0.0),
+        // Two settlements, each alone in its transaction.
+        (r#"sum(tollgate_settlement_batch_size_count)"#, 2.0),
+        (r#"sum(tollgate_settlement_batch_size_sum)"#, 2.0),
     ];
     for (q, want) in expect {
         let mut got = None;

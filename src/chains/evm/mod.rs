@@ -313,6 +313,12 @@ impl Chain for EvmChain {
             Some(r) => {
                 self.check_receipt(&r, t)?;
                 let gas = r.gas_used / landed.batch_size.max(1) as u64;
+                let m = &crate::metrics::METRICS;
+                if m.enabled() {
+                    let net = [self.network.name.as_str()];
+                    m.batch_size.with_label_values(&net).observe(landed.batch_size as f64);
+                    m.gas_per_payment.with_label_values(&net).observe(gas as f64);
+                }
                 Ok(SettleOutcome::Settled { tx, gas })
             }
             None => {
