@@ -24,7 +24,8 @@ for n in range(start + 1, head + 1):
             txs += 1
             gas += int(r["gasUsed"], 16)
             blocks.add(n)
-paid = max(d.get("landed_onchain", 0), 1)
+# (landed_onchain is added after this script; the payments answered settled are the same count)
+paid = max(d.get("landed_onchain") or d.get("paid_ok") or 0, 1)
 d.update(relayer_txs=txs, relayer_blocks=len(blocks), payments_per_tx=round(paid / max(txs, 1), 2),
          gas_per_payment=round(gas / paid))
 print(json.dumps(d))

@@ -75,7 +75,7 @@ def per_pay(ds, key):
 for label, ds in list(tg_paid.items()) + list(ref_paid.items()):
     c = ds[0]["conc"]
     ref = ref_paid.get(f"f_paid_nm1_c{c}")
-    vs = f"{med(ds,'paid_rps') / med(ref,'paid_rps'):.1f}×" + (" (target ≥ 10× at c32)" if c == 32 else "") if ref and label.startswith("t_") else ""
+    vs = f"{med(ds,'paid_rps') / med(ref,'paid_rps'):.1f}×" + (" (target ≥ 10× at c32)" if c == 32 else "") if ref and label.startswith("t_") and "_bt" not in label else ""
     gw = per_pay(ds, "gateway_cpu_s") if "gateway_cpu_s" in ds[0] else per_pay(ds, "facilitator_cpu_s") + per_pay(ds, "server_cpu_s")
     print(f"| {label} | {med(ds,'paid_rps'):.1f} | {med(ds,'p50_ms'):.0f} / {med(ds,'p99_ms'):.0f} "
           f"| {', '.join(str(d['landed_onchain']) + '/' + str(d['n']) for d in ds)} | {gw:.2f} | {per_pay(ds,'anvil_cpu_s'):.2f} | {vs} |")
