@@ -629,6 +629,28 @@ pub fn signal_pid(pid: u32, name: &str) {
     assert!(ok.success(), "kill -{name}");
 }
 
+/// A metrics listener's `/metrics` text.
+pub async fn metrics_text(port: u16) -> String {
+    http()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A health path's status and JSON body (`/status`, `/status/ready`) on the listener at `port`.
+pub async fn health(port: u16, path: &str) -> (u16, serde_json::Value) {
+    let r = http()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))

@@ -95,14 +95,7 @@ async fn ten_reloads_under_keep_alive_load_drop_nothing_and_an_invalid_file_is_r
     })
     .await;
     assert_eq!(price(&paid).await, U256::from(1_000u64));
-    let status: serde_json::Value = http()
-        .get(format!("http://127.0.0.1:{mport}/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, status) = health(mport, "/status").await;
     assert_eq!(status["config_generation"], 11, "{status}");
 
     let wrk = tokio::task::spawn_blocking(move || wrk.wait_with_output().unwrap())

@@ -147,22 +147,8 @@ async fn readiness_follows_the_chain_rpc() {
     let (anvil, db) = (Anvil::start().await, Db::sqlite());
     let up = Upstream::start("127.0.0.1:0").await.unwrap();
     let (tg, mport) = metered(&anvil, &up, &db).await;
-    let ready = || async {
-        let r = http()
-            .get(format!("http://127.0.0.1:{mport}/status/ready"))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json::<Value>().await.unwrap())
-    };
-    let alive: Value = http()
-        .get(format!("http://127.0.0.1:{mport}/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = || health(mport, "/status/ready");
+    let (_, alive) = health(mport, "/status").await;
     assert_eq!(alive["status"], "ok");
     let (st, v) = ready().await;
     assert_eq!(st, 200, "{v}");
@@ -336,14 +322,7 @@ async fn readiness_follows_the_database() {
     let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &through);
     spec.top_extra = &top;
     let tg = Tollgate::start(&spec).await;
-    let ready = || async {
-        let r = http()
-            .get(format!("http://127.0.0.1:{mport}/status/ready"))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json::<Value>().await.unwrap())
-    };
+    let ready = || health(mport, "/status/ready");
     let (st, v) = ready().await;
     assert_eq!(st, 200, "{v}");
 

@@ -64,14 +64,7 @@ async fn per_ip_limit_answers_429_with_its_headers_in_the_front_and_the_proxy() 
     assert_limited(c.get(format!("{}/hello", tg.url)).send().await.unwrap(), "ip", 4).await;
     assert_limited(http().get(format!("{}/hello", tg.url)).send().await.unwrap(), "ip", 4).await;
     assert_eq!(up.count(), before, "nothing forwarded past the limit");
-    let metrics = http()
-        .get(format!("http://127.0.0.1:{mport}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(mport).await;
     assert!(
         metrics.contains("tollgate_rate_limited_total{scope=\"ip\"} 3"),
         "{metrics}"
@@ -210,14 +203,7 @@ chains = ["*"]
         assert_eq!(st, 200);
     }
     // Each key was looked up in the database once, then found in the cache: 2 misses, 7 hits.
-    let metrics = http()
-        .get(format!("http://127.0.0.1:{mport}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(mport).await;
     assert!(
         metrics.contains("tollgate_cache_requests_total{cache=\"keys\",result=\"miss\"} 2"),
         "{metrics}"
