@@ -196,6 +196,10 @@ pub fn serve(config_path: &Path, upgrade: bool) -> Result<(), String> {
         }
         reconciler.abort();
         let app = live.app();
+        let released = app.payments.release_unsent().await;
+        if released > 0 {
+            tracing::info!(released, "claims whose settlement never started given back (nothing was charged)");
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), app.payments.flush_records()).await;
         app.payments.store.close().await;
     });

@@ -7,7 +7,7 @@
 pub mod idempotency;
 pub mod settle;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,6 +101,15 @@ pub struct Payments {
     pub store: Store,
     attempts: AttemptLog,
     pub clock: Arc<dyn Clock>,
+    /// Claims this process holds whose settlement has not started ([`Payments::release_unsent`]).
+    unsent: std::sync::Mutex<Unsent>,
+}
+
+/// Claimed payments no settlement has started for; once `closing`, none starts.
+#[derive(Default)]
+struct Unsent {
+    closing: bool,
+    keys: HashSet<ReplayKey>,
 }
 
 /// How receipts are awaited.
@@ -266,6 +275,7 @@ impl Payments {
             store,
             attempts,
             clock,
+            unsent: Default::default(),
         })
     }
 
@@ -397,6 +407,11 @@ impl Payments {
         if !claimed {
             return self.retried(accepted, route, &stored, rec).await;
         }
+        self.unsent
+            .lock()
+            .expect("unsent lock")
+            .keys
+            .insert(accepted.key.clone());
         // A hosted tenant's allowance counts payments that passed the offline checks (a real
         // signature, for this price and payee) and are not replays: strangers' junk never burns it.
         // Counted while the chain is asked (neither moves money; both must pass before anything does).
@@ -482,6 +497,16 @@ impl Payments {
 
     /// Settles an accepted payment and records the result in the ledger.
     pub async fn settle(&self, a: &mut Accepted, rec: &mut Attempt) -> Result<(), Refusal> {
+        {
+            let mut u = self.unsent.lock().expect("unsent lock");
+            if u.closing {
+                // Shutting down: its claim may already be given back; nothing is sent any more.
+                return Err(Refusal::Unavailable(
+                    "the gateway is shutting down; nothing was charged, try again".into(),
+                ));
+            }
+            u.keys.remove(&a.key);
+        }
         let started = Instant::now();
         let result = match self.chains.get(&a.offer.network.name) {
             Some(chain) => self.settler.settle(chain.as_ref(), a).await,
@@ -658,8 +683,28 @@ impl Payments {
         }
     }
 
+    /// At shutdown, after the grace period: gives back every claim of this process whose settlement
+    /// never started (a settle-after request cut off before its upstream answered, a payment cut off
+    /// between its checks and its send), and lets no settlement start afterwards. Those can no
+    /// longer be sent by anyone, so they need not wait for their authorization to expire; the ones
+    /// whose sending started stay claimed or pending for the reconciler. Returns how many.
+    pub async fn release_unsent(&self) -> usize {
+        let keys: Vec<ReplayKey> = {
+            let mut u = self.unsent.lock().expect("unsent lock");
+            u.closing = true;
+            u.keys.drain().collect()
+        };
+        for k in &keys {
+            if let Err(e) = self.store.release(k).await {
+                tracing::error!(error = %e, "could not give back an unsent claim; reconciliation will once it expires");
+            }
+        }
+        keys.len()
+    }
+
     /// Gives the claim back: nothing was charged.
     pub async fn release(&self, key: &ReplayKey) {
+        self.unsent.lock().expect("unsent lock").keys.remove(key);
         if let Err(e) = self.store.release(key).await {
             // Left claimed, reconciliation releases it later; the client can sign a new one meanwhile.
             tracing::error!(error = %e, "could not release a payment claim");
