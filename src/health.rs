@@ -97,7 +97,6 @@ pub async fn ready_response(app: &App) -> axum::response::Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Binds the metrics listener and serves it in the background.
 /// Binds the metrics listener (or takes `inherited`, handed over in an upgrade) and serves it in
 /// the background; returns the listening descriptor.
 pub async fn serve(
@@ -105,17 +104,5 @@ pub async fn serve(
     live: Arc<Live>,
     inherited: Option<std::net::TcpListener>,
 ) -> Result<std::os::fd::RawFd, String> {
-    let listener = match inherited {
-        Some(l) => tokio::net::TcpListener::from_std(l),
-        None => tokio::net::TcpListener::bind(addr).await,
-    }
-    .map_err(|e| format!("metrics.listen {addr}: {e}"))?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    tracing::info!(%addr, "metrics and health listening");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(live)).await {
-            tracing::error!(error = %e, "metrics listener stopped");
-        }
-    });
-    Ok(fd)
+    crate::upgrade::serve_router("metrics and health", "metrics.listen", addr, router(live), inherited).await
 }

@@ -82,6 +82,31 @@ impl Drop for Inherited {
     }
 }
 
+/// Serves `router` on `addr`, or on `inherited` (its socket handed over in an upgrade), in the
+/// background; returns the listening descriptor (to hand over in turn). `what` names the listener
+/// in messages and `key` its config key.
+pub async fn serve_router(
+    what: &'static str,
+    key: &str,
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+    inherited: Option<TcpListener>,
+) -> Result<RawFd, String> {
+    let listener = match inherited {
+        Some(l) => tokio::net::TcpListener::from_std(l),
+        None => tokio::net::TcpListener::bind(addr).await,
+    }
+    .map_err(|e| format!("{key} {addr}: {e}"))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    tracing::info!(%addr, "{what} listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "{what} stopped");
+        }
+    });
+    Ok(fd)
+}
+
 /// Hands `listening` over to the process waiting on `path`.
 pub fn send(listening: &Listening, path: &Path) -> Result<(), String> {
     let p = path

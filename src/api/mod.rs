@@ -268,27 +268,14 @@ pub fn router(api: Arc<Api>) -> Router {
         .with_state(api)
 }
 
-/// Serves the management API on `addr` until the process ends.
 /// Serves the management API on `addr` (or on `inherited`, its socket handed over by the previous
-/// process in an upgrade); returns the listening descriptor.
+/// process in an upgrade) until the process ends; returns the listening descriptor.
 pub async fn serve(
     addr: SocketAddr,
     api: Arc<Api>,
     inherited: Option<std::net::TcpListener>,
 ) -> Result<std::os::fd::RawFd, String> {
-    let listener = match inherited {
-        Some(l) => tokio::net::TcpListener::from_std(l),
-        None => tokio::net::TcpListener::bind(addr).await,
-    }
-    .map_err(|e| format!("api.listen {addr}: {e}"))?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    tracing::info!(%addr, "management API listening");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(api)).await {
-            tracing::error!(error = %e, "management API stopped");
-        }
-    });
-    Ok(fd)
+    crate::upgrade::serve_router("management API", "api.listen", addr, router(api), inherited).await
 }
 
 /// A refusal in the contract's shape.

@@ -629,6 +629,31 @@ pub fn signal_pid(pid: u32, name: &str) {
     assert!(ok.success(), "kill -{name}");
 }
 
+/// Runs the tollgate binary with `args` to its end: (succeeded, stdout + stderr).
+pub fn tollgate_cmd(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Polls `/status/ready` on the listener at `port` until it answers 200 (10 s at most).
+pub async fn ready_again(port: u16) -> bool {
+    for _ in 0..100 {
+        if health(port, "/status/ready").await.0 == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// A metrics listener's `/metrics` text.
 pub async fn metrics_text(port: u16) -> String {
     http()

@@ -895,18 +895,9 @@ async fn the_operators_cli_manages_tenants_and_keys_on_the_database() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        all.extend(["--config".as_ref(), cfg.as_os_str()]);
+        tollgate_cmd(&all)
     };
     let (ok, out) = run(&[
         "tenant",

@@ -18,17 +18,7 @@ async fn price(url: &str) -> U256 {
 
 /// `tollgate reload --config FILE`: (succeeded, stdout + stderr).
 fn reload_cmd(cfg: &std::path::Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["reload", "--config"])
-        .arg(cfg)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    tollgate_cmd(&["reload".as_ref(), "--config".as_ref(), cfg.as_os_str()])
 }
 
 #[tokio::test]

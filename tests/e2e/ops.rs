@@ -173,14 +173,7 @@ async fn readiness_follows_the_chain_rpc() {
 
     // It comes back (a fresh anvil on the same port): 200 again.
     let mut back = Anvil::process(port, &[]);
-    let mut ok = false;
-    for _ in 0..100 {
-        if ready().await.0 == 200 {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ok = ready_again(mport).await;
     let _ = back.kill();
     let _ = back.wait();
     assert!(ok, "ready again once the RPC answers: {}", tg.log());
@@ -338,15 +331,11 @@ async fn readiness_follows_the_database() {
     assert_eq!(r.status(), 503, "{}", tg.log());
 
     relay.set(true);
-    let mut back = false;
-    for _ in 0..100 {
-        if ready().await.0 == 200 {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(back, "ready again once the database answers: {}", tg.log());
+    assert!(
+        ready_again(mport).await,
+        "ready again once the database answers: {}",
+        tg.log()
+    );
     let r = http().get(&url).header(name, &value).send().await.unwrap();
     assert_eq!(
         r.status(),
