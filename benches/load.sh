@@ -23,7 +23,9 @@
 #        SOLANA=1 (0: skip the Solana section)  SOLANA_ONLY=1 (run only it)  N_SOL=300
 #        OPS=1 (0: skip the operations section)  OPS_ONLY=1 (run only it)  OPS_ROUNDS=5
 #        BLOCK_TIME=2 (the paid runs on anvil mining a block every 2 s instead of on arrival, tollgate told
-#        the interval: labels t_paid_*_bt2; each run also reports the relayer's transactions and gas)
+#        the interval: labels t_paid_*_bt2; each run also reports the relayer's transactions and gas;
+#        with PEERS=1 the reference stack's paid runs on the same 2 s chain: peers/x402ref-paid_bt2.jsonl)
+#        ANSWERS="confirmed" (also "verified", "submitted": the route's answer mode; labels *_verified …)
 #   ops     — the free route and the 402 with metrics on and off, with rate limits on (a limit no
 #             request reaches), and over TLS: variants interleaved round by round (the machine's drift
 #             falls on all of them alike), medians and ratios against metrics off.
@@ -41,6 +43,7 @@ SOLANA_ONLY=${SOLANA_ONLY:-0}; N_SOL=${N_SOL:-300}
 OPS_ONLY=${OPS_ONLY:-0}
 [ "$OPS_ONLY" = 1 ] && { FACIL_ONLY=1; HOSTED=0; SOLANA=0; PEERS=0; }
 BT_SUFFIX=""; [ -n "${BLOCK_TIME:-}" ] && BT_SUFFIX="_bt$BLOCK_TIME"
+ANSWERS=${ANSWERS:-confirmed}
 TG_PORT=18402
 mkdir -p "$OUT/peers" "$OUT/raw"
 
@@ -75,6 +78,11 @@ if [ "${PEERS:-1}" = 1 ] && [ "$FACIL_ONLY" != 1 ]; then
   timeout 3600 ./bench-x402ref.sh 2>&1 | tail -8
   cp results/nginx.tsv results/x402ref-wrk.tsv results/x402ref-paid.jsonl "$OUT/peers/"
 fi
+if [ "${PEERS:-1}" = 1 ] && [ -n "${BLOCK_TIME:-}" ]; then
+  echo "== peers: reference x402, paid, on ${BLOCK_TIME} s blocks"
+  ANVIL_EXTRA="--block-time $BLOCK_TIME" SKIP_WRK=1 NM_VARIANTS=1 CONCS="$CONCS" timeout 3600 ./bench-x402ref.sh 2>&1 | tail -4
+  cp results/x402ref-paid.jsonl "$OUT/peers/x402ref-paid$BT_SUFFIX.jsonl"
+fi
 
 echo "== tollgate"
 RESULTS=$OUT/raw/tollgate-wrk.tsv; LOG=$OUT/raw/tollgate-wrk.log; PAID=$OUT/raw/tollgate-paid$BT_SUFFIX.jsonl
@@ -103,7 +111,7 @@ nginx -p "$B/nginx" -c "$B/nginx/tg-upstream.conf" -g 'daemon off;' > run/tg/ngi
 for i in $(seq 1 50); do curl -s -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.1; done
 
 TG_PID=""
-start_tollgate() { # start_tollgate MODE
+start_tollgate() { # start_tollgate MODE [ANSWER]
   [ -n "$TG_PID" ] && { kill "$TG_PID"; wait "$TG_PID" 2>/dev/null || true; }
   rm -f run/tg/tollgate.db*
   cat > run/tg/tollgate.toml <<CONF
@@ -121,6 +129,7 @@ price = "\$0.001"
 max_timeout_seconds = 600
 description = "paid JSON"
 settle = "$1"
+answer = "${2:-confirmed}"
 CONF
   TOLLGATE_RELAYER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a TOLLGATE_LOG=${TG_LOG:-warn} \
     "$TOLLGATE" serve --config run/tg/tollgate.toml >> run/tg/tollgate-$1.log 2>&1 &
@@ -152,8 +161,10 @@ paid_run() { # paid_run LABEL CONC PATH START_CMD
   echo "[$label rep $r] uptime: $(uptime)"
   B0=$(payee_bal); A0=$(ticks $ANVIL_PID); G0=$(ticks $TG_PID); BLK0=$(block_number)
   OUT_JSON=$(SRV_PORT=$TG_PORT timeout 600 node x402ref/fire-p.mjs run/tg/h.json $c "$label")
-  A1=$(ticks $ANVIL_PID); G1=$(ticks $TG_PID); B1=$(payee_bal)
-  [ -n "${BLOCK_TIME:-}" ] && sleep $((BLOCK_TIME * 3))   # the last batch mined
+  A1=$(ticks $ANVIL_PID); G1=$(ticks $TG_PID)
+  # The last batch mined (answered before their settlement, payments may still be on their way).
+  [ -n "${BLOCK_TIME:-}" ] && sleep $((BLOCK_TIME * 3))
+  B1=$(payee_bal)
   OUT_JSON=$(echo "$OUT_JSON" | python3 "$ROOT/benches/load/relayer_txs.py" http://127.0.0.1:18545 "$BLK0")
   echo "$OUT_JSON" | python3 -c '
 import sys, json
@@ -179,10 +190,13 @@ echo "rss: idle ${RSS_IDLE} kB, after wrk ${RSS_BEFORE_CONNS} kB, 1000 keep-aliv
 printf '{"rss_idle_kb":%s,"rss_after_wrk_kb":%s,"rss_1000_conns_kb":%s,"conns":"%s"}\n' "$RSS_IDLE" "$RSS_BEFORE_CONNS" "$RSS_1000" "$(cat run/tg/conns.out)" > "$OUT/raw/tollgate-rss.json"
 fi
 
-for MODE in $MODES; do
-  for C in $CONCS; do
-    for r in $(seq 1 "$REPS"); do
-      paid_run "t_paid_${MODE}_c$C$BT_SUFFIX" "$C" /paid "start_tollgate $MODE"
+for ANSWER in $ANSWERS; do
+  ANS_SUFFIX=""; [ "$ANSWER" != confirmed ] && ANS_SUFFIX="_$ANSWER"
+  for MODE in $MODES; do
+    for C in $CONCS; do
+      for r in $(seq 1 "$REPS"); do
+        paid_run "t_paid_${MODE}_c$C$BT_SUFFIX$ANS_SUFFIX" "$C" /paid "start_tollgate $MODE $ANSWER"
+      done
     done
   done
 done

@@ -105,6 +105,7 @@ fn render_402(c: &mut Criterion) {
         description: "Current weather for a city".into(),
         mime_type: "application/json".into(),
         settle: SettleTiming::Before,
+        answer: Default::default(),
         amount: AmountMatch::Exact,
         payment_id: Default::default(),
     };

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::money::parse_price;
 use crate::reading::{EscapedSlashes, MethodOverride, PathCase, PathParameters, Rules};
 use crate::routes::{MethodMatch, PatternError, RouteTable};
-use crate::tenant::{Pricing, Route, SettleTiming, Tenant, Upstream};
+use crate::tenant::{AnswerWhen, Pricing, Route, SettleTiming, Tenant, Upstream};
 use crate::x402::network::{builtin, Family, Network};
 use crate::x402::AmountMatch;
 use crate::x402::Offer;
@@ -367,6 +367,14 @@ pub struct SettlementConfig {
     /// pending (reconciled from the chain), not refused.
     #[serde(default = "default_facilitator_timeout")]
     pub facilitator_timeout_secs: u64,
+    /// Routes that answer before the transfer is on chain (`answer = "verified"` / `"submitted"`):
+    /// the most one payer may have answered but not yet settled (`"$1.00"`). Past it, its requests
+    /// wait for the receipt like `confirmed` ones.
+    #[serde(default = "default_unsettled_per_payer")]
+    pub max_unsettled_per_payer: String,
+    /// The same bound over every payer of this gateway.
+    #[serde(default = "default_unsettled_total")]
+    pub max_unsettled_total: String,
 }
 
 impl Default for SettlementConfig {
@@ -385,8 +393,18 @@ impl Default for SettlementConfig {
             facilitator_url: None,
             facilitator_token_env: default_facilitator_token_env(),
             facilitator_timeout_secs: default_facilitator_timeout(),
+            max_unsettled_per_payer: default_unsettled_per_payer(),
+            max_unsettled_total: default_unsettled_total(),
         }
     }
+}
+
+fn default_unsettled_per_payer() -> String {
+    "$1.00".into()
+}
+
+fn default_unsettled_total() -> String {
+    "$100.00".into()
 }
 
 fn default_solana_env() -> String {
@@ -496,6 +514,12 @@ pub struct RouteConfig {
     /// `before`: settle, then forward. `after`: forward, settle only if the upstream answered < 400.
     #[serde(default)]
     pub settle: SettleTiming,
+    /// When the paid request is answered: `confirmed` (the transfer's receipt; default),
+    /// `submitted` (the node accepted its transaction) or `verified` (checked and claimed; the
+    /// transfer follows in the next batch). The faster ones are bounded by the settlement section's
+    /// `max_unsettled_per_payer` / `max_unsettled_total`.
+    #[serde(default, skip_serializing_if = "is_confirmed")]
+    pub answer: AnswerWhen,
     /// `exact` (the value must equal the price) or `at_least`.
     #[serde(default)]
     pub amount: AmountMatch,
@@ -508,6 +532,10 @@ pub struct RouteConfig {
     /// other priced route).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discoverable: Option<bool>,
+}
+
+fn is_confirmed(a: &AnswerWhen) -> bool {
+    *a == AnswerWhen::Confirmed
 }
 
 fn is_off(p: &crate::x402::identifier::IdPolicy) -> bool {
@@ -530,6 +558,8 @@ pub struct Settings {
     /// Reconciliation: how often, and how old an unfinished payment must be.
     pub reconcile_every: std::time::Duration,
     pub reconcile_after: std::time::Duration,
+    /// Bounds on money answered but not yet settled (`answer = "verified"` / `"submitted"`).
+    pub exposure: crate::payment::exposure::Limits,
     pub networks: Vec<NetworkSettings>,
     pub cors_origins: Vec<String>,
     pub limits: LimitsConfig,
@@ -825,6 +855,22 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
     // Long enough that a live settlement (receipt wait included) is never judged mid-flight.
     let reconcile_after = s.reconcile_after_secs.unwrap_or(s.receipt_timeout_secs + 60);
 
+    let mut usd = |key: &str, text: &str| match crate::money::parse_price(text, 6) {
+        Ok(v) if text.trim().starts_with('$') => u64::try_from(v).unwrap_or(u64::MAX),
+        Ok(_) => {
+            problems.push(format!("settlement.{key}: '{text}' is not a USD amount like '$1.00'"));
+            0
+        }
+        Err(e) => {
+            problems.push(format!("settlement.{key}: {e}"));
+            0
+        }
+    };
+    let exposure = crate::payment::exposure::Limits {
+        per_payer: usd("max_unsettled_per_payer", &s.max_unsettled_per_payer),
+        total: usd("max_unsettled_total", &s.max_unsettled_total),
+    };
+
     // Networks.
     let mut networks: Vec<NetworkSettings> = Vec::new();
     let net_cfgs: Vec<(String, NetworkConfig)> = if file.networks.is_empty() {
@@ -992,6 +1038,7 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
         settlement,
         reconcile_every: std::time::Duration::from_secs(reconcile_every),
         reconcile_after: std::time::Duration::from_secs(reconcile_after),
+        exposure,
         networks,
         cors_origins: file.cors.allow_origins,
         limits: file.limits,
@@ -1055,6 +1102,7 @@ pub fn build_routes(
             mime_type: None,
             max_timeout_seconds: None,
             settle: SettleTiming::default(),
+            answer: AnswerWhen::default(),
             amount: AmountMatch::default(),
             payment_identifier: Default::default(),
             discoverable: None,
@@ -1389,6 +1437,7 @@ fn build_pricing(
         description: rc.description.clone(),
         mime_type: rc.mime_type.clone().unwrap_or_else(|| "application/json".into()),
         settle: rc.settle,
+        answer: rc.answer,
         amount: rc.amount,
         payment_id: rc.payment_identifier,
     }))
@@ -1408,6 +1457,34 @@ mod tests {
     fn problems(extra: &str) -> Vec<String> {
         let file: FileConfig = toml::from_str(&format!("{BASE}\n{extra}")).unwrap();
         build(file).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn answer_modes_and_their_exposure_bounds() {
+        let file: FileConfig = toml::from_str(&format!(
+            "{BASE}\n[settlement]\nmax_unsettled_per_payer = \"$0.25\"\n[[routes]]\npath = \"/v\"\nprice = \"$0.01\"\nanswer = \"verified\"\n[[routes]]\npath = \"/c\"\nprice = \"$0.01\""
+        ))
+        .unwrap();
+        let (settings, tenant) = build(file).unwrap();
+        assert_eq!(settings.exposure.per_payer, 250_000);
+        assert_eq!(settings.exposure.total, 100_000_000, "the default: $100");
+        let answer = |i: usize| tenant.routes[i].pricing.as_ref().unwrap().answer;
+        assert_eq!((answer(0), answer(1)), (AnswerWhen::Verified, AnswerWhen::Confirmed));
+        assert_eq!(
+            problems("[settlement]\nmax_unsettled_total = \"100\""),
+            vec!["settlement.max_unsettled_total: '100' is not a USD amount like '$1.00'"]
+        );
+        assert_eq!(
+            problems("[settlement]\nmax_unsettled_per_payer = \"$1.x\""),
+            vec!["settlement.max_unsettled_per_payer: '$1.x' is not a USD amount like '$0.01' (at most 6 decimal places)"]
+        );
+        let bad = toml::from_str::<FileConfig>(&format!(
+            "{BASE}\n[[routes]]\npath = \"/v\"\nprice = \"$0.01\"\nanswer = \"soon\""
+        ));
+        assert!(
+            bad.unwrap_err().to_string().contains("confirmed"),
+            "names the accepted values"
+        );
     }
 
     #[test]

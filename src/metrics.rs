@@ -85,6 +85,10 @@ pub struct Metrics {
     /// Per settled payment: how many payments its transaction carried, and its share of the gas.
     pub batch_size: HistogramVec,
     pub gas_per_payment: HistogramVec,
+    /// Money answered before its settlement and not settled yet (USD), by network.
+    pub unsettled_exposure: prometheus::GaugeVec,
+    /// Payments answered before their settlement, by network and what became of them.
+    pub answered_early: IntCounterVec,
     /// Hosted tenants' verifications this month, and their plan's allowance (-1: unlimited).
     pub quota_used: IntGaugeVec,
     pub quota_limit: IntGaugeVec,
@@ -177,7 +181,7 @@ impl Metrics {
             ledger_rows: gauge(
                 &r,
                 "tollgate_ledger_rows",
-                "Ledger rows by state (claimed, pending, settled).",
+                "Ledger rows by state (claimed, pending, settled, failed, lost).",
                 &["state"],
             ),
             rate_limited: counter(
@@ -235,6 +239,24 @@ impl Metrics {
                     30_000.0, 40_000.0, 50_000.0, 60_000.0, 70_000.0, 85_000.0, 100_000.0, 150_000.0,
                 ],
             ),
+            unsettled_exposure: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "tollgate_unsettled_exposure_usd",
+                        "Money answered before its settlement (answer = verified | submitted) and not on chain yet, in USD, by network.",
+                    ),
+                    &["network"],
+                )
+                .expect("metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
+            answered_early: counter(
+                &r,
+                "tollgate_answered_early_total",
+                "Payments answered before their settlement, by network and outcome (answered; settled; failed: its transfer failed after the answer; collected: a failed one settled later; lost: expired unsettled; over_limit: answered after its receipt instead, an exposure bound being reached).",
+                &["network", "outcome"],
+            ),
             quota_used: gauge(
                 &r,
                 "tollgate_quota_used",
@@ -256,6 +278,21 @@ impl Metrics {
             tenants: LabelCap::new(TENANT_LABELS),
             routes: LabelCap::new(ROUTE_LABELS),
             on: AtomicBool::new(true),
+        }
+    }
+
+    /// Counts USDC settled (atomic units, as the ledger writes them) for a tenant on a network.
+    pub fn settled_amount(&self, tenant: &str, network: &str, amount: &str) {
+        if let (Ok(n), true) = (amount.parse::<u64>(), self.enabled()) {
+            let t = self.tenants.get(tenant);
+            self.settled_atomic.with_label_values(&[t, network]).inc_by(n);
+        }
+    }
+
+    /// Counts a payment answered before its settlement, or what became of it.
+    pub fn answered_early(&self, network: &str, outcome: &str) {
+        if self.enabled() {
+            self.answered_early.with_label_values(&[network, outcome]).inc();
         }
     }
 
@@ -295,10 +332,7 @@ impl Metrics {
             self.replays.with_label_values(&[network]).inc();
         }
         if outcome == Outcome::Settled {
-            if let Some(n) = a.amount.as_deref().and_then(|x| x.parse::<u64>().ok()) {
-                let t = self.tenants.get(&a.tenant);
-                self.settled_atomic.with_label_values(&[t, network]).inc_by(n);
-            }
+            self.settled_amount(&a.tenant, network, a.amount.as_deref().unwrap_or(""));
         }
         if let Some(us) = a.verify_us {
             self.verify_seconds
@@ -350,6 +384,8 @@ mod tests {
         m.batch_size.with_label_values(&["n"]).observe(1.0);
         m.gas_per_payment.with_label_values(&["n"]).observe(1.0);
         m.quota_limit.with_label_values(&["t"]).set(1);
+        m.unsettled_exposure.with_label_values(&["n"]).set(0.5);
+        m.answered_early.with_label_values(&["n", "answered"]).inc();
         m.tenant_cache_hit.inc();
         let exported: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         let dash: serde_json::Value =

@@ -326,7 +326,7 @@ impl ProxyHttp for Proxy {
         if let Some(a) = &ctx.accepted {
             up.insert_header(X_TOLLGATE_PAYER, a.payer())?;
             up.insert_header(X_TOLLGATE_NETWORK, a.offer.network.caip2.as_str())?;
-            if let Some(o) = &a.outcome {
+            if let Some(o) = a.outcome.as_ref().filter(|o| !o.tx().is_empty()) {
                 up.insert_header(X_TOLLGATE_TX, o.tx())?;
             }
         }
@@ -539,6 +539,7 @@ impl ProxyHttp for Proxy {
             rec.outcome = Some(match ctx.accepted.as_ref().and_then(|a| a.outcome.as_ref()) {
                 Some(SettleOutcome::Settled { .. }) => Outcome::Settled,
                 Some(SettleOutcome::Pending { .. }) => Outcome::Pending,
+                Some(SettleOutcome::Underway { .. }) => Outcome::Answered,
                 None => Outcome::Error,
             });
         }

@@ -41,6 +41,7 @@ pub fn next(current: &App, path: &Path) -> Result<Reloaded, String> {
     }
     settings.plans.keep_buckets_of(&old.plans);
     let payments = if settings.networks == old.networks {
+        current.payments.exposure.set_limits(settings.exposure);
         current.payments.clone()
     } else {
         Arc::new(current.payments.reloaded(&settings, &old.networks)?)

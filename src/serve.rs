@@ -197,6 +197,11 @@ pub fn serve(config_path: &Path, upgrade: bool) -> Result<(), String> {
         reconciler.abort();
         let app = live.app();
         let released = app.payments.release_unsent().await;
+        // Requests answered before their settlement: their transfers are on their way.
+        let left = app.payments.settling_done(Duration::from_secs(limits.shutdown_grace_secs.max(5))).await;
+        if left > 0 {
+            tracing::warn!(left, "settlements of answered requests still running at exit; reconciliation sends them after the restart");
+        }
         if released > 0 {
             tracing::info!(released, "claims whose settlement never started given back (nothing was charged)");
         }
@@ -409,7 +414,13 @@ async fn reconcile_forever(live: Arc<Live>) {
         // The ledger's rows by state, for `tollgate_ledger_rows`.
         if crate::metrics::METRICS.enabled() {
             use crate::store::PaymentState;
-            for s in [PaymentState::Claimed, PaymentState::Pending, PaymentState::Settled] {
+            for s in [
+                PaymentState::Claimed,
+                PaymentState::Pending,
+                PaymentState::Settled,
+                PaymentState::Failed,
+                PaymentState::Lost,
+            ] {
                 if let Ok(n) = app.payments.store.count_payments(s).await {
                     crate::metrics::METRICS
                         .ledger_rows

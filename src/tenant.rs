@@ -33,6 +33,31 @@ impl SettleTiming {
     }
 }
 
+/// When a paid request is answered relative to its settlement (`answer` on a route).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerWhen {
+    /// Once the transfer is in a block (its receipt): no risk, about one block of latency.
+    #[default]
+    Confirmed,
+    /// Once the node accepted the transaction carrying the transfer; it may still fail in the block.
+    Submitted,
+    /// Once the offline checks and the on-chain simulation passed and the claim is in the ledger;
+    /// the transfer follows in the next batch. The payer could move its funds first: bounded by
+    /// `settlement.max_unsettled_per_payer` and `max_unsettled_total`.
+    Verified,
+}
+
+impl AnswerWhen {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerWhen::Confirmed => "confirmed",
+            AnswerWhen::Submitted => "submitted",
+            AnswerWhen::Verified => "verified",
+        }
+    }
+}
+
 /// What a priced route costs and how it is paid.
 #[derive(Debug, Clone)]
 pub struct Pricing {
@@ -41,6 +66,8 @@ pub struct Pricing {
     pub description: String,
     pub mime_type: String,
     pub settle: SettleTiming,
+    /// When the paid request is answered: after the receipt (default), the send, or the checks.
+    pub answer: AnswerWhen,
     pub amount: AmountMatch,
     /// The payment-identifier extension on this route.
     pub payment_id: crate::x402::identifier::IdPolicy,

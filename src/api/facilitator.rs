@@ -218,6 +218,8 @@ async fn settle_once(
         description: String::new(),
         mime_type: "application/json".into(),
         settle: SettleTiming::Before,
+        // A facilitator's settle answers with the transaction in a block.
+        answer: Default::default(),
         amount: AmountMatch::Exact,
         payment_id: Default::default(),
     });
@@ -258,7 +260,7 @@ async fn settle_once(
                     Json(json!({"success": true, "transaction": tx, "network": network_id, "payer": payer}))
                 }
                 // Sent, receipt not there in time: the same payload, settled again, collects it.
-                Some(crate::chains::SettleOutcome::Pending { tx }) => {
+                Some(crate::chains::SettleOutcome::Pending { tx } | crate::chains::SettleOutcome::Underway { tx }) => {
                     payments.delivered(&a.key, Delivery::Owed).await;
                     refused(reason::SETTLEMENT_PENDING, Some(payer), Some(tx.clone()))
                 }

@@ -161,12 +161,16 @@ pub enum SettleOutcome {
     Settled { tx: String, gas: u64 },
     /// Sent, but no receipt within the configured time: recorded as pending, reconciled later.
     Pending { tx: String },
+    /// Answered before its settlement (a route's `answer = "verified"` or `"submitted"`): the
+    /// settlement goes on in the background; `tx` is empty until the node has accepted it.
+    Underway { tx: String },
 }
 
 impl SettleOutcome {
+    /// The transaction; empty for a payment answered before its settlement was sent.
     pub fn tx(&self) -> &str {
         match self {
-            SettleOutcome::Settled { tx, .. } | SettleOutcome::Pending { tx } => tx,
+            SettleOutcome::Settled { tx, .. } | SettleOutcome::Pending { tx } | SettleOutcome::Underway { tx } => tx,
         }
     }
 }
@@ -241,7 +245,18 @@ pub trait Chain: Send + Sync {
     async fn check_onchain(&self, c: &Checked) -> Result<(), ChainError>;
 
     /// Sends the transfer and waits (bounded) for its receipt.
-    async fn settle(&self, c: &Checked) -> Result<SettleOutcome, ChainError>;
+    async fn settle(&self, c: &Checked) -> Result<SettleOutcome, ChainError> {
+        self.settle_reporting(c, None).await
+    }
+
+    /// [`Self::settle`], telling `sent` the transaction's id as soon as the node accepted it (before
+    /// the receipt). A chain that cannot tell drops `sent` unanswered: its payments are answered
+    /// when they are confirmed.
+    async fn settle_reporting(
+        &self,
+        c: &Checked,
+        sent: Option<tokio::sync::oneshot::Sender<String>>,
+    ) -> Result<SettleOutcome, ChainError>;
 
     /// Looks up what became of an authorization (and of `tx`, if one was sent).
     async fn status(&self, c: &Checked, tx: Option<&str>, now_secs: u64) -> Result<ChainStatus, ChainError>;

@@ -4,6 +4,7 @@
 //! The proxy and the management API ask this module what to do and act on the answer; HTTP details
 //! live with them. How a payment reaches the chain is one [`Settler`], chosen at start.
 
+pub mod exposure;
 pub mod idempotency;
 pub mod settle;
 
@@ -18,8 +19,9 @@ use crate::clock::Clock;
 use crate::config::{NetworkSettings, Settings, Settlement};
 use crate::facilitator::FacilitatorClient;
 use crate::store::{Attempt, AttemptLog, Counted, Delivery, NewClaim, Outcome, PaymentState, Store};
-use crate::tenant::{Account, Pricing, SettleTiming};
+use crate::tenant::{Account, AnswerWhen, Pricing, SettleTiming};
 use crate::x402::{self, reason, DecodeError, Family, Offer, PaymentPayload, SettleResponse, Version};
+use exposure::Exposure;
 use settle::Settler;
 
 /// Why a paid request is not forwarded. Mapped to HTTP in one place (`proxy::respond`).
@@ -59,7 +61,7 @@ impl From<DecodeError> for Refusal {
 }
 
 /// A payment that passed verification and holds its claim; it travels with the request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Accepted {
     pub version: Version,
     pub pricing: Arc<Pricing>,
@@ -70,6 +72,8 @@ pub struct Accepted {
     pub checked: Checked,
     pub key: ReplayKey,
     pub settle: SettleTiming,
+    /// When the request is answered relative to the settlement.
+    pub answer: AnswerWhen,
     /// The settlement, once there is one.
     pub outcome: Option<SettleOutcome>,
     /// The metered tenant whose gas use a settlement adds to.
@@ -84,6 +88,8 @@ impl Accepted {
     /// The `X-PAYMENT-RESPONSE` / `PAYMENT-RESPONSE` value for this payment.
     pub fn settle_response(&self) -> SettleResponse {
         SettleResponse {
+            // Answered before its settlement: accepted, and the transfer follows (`transaction`
+            // names it once the node has it).
             success: self.outcome.is_some(),
             error_reason: None,
             transaction: self.outcome.as_ref().map(|o| o.tx().to_string()).unwrap_or_default(),
@@ -97,7 +103,11 @@ impl Accepted {
 /// tenant: each call names the one it works for.
 pub struct Payments {
     chains: HashMap<String, Arc<dyn Chain>>,
-    settler: Box<dyn Settler>,
+    settler: Arc<dyn Settler>,
+    /// Money answered before its settlement (kept across reloads).
+    pub exposure: Arc<Exposure>,
+    /// Settlements going on after their request was answered (kept across reloads).
+    background: Arc<Background>,
     pub store: Store,
     attempts: AttemptLog,
     pub clock: Arc<dyn Clock>,
@@ -163,7 +173,7 @@ impl Payments {
                 (Ok(None), "facilitator mode settles through the facilitator".to_string())
             }
         };
-        let (settler, key, key_hint, receipts): (Box<dyn Settler>, _, String, _) = match &settings.settlement {
+        let (settler, key, key_hint, receipts): (Arc<dyn Settler>, _, String, _) = match &settings.settlement {
             Settlement::Local {
                 key_source,
                 confirmations,
@@ -171,7 +181,7 @@ impl Payments {
                 receipt_poll_ms,
                 ..
             } => (
-                Box::new(settle::Relayed),
+                Arc::new(settle::Relayed),
                 key_source.load()?,
                 format!(
                     "no relayer key: {} (or use settlement.mode = \"facilitator\")",
@@ -190,7 +200,7 @@ impl Payments {
             } => {
                 let token = std::env::var(token_env).ok().filter(|t| !t.is_empty());
                 (
-                    Box::new(settle::Facilitated(FacilitatorClient::new(url, token, *timeout)?)),
+                    Arc::new(settle::Facilitated(FacilitatorClient::new(url, token, *timeout)?)),
                     None,
                     "facilitator mode settles through the facilitator".into(),
                     // Only reconciliation reads receipts in this mode.
@@ -269,9 +279,18 @@ impl Payments {
         }
         #[cfg(not(feature = "solana"))]
         let _ = (solana_key, solana_hint);
+        let (exposure, background) = match old {
+            Some((p, _)) => {
+                p.exposure.set_limits(settings.exposure);
+                (p.exposure.clone(), p.background.clone())
+            }
+            None => (Arc::new(Exposure::new(settings.exposure)), Default::default()),
+        };
         Ok(Payments {
             chains,
             settler,
+            exposure,
+            background,
             store,
             attempts,
             clock,
@@ -297,6 +316,18 @@ impl Payments {
     /// `tollgate::request`): tenant, route, outcome, payer, network, amount, transaction and
     /// latencies. Never a key, a secret or the payment header itself.
     pub fn record(&self, a: Attempt) {
+        record_attempt(&self.attempts, a);
+    }
+
+    /// Waits until the attempt records queued so far are written.
+    pub async fn flush_records(&self) {
+        self.attempts.flush().await;
+    }
+}
+
+/// [`Payments::record`], for the work that goes on after a request (a settlement answered early).
+fn record_attempt(attempts: &AttemptLog, a: Attempt) {
+    {
         crate::metrics::METRICS.attempt(&a);
         let ms = |us: Option<u64>| us.map_or(-1.0, |us| us as f64 / 1000.0);
         tracing::info!(
@@ -314,14 +345,11 @@ impl Payments {
             total_ms = a.total_us as f64 / 1000.0,
             "payment"
         );
-        self.attempts.record(a);
+        attempts.record(a);
     }
+}
 
-    /// Waits until the attempt records queued so far are written.
-    pub async fn flush_records(&self) {
-        self.attempts.flush().await;
-    }
-
+impl Payments {
     /// Verifies a payment header for a priced route and claims it; with `settle = "before"` it also
     /// settles. On success the request may be forwarded.
     pub async fn accept(
@@ -374,6 +402,15 @@ impl Payments {
         rec.amount = Some(checked.amount().to_string());
         let key = checked.replay_key(&offer.network);
         rec.nonce = Some(key.nonce.clone());
+        if self.exposure.owes(&key.payer) {
+            return Err(Refusal::Rejected(
+                Rejection::new(
+                    reason::PAYER_OWES,
+                    "an earlier payment from this payer was served before its settlement and then failed on chain (its funds had moved); payments from this payer are refused until that one settles (keep the funds in place: it is retried) or its authorization expires",
+                )
+                .with_payer(checked.payer()),
+            ));
+        }
 
         if let Some(why) = self.settler.unavailable(chain.as_ref()) {
             return Err(Refusal::Unavailable(why));
@@ -401,6 +438,7 @@ impl Payments {
             checked,
             key,
             settle: pricing.settle,
+            answer: pricing.answer,
             outcome: None,
             metered: tenant.quota.map(|_| tenant.id.to_string()),
         };
@@ -423,7 +461,10 @@ impl Payments {
         };
         // Settled at once by a settler that simulates the transfer before sending it (the relayer:
         // one simulation per batch): no separate check; the batch being formed may wait for it.
-        let at_once = pricing.settle == SettleTiming::Before && self.settler.settle_checks(chain.as_ref());
+        // A route answered before its settlement is simulated first: that check is what it answers on.
+        let at_once = pricing.settle == SettleTiming::Before
+            && pricing.answer == AnswerWhen::Confirmed
+            && self.settler.settle_checks(chain.as_ref());
         let soon = if at_once { chain.settling_soon() } else { None };
         let checking = async {
             if at_once {
@@ -508,20 +549,99 @@ impl Payments {
             u.keys.remove(&a.key);
         }
         let started = Instant::now();
-        let result = match self.chains.get(&a.offer.network.name) {
-            Some(chain) => self.settler.settle(chain.as_ref(), a).await,
-            None => Err(ChainError::Unavailable(format!(
+        let Some(chain) = self.chains.get(&a.offer.network.name).cloned() else {
+            self.release(&a.key).await;
+            return Err(Refusal::Unavailable(format!(
                 "network {} is not configured",
                 a.offer.network.name
-            ))),
+            )));
         };
+        if a.answer != AnswerWhen::Confirmed {
+            let early = self.answer_early(a, &chain, rec).await;
+            rec.settle_us = Some(started.elapsed().as_micros() as u64);
+            match early {
+                Early::Answered => return Ok(()),
+                Early::Ended(result) => return self.conclude(a, result, rec).await,
+                Early::Refused(r) => return Err(r),
+                Early::Bounded => {}
+            }
+        }
+        let result = self.settler.settle(chain.as_ref(), a, None).await;
         rec.settle_us = Some(started.elapsed().as_micros() as u64);
+        self.conclude(a, result, rec).await
+    }
+
+    /// Answers a payment before its settlement (its route's `answer`), unless that would take its
+    /// payer or the gateway past an exposure bound: the settlement goes on in the background, and
+    /// the request is answered now (`verified`) or once the node has the transaction (`submitted`).
+    async fn answer_early(&self, a: &mut Accepted, chain: &Arc<dyn Chain>, rec: &mut Attempt) -> Early {
+        let net = a.offer.network.name.clone();
+        let usd = exposure::micro_usd(a.checked.amount(), a.offer.network.decimals);
+        if let Err(over) = self.exposure.hold(&a.key, &net, usd) {
+            crate::metrics::METRICS.answered_early(&net, "over_limit");
+            tracing::debug!(network = %net, payer = %a.key.payer, bound = over.as_str(), "an unsettled-exposure bound is reached; this payment is answered after its receipt");
+            return Early::Bounded;
+        }
+        // Written before the answer: should this process stop before the transfer is sent, the
+        // reconciler knows that this payment was served and collects it, never releases it.
+        if let Err(e) = self.store.set_delivery(&a.key, Delivery::Served).await {
+            self.exposure.release(&a.key);
+            self.release(&a.key).await;
+            return Early::Refused(db_unavailable(e));
+        }
+        let verified = a.answer == AnswerWhen::Verified;
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+        let job = Settling {
+            a: a.clone(),
+            chain: chain.clone(),
+            settler: self.settler.clone(),
+            store: self.store.clone(),
+            attempts: self.attempts.clone(),
+            clock: self.clock.clone(),
+            exposure: self.exposure.clone(),
+            tenant: rec.tenant.clone(),
+            route: rec.route.clone(),
+            network_label: rec.network.clone().unwrap_or_default(),
+        };
+        self.background.spawn(job.run(!verified, reply_tx));
+        if verified {
+            crate::metrics::METRICS.answered_early(&net, "answered");
+            a.outcome = Some(SettleOutcome::Underway { tx: String::new() });
+            return Early::Answered;
+        }
+        match reply_rx.await {
+            Ok(Reply::Sent(tx)) => {
+                crate::metrics::METRICS.answered_early(&net, "answered");
+                rec.tx_hash = Some(tx.clone());
+                a.outcome = Some(SettleOutcome::Underway { tx });
+                Early::Answered
+            }
+            // Over before the node had it (refused, unreachable) or before it was reported (a
+            // chain that cannot tell): concluded as a `confirmed` payment.
+            Ok(Reply::Ended(result)) => {
+                self.exposure.release(&a.key);
+                Early::Ended(result)
+            }
+            Err(_) => Early::Refused(Refusal::Pending {
+                tx: None,
+                detail: "the settlement stopped unexpectedly; it is reconciled from the chain; send the same header again shortly".into(),
+            }),
+        }
+    }
+
+    /// Records a settlement's result in the ledger (the request waited for it).
+    async fn conclude(
+        &self,
+        a: &mut Accepted,
+        result: Result<SettleOutcome, ChainError>,
+        rec: &mut Attempt,
+    ) -> Result<(), Refusal> {
         let now = self.clock.now_ms();
         match result {
             Ok(outcome) => {
                 let state = match outcome {
                     SettleOutcome::Settled { .. } => PaymentState::Settled,
-                    SettleOutcome::Pending { .. } => PaymentState::Pending,
+                    SettleOutcome::Pending { .. } | SettleOutcome::Underway { .. } => PaymentState::Pending,
                 };
                 rec.tx_hash = Some(outcome.tx().to_string());
                 if let Err(e) = self.store.set_state(&a.key, state, Some(outcome.tx()), now).await {
@@ -593,6 +713,7 @@ impl Payments {
         }
         // Ours now: bring it to settled before forwarding, whatever the route's timing.
         a.settle = SettleTiming::Before;
+        a.answer = AnswerWhen::Confirmed;
         let key = a.key.clone();
         let give_back = |refusal: Refusal| async {
             if let Err(e) = self.store.set_delivery(&key, Delivery::Owed).await {
@@ -742,6 +863,10 @@ impl Payments {
                     break;
                 }
             };
+            // Served before it was on chain (answered early, or served while pending): owed to the
+            // payee, so it is collected, and recorded lost if it never can be — never released.
+            let served = row.delivery == Delivery::Served;
+            let net = chain.network().name.clone();
             let (outcome, tx) = match status {
                 ChainStatus::Spent { tx } => {
                     let tx = tx.or(row.tx_hash.clone());
@@ -749,8 +874,64 @@ impl Payments {
                         .set_state(&row.key, PaymentState::Settled, tx.as_deref(), now_ms)
                         .await
                         .map_err(|e| e.to_string())?;
+                    self.collected(&row, &net);
                     tracing::info!(payer = %row.key.payer, tx = tx.as_deref().unwrap_or("?"), "reconciled: payment is on chain");
                     (Outcome::Settled, tx)
+                }
+                // Served, not on chain, nothing in flight, still valid: send it (again). Its
+                // authorization's nonce lets at most one transfer land.
+                ChainStatus::Unspent if served => {
+                    let Some(result) = self.settler.settle_stored(chain.as_ref(), &checked).await else {
+                        continue;
+                    };
+                    match result {
+                        Ok(SettleOutcome::Settled { tx, .. }) => {
+                            self.store
+                                .set_state(&row.key, PaymentState::Settled, Some(&tx), now_ms)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            self.collected(&row, &net);
+                            tracing::info!(payer = %row.key.payer, %tx, "reconciled: a served payment's transfer was sent and settled");
+                            (Outcome::Settled, Some(tx))
+                        }
+                        Ok(o) => {
+                            self.store
+                                .set_state(&row.key, PaymentState::Pending, Some(o.tx()), now_ms)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            continue;
+                        }
+                        Err(ChainError::InDoubt { tx, .. }) => {
+                            self.store
+                                .set_state(&row.key, PaymentState::Pending, tx.as_deref(), now_ms)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            continue;
+                        }
+                        Err(ChainError::Rejected(r)) => {
+                            // Still refused (the payer's funds are not back): failed, and looked at
+                            // again next time.
+                            self.store
+                                .set_state(&row.key, PaymentState::Failed, None, now_ms)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            if row.state != PaymentState::Failed {
+                                self.exposure
+                                    .hold_found(&row.key, &net, self.micro_usd(&row, chain.as_ref()));
+                                self.exposure.fail(&row.key);
+                                crate::metrics::METRICS.answered_early(&net, "failed");
+                                tracing::warn!(payer = %row.key.payer, reason = %r.reason, "reconciliation: a served payment's transfer is refused on chain; the payer owes it");
+                                (Outcome::Failed, None)
+                            } else {
+                                tracing::debug!(payer = %row.key.payer, reason = %r.reason, "reconciliation: a failed payment is still refused on chain; will try again");
+                                continue;
+                            }
+                        }
+                        Err(ChainError::Unavailable(e)) => {
+                            tracing::warn!(error = %e, "reconciliation: cannot settle right now; will retry");
+                            break;
+                        }
+                    }
                 }
                 // Not on chain yet, but still valid: a transaction sent for it may still land, so
                 // releasing it now could charge a payment the ledger calls released. Look again
@@ -758,6 +939,16 @@ impl Payments {
                 ChainStatus::Unspent | ChainStatus::InFlight { .. } => {
                     tracing::debug!(payer = %row.key.payer, state = row.state.as_str(), "reconciliation: not on chain yet and still valid; will look again");
                     continue;
+                }
+                ChainStatus::Expired if served => {
+                    self.store
+                        .set_state(&row.key, PaymentState::Lost, None, now_ms)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    self.exposure.resolve(&row.key);
+                    crate::metrics::METRICS.answered_early(&net, "lost");
+                    tracing::warn!(payer = %row.key.payer, amount = %row.amount, "reconciled: a served payment expired before it could be settled; recorded as lost");
+                    (Outcome::Lost, row.tx_hash.clone())
                 }
                 ChainStatus::Expired => {
                     self.store.forget_unlanded(&row.key).await.map_err(|e| e.to_string())?;
@@ -784,7 +975,278 @@ impl Payments {
             });
             resolved += 1;
         }
+        self.sync_exposure(now_ms.saturating_sub(stale_after.as_millis() as u64))
+            .await;
         Ok(resolved)
+    }
+
+    /// A served payment found settled: no longer exposure, and its payer owes it no more.
+    fn collected(&self, row: &crate::store::ClaimRow, net: &str) {
+        if row.state == PaymentState::Failed {
+            crate::metrics::METRICS.answered_early(net, "collected");
+        }
+        self.exposure.resolve(&row.key);
+    }
+
+    fn micro_usd(&self, row: &crate::store::ClaimRow, chain: &dyn Chain) -> u64 {
+        let amount = row.amount.parse().unwrap_or_default();
+        exposure::micro_usd(amount, chain.network().decimals)
+    }
+
+    /// Brings the exposure up to the ledger: the payers that owe (every gateway's failed payments)
+    /// and the served, unsettled payments untouched since `before_ms` that this process does not
+    /// hold (a restart's, another gateway's).
+    async fn sync_exposure(&self, before_ms: u64) {
+        match self.store.failed_keys(10_000).await {
+            Ok(keys) => self.exposure.sync_owing(keys),
+            Err(e) => tracing::warn!(error = %e, "could not read the failed payments; will retry"),
+        }
+        let Ok(rows) = self.store.answered_unsettled(before_ms, 10_000).await else {
+            return;
+        };
+        for row in rows {
+            if let Some(chain) = self.chains.values().find(|c| c.network().caip2 == row.key.network) {
+                self.exposure
+                    .hold_found(&row.key, &chain.network().name, self.micro_usd(&row, chain.as_ref()));
+            }
+        }
+    }
+
+    /// At shutdown: waits (up to `limit`) for the settlements of requests answered before them;
+    /// how many were still running.
+    pub async fn settling_done(&self, limit: Duration) -> usize {
+        self.background.wait(limit).await
+    }
+}
+
+/// How [`Payments::answer_early`] ended.
+enum Early {
+    /// The request may be answered; the settlement goes on.
+    Answered,
+    /// The settlement ended before the request was answered: conclude it as a `confirmed` one.
+    Ended(Result<SettleOutcome, ChainError>),
+    /// An exposure bound is reached: settle it as a `confirmed` one.
+    Bounded,
+    Refused(Refusal),
+}
+
+/// What a settlement in the background tells the `submitted` request waiting for it.
+enum Reply {
+    /// The node accepted the transaction: answer.
+    Sent(String),
+    /// It ended first (before the node had it, or on a chain that does not report sends).
+    Ended(Result<SettleOutcome, ChainError>),
+}
+
+/// Settlements running after (or while) their request is answered; shutdown waits for them.
+#[derive(Default)]
+struct Background {
+    running: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Background {
+    fn spawn(self: &Arc<Self>, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        use std::sync::atomic::Ordering;
+        self.running.fetch_add(1, Ordering::AcqRel);
+        let me = self.clone();
+        tokio::spawn(async move {
+            work.await;
+            if me.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                me.idle.notify_waiters();
+            }
+        });
+    }
+
+    /// Waits (up to `limit`) until none runs; how many still do.
+    async fn wait(&self, limit: Duration) -> usize {
+        use std::sync::atomic::Ordering;
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let idle = self.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.running.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await;
+        self.running.load(Ordering::Acquire)
+    }
+}
+
+/// One payment's settlement after its request was answered (or, `submitted`, while it waits for
+/// the send): it records the outcome itself. A transfer that fails after the answer is recorded
+/// `failed` and its payer owes it ([`Exposure::fail`]); nothing answered is ever released.
+struct Settling {
+    a: Accepted,
+    chain: Arc<dyn Chain>,
+    settler: Arc<dyn Settler>,
+    store: Store,
+    attempts: AttemptLog,
+    clock: Arc<dyn Clock>,
+    exposure: Arc<Exposure>,
+    tenant: String,
+    route: String,
+    /// The network as the request's record names it (the metrics' label).
+    network_label: String,
+}
+
+impl Settling {
+    /// `reply`: the waiting request (`submitted`), told of the send or of an earlier end; for
+    /// `verified` (`wait_for_send` false) the request is answered already.
+    async fn run(self, wait_for_send: bool, reply: tokio::sync::oneshot::Sender<Reply>) {
+        if !wait_for_send {
+            drop(reply);
+            let result = self.settler.settle(self.chain.as_ref(), &self.a, None).await;
+            return self.finish(result).await;
+        }
+        let (sent_tx, mut sent_rx) = tokio::sync::oneshot::channel::<String>();
+        let (settler, chain, a) = (self.settler.clone(), self.chain.clone(), self.a.clone());
+        let settling = settler.settle(chain.as_ref(), &a, Some(sent_tx));
+        tokio::pin!(settling);
+        let result = tokio::select! {
+            biased;
+            Ok(tx) = &mut sent_rx => {
+                if reply.send(Reply::Sent(tx)).is_err() {
+                    // The request went away before its answer: the same header may collect it.
+                    let _ = self.store.set_delivery(&self.a.key, Delivery::Owed).await;
+                }
+                settling.await
+            }
+            result = &mut settling => {
+                match reply.send(Reply::Ended(result)) {
+                    Ok(()) => return,
+                    // Nobody waits: concluded here, as the request would have.
+                    Err(Reply::Ended(result)) => return self.unanswered(result).await,
+                    Err(Reply::Sent(_)) => return,
+                }
+            }
+        };
+        self.finish(result).await;
+    }
+
+    /// A `submitted` payment whose request went away before the node had it.
+    async fn unanswered(self, result: Result<SettleOutcome, ChainError>) {
+        let key = &self.a.key;
+        self.exposure.release(key);
+        let now = self.clock.now_ms();
+        let logged = |e: crate::store::StoreError| tracing::error!(error = %e, "could not record a settlement; reconciliation will");
+        match result {
+            Ok(o) => {
+                let state = match o {
+                    SettleOutcome::Settled { .. } => PaymentState::Settled,
+                    _ => PaymentState::Pending,
+                };
+                let _ = self
+                    .store
+                    .set_state(key, state, Some(o.tx()), now)
+                    .await
+                    .map_err(logged);
+                let _ = self.store.set_delivery(key, Delivery::Owed).await.map_err(logged);
+            }
+            Err(ChainError::InDoubt { tx, .. }) => {
+                let _ = self
+                    .store
+                    .set_state(key, PaymentState::Pending, tx.as_deref(), now)
+                    .await
+                    .map_err(logged);
+                let _ = self.store.set_delivery(key, Delivery::Owed).await.map_err(logged);
+            }
+            Err(_) => {
+                let _ = self.store.release(key).await.map_err(logged);
+            }
+        }
+    }
+
+    /// Records how the settlement of an answered payment ended.
+    async fn finish(self, result: Result<SettleOutcome, ChainError>) {
+        let a = &self.a;
+        let key = &a.key;
+        let net = a.offer.network.name.as_str();
+        let now = self.clock.now_ms();
+        let logged = |e: crate::store::StoreError| tracing::error!(error = %e, "could not record the settlement of an answered payment; reconciliation will");
+        let result = match result {
+            // The chain decides: the authorization may have been spent by another transaction (anyone
+            // may send a signed authorization), which paid all the same.
+            Err(ChainError::Rejected(r)) => match self.chain.status(&a.checked, None, self.clock.now_secs()).await {
+                Ok(ChainStatus::Spent { tx }) => Ok(SettleOutcome::Settled {
+                    tx: tx.unwrap_or_default(),
+                    gas: 0,
+                }),
+                _ => Err(ChainError::Rejected(r)),
+            },
+            other => other,
+        };
+        match result {
+            Ok(SettleOutcome::Settled { tx, gas }) => {
+                let _ = self
+                    .store
+                    .set_state(key, PaymentState::Settled, Some(&tx), now)
+                    .await
+                    .map_err(logged);
+                if let (Some(tenant), true) = (&a.metered, gas > 0) {
+                    let (period, _) = crate::clock::month_bounds((now / 1000) as i64);
+                    self.attempts.add_gas(&self.store, tenant, period, gas).await;
+                }
+                self.exposure.release(key);
+                let m = &crate::metrics::METRICS;
+                m.answered_early(net, "settled");
+                m.settled_amount(&self.tenant, &self.network_label, &a.checked.amount().to_string());
+                tracing::debug!(network = %net, payer = %key.payer, %tx, "answered payment settled");
+            }
+            Ok(o) => {
+                // Sent, no receipt in time: pending; it stays held until reconciliation settles it.
+                let _ = self
+                    .store
+                    .set_state(key, PaymentState::Pending, Some(o.tx()), now)
+                    .await
+                    .map_err(logged);
+            }
+            Err(ChainError::InDoubt { tx, .. }) => {
+                let _ = self
+                    .store
+                    .set_state(key, PaymentState::Pending, tx.as_deref(), now)
+                    .await
+                    .map_err(logged);
+            }
+            Err(ChainError::Rejected(r)) => {
+                let _ = self
+                    .store
+                    .set_state(key, PaymentState::Failed, None, now)
+                    .await
+                    .map_err(logged);
+                self.exposure.fail(key);
+                crate::metrics::METRICS.answered_early(net, "failed");
+                tracing::warn!(network = %net, payer = %key.payer, amount = %a.checked.amount(), reason = %r.reason, detail = %r.detail, "a payment answered before its settlement failed on chain; it is retried while its authorization is valid, and the payer's payments are refused until then");
+                record_attempt(
+                    &self.attempts,
+                    Attempt {
+                        at_ms: now,
+                        tenant: self.tenant.clone(),
+                        route: self.route.clone(),
+                        method: "-".into(),
+                        path: "(settlement after the answer)".into(),
+                        x402_version: a.version.number(),
+                        network: Some(self.network_label.clone()),
+                        payer: Some(a.payer()),
+                        amount: Some(a.checked.amount().to_string()),
+                        nonce: Some(key.nonce.clone()),
+                        outcome: Some(Outcome::Failed),
+                        reason: Some(format!("{}: {}", r.reason, r.detail)),
+                        settle_mode: a.answer.as_str(),
+                        ..Default::default()
+                    },
+                );
+            }
+            Err(ChainError::Unavailable(m)) => {
+                // Nothing was sent (the RPC, the relayer's funds, a shutdown): the ledger row stays
+                // claimed and served, and reconciliation sends it.
+                tracing::warn!(network = %net, payer = %key.payer, why = %m, "the settlement of an answered payment could not be sent; reconciliation will send it");
+            }
+        }
     }
 }
 

@@ -22,8 +22,23 @@ pub trait Settler: Send + Sync {
     /// payment settled at once may skip the separate check.
     fn settle_checks(&self, chain: &dyn Chain) -> bool;
 
-    /// Sends the transfer. [`ChainError::InDoubt`] when it may have been sent and the outcome is unknown.
-    async fn settle(&self, chain: &dyn Chain, a: &Accepted) -> Result<SettleOutcome, ChainError>;
+    /// Sends the transfer. [`ChainError::InDoubt`] when it may have been sent and the outcome is
+    /// unknown. `sent`, when given, is told the transaction as soon as the node accepted it (left
+    /// unanswered by a settler that cannot tell).
+    async fn settle(
+        &self,
+        chain: &dyn Chain,
+        a: &Accepted,
+        sent: Option<tokio::sync::oneshot::Sender<String>>,
+    ) -> Result<SettleOutcome, ChainError>;
+
+    /// Settles a payment from the ledger alone (its stored authorization), for reconciliation;
+    /// `None` when this settler needs more than that (a facilitator wants the full requirements).
+    async fn settle_stored(
+        &self,
+        chain: &dyn Chain,
+        c: &crate::chains::Checked,
+    ) -> Option<Result<SettleOutcome, ChainError>>;
 
     /// A short name for records and logs.
     fn name(&self) -> &'static str;
@@ -46,8 +61,21 @@ impl Settler for Relayed {
         chain.simulates_settlements()
     }
 
-    async fn settle(&self, chain: &dyn Chain, a: &Accepted) -> Result<SettleOutcome, ChainError> {
-        chain.settle(&a.checked).await
+    async fn settle(
+        &self,
+        chain: &dyn Chain,
+        a: &Accepted,
+        sent: Option<tokio::sync::oneshot::Sender<String>>,
+    ) -> Result<SettleOutcome, ChainError> {
+        chain.settle_reporting(&a.checked, sent).await
+    }
+
+    async fn settle_stored(
+        &self,
+        chain: &dyn Chain,
+        c: &crate::chains::Checked,
+    ) -> Option<Result<SettleOutcome, ChainError>> {
+        Some(chain.settle(c).await)
     }
 
     fn name(&self) -> &'static str {
@@ -88,7 +116,20 @@ impl Settler for Facilitated {
         }
     }
 
-    async fn settle(&self, _chain: &dyn Chain, a: &Accepted) -> Result<SettleOutcome, ChainError> {
+    async fn settle_stored(
+        &self,
+        _chain: &dyn Chain,
+        _c: &crate::chains::Checked,
+    ) -> Option<Result<SettleOutcome, ChainError>> {
+        None
+    }
+
+    async fn settle(
+        &self,
+        _chain: &dyn Chain,
+        a: &Accepted,
+        _sent: Option<tokio::sync::oneshot::Sender<String>>,
+    ) -> Result<SettleOutcome, ChainError> {
         let tx = match a.version {
             Version::V1 => self.0.settle(&a.payment, &a.offer.to_v1(&Self::resource(a))).await,
             Version::V2 => self.0.settle(&a.payment, &a.offer.to_v2()).await,

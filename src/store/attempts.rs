@@ -22,6 +22,12 @@ pub enum Outcome {
     /// Verified, but the upstream failed (settle = after) or the transfer was refused: not charged.
     Released,
     Error,
+    /// Served before its settlement (`answer = "verified"` / `"submitted"`); the settlement follows.
+    Answered,
+    /// Served before its settlement, whose transfer then failed on chain: owed by the payer.
+    Failed,
+    /// Served before its settlement and never settled before its authorization expired.
+    Lost,
 }
 
 impl Outcome {
@@ -34,6 +40,9 @@ impl Outcome {
             Outcome::Unavailable => "unavailable",
             Outcome::Released => "released",
             Outcome::Error => "error",
+            Outcome::Answered => "answered",
+            Outcome::Failed => "failed",
+            Outcome::Lost => "lost",
         }
     }
 }

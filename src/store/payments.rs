@@ -14,6 +14,11 @@ pub enum PaymentState {
     Pending,
     /// On chain.
     Settled,
+    /// Answered before its settlement, and its transfer then failed (the payer moved its funds):
+    /// owed by the payer, retried by reconciliation while its authorization is valid.
+    Failed,
+    /// Answered before its settlement and never settled before its authorization expired: a loss.
+    Lost,
 }
 
 impl PaymentState {
@@ -22,6 +27,8 @@ impl PaymentState {
             PaymentState::Claimed => "claimed",
             PaymentState::Pending => "pending",
             PaymentState::Settled => "settled",
+            PaymentState::Failed => "failed",
+            PaymentState::Lost => "lost",
         }
     }
     fn parse(s: &str) -> Option<Self> {
@@ -29,6 +36,8 @@ impl PaymentState {
             "claimed" => Some(PaymentState::Claimed),
             "pending" => Some(PaymentState::Pending),
             "settled" => Some(PaymentState::Settled),
+            "failed" => Some(PaymentState::Failed),
+            "lost" => Some(PaymentState::Lost),
             _ => None,
         }
     }
@@ -240,16 +249,48 @@ impl Store {
         Ok(row.as_ref().map(row_to_claim).transpose()?)
     }
 
-    /// Claims and pending payments untouched since `before_ms`: for reconciliation.
+    /// Claimed, pending and failed payments untouched since `before_ms`: for reconciliation.
     pub async fn unfinished(&self, before_ms: u64, limit: i64) -> Result<Vec<ClaimRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM payments WHERE state IN ('claimed', 'pending') AND updated_at < $1 ORDER BY updated_at LIMIT $2",
+            "SELECT * FROM payments WHERE state IN ('claimed', 'pending', 'failed') AND updated_at < $1 ORDER BY updated_at LIMIT $2",
         )
         .bind(before_ms.min(i64::MAX as u64) as i64)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(row_to_claim).collect::<Result<_, _>>()?)
+    }
+
+    /// Payments answered before their settlement and not settled (nor lost) yet, untouched since
+    /// `before_ms`: the exposure a restarted or another gateway left.
+    pub async fn answered_unsettled(&self, before_ms: u64, limit: i64) -> Result<Vec<ClaimRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM payments WHERE delivery = 'served' AND state IN ('claimed', 'pending', 'failed') AND updated_at < $1 LIMIT $2",
+        )
+        .bind(before_ms.min(i64::MAX as u64) as i64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(row_to_claim).collect::<Result<_, _>>()?)
+    }
+
+    /// Every failed payment's key (their payers owe them), at most `limit`.
+    pub async fn failed_keys(&self, limit: i64) -> Result<Vec<ReplayKey>, StoreError> {
+        let rows = sqlx::query("SELECT network, asset, payer, nonce FROM payments WHERE state = 'failed' LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReplayKey {
+                    network: r.try_get("network")?,
+                    asset: r.try_get("asset")?,
+                    payer: r.try_get("payer")?,
+                    nonce: r.try_get("nonce")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     /// Counts ledger rows per state (tests and the CLI).

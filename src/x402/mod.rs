@@ -32,6 +32,8 @@ pub mod reason {
     pub const SETTLEMENT_PENDING: &str = "settlement_pending";
     pub const PAYER_BLOCKED: &str = "invalid_exact_evm_payload_payer_blocked";
     pub const UPSTREAM_FAILED: &str = "upstream_failed";
+    /// Tollgate's: the payer owes an earlier payment that was served and then failed on chain.
+    pub const PAYER_OWES: &str = "payer_owes_failed_payment";
     pub const SVM_RECIPIENT: &str = "invalid_exact_svm_payload_recipient_mismatch";
 
     /// The payee is not the one asked for, in the words of the network's scheme.

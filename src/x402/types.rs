@@ -111,7 +111,7 @@ pub struct PaymentRequiredV2 {
 
 /// A payment as the client sends it, either version. The scheme-specific `payload` is kept raw
 /// and parsed by the chain family that handles the network.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentPayload {
     pub x402_version: u8,

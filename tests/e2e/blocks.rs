@@ -85,3 +85,45 @@ async fn with_the_block_interval_known_a_busy_relayer_sends_one_batch_per_block(
         alloy::primitives::U256::from(16_000u64)
     );
 }
+
+#[tokio::test]
+async fn an_idle_gateway_settles_a_lone_payment_in_the_next_block() {
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let (anvil, db) = (Anvil::start().await, Db::sqlite());
+    interval_mining(&anvil).await;
+    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+    spec.settlement_extra = "receipt_timeout_secs = 20";
+    spec.networks_extra = "block_time_ms = 2000";
+    let tg = Tollgate::start(&spec).await;
+    let head = || async {
+        let n = anvil.rpc("eth_blockNumber", serde_json::json!([])).await;
+        u64::from_str_radix(n.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    };
+    let mut next = 0;
+    for i in 0..3 {
+        // Alone: nothing else in flight, the last block a while ago.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let url = format!("{}/paid/lone{i}", tg.url);
+        let o = offers(&url, true).await.remove(0);
+        let (name, value) = tollgate::client::payment_header(&o, &tollgate::client::authorize(&o, &payer(), now()));
+        let h0 = head().await;
+        let r = http().get(&url).header(name, &value).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let tx = decode_b64_json(r.headers()["payment-response"].to_str().unwrap())["transaction"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let receipt = anvil.rpc("eth_getTransactionReceipt", serde_json::json!([tx])).await;
+        let block = u64::from_str_radix(receipt["blockNumber"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+        // The next block; one more only if a block came between reading the head and the send.
+        assert!(
+            block == h0 + 1 || block == h0 + 2,
+            "lone payment {i}: head {h0}, mined in {block}"
+        );
+        next += usize::from(block == h0 + 1);
+    }
+    assert!(
+        next >= 2,
+        "a lone payment goes out at once, in the next block ({next} of 3)"
+    );
+}

@@ -666,6 +666,18 @@ pub async fn metrics_text(port: u16) -> String {
         .unwrap()
 }
 
+/// The sum of a metric's samples whose labels contain every one of `labels` (`outcome="x"`).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 /// A health path's status and JSON body (`/status`, `/status/ready`) on the listener at `port`.
 pub async fn health(port: u16, path: &str) -> (u16, serde_json::Value) {
     let r = http()

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real tollgate binary on loopback, in front of a real upstream, settling real
 //! USDC on a real anvil, with SQLite and PostgreSQL.
 
+mod answer;
 mod blocks;
 mod common;
 mod facilitator;

@@ -56,6 +56,8 @@ pub struct Landed {
 struct Job {
     calldata: Bytes,
     reply: oneshot::Sender<Result<Landed, SendError>>,
+    /// Told the transaction's hash once the node accepted it (before its receipt).
+    sent: Option<oneshot::Sender<String>>,
 }
 
 /// What the batcher needs to send and to wait.
@@ -135,8 +137,9 @@ impl Batcher {
         Coming(self.inner.clone())
     }
 
-    /// Sends one `transferWithAuthorization` (alone or with others) and waits for its receipt.
-    pub async fn settle(&self, calldata: Bytes) -> Result<Landed, SendError> {
+    /// Sends one `transferWithAuthorization` (alone or with others) and waits for its receipt;
+    /// `sent` is told the transaction's hash as soon as the node has accepted it.
+    pub async fn settle(&self, calldata: Bytes, sent: Option<oneshot::Sender<String>>) -> Result<Landed, SendError> {
         self.started.call_once(|| {
             tokio::spawn(self.inner.clone().run());
         });
@@ -145,7 +148,7 @@ impl Batcher {
             .queue
             .lock()
             .expect("batch lock")
-            .push_back(Job { calldata, reply });
+            .push_back(Job { calldata, reply, sent });
         self.inner.wake.notify_one();
         rx.await
             .map_err(|_| SendError::Unreachable("the settlement loop stopped".into()))?
@@ -361,6 +364,12 @@ impl Inner {
         match self.relayer.send(&self.provider, to, input, gas, &self.receipts).await {
             Ok((tx, awaited)) => {
                 let sent = std::time::Instant::now();
+                let mut jobs = jobs;
+                for j in &mut jobs {
+                    if let Some(s) = j.sent.take() {
+                        let _ = s.send(tx.to_string());
+                    }
+                }
                 self.rhythm.lock().expect("rhythm lock").in_flight += 1;
                 tokio::spawn(async move {
                     let receipt = self

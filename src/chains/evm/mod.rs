@@ -270,12 +270,16 @@ impl Chain for EvmChain {
         }
     }
 
-    async fn settle(&self, c: &Checked) -> Result<SettleOutcome, ChainError> {
+    async fn settle_reporting(
+        &self,
+        c: &Checked,
+        sent: Option<tokio::sync::oneshot::Sender<String>>,
+    ) -> Result<SettleOutcome, ChainError> {
         let t = Self::transfer(c);
         let (Some(relayer), Some(batcher)) = (&self.relayer, &self.batcher) else {
             return Err(ChainError::Unavailable(self.no_relayer.clone()));
         };
-        let landed = match batcher.settle(t.calldata().into()).await {
+        let landed = match batcher.settle(t.calldata().into(), sent).await {
             Ok(l) => l,
             Err(SendError::OutOfGas { address, detail }) => {
                 tracing::error!(network = %self.network.name, relayer = %address, detail = %crate::redact::text(&detail), "relayer is out of gas: fund it with the chain's native token; paid requests get 503 until then");

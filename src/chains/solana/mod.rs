@@ -397,7 +397,11 @@ impl Chain for SolanaChain {
         Ok(())
     }
 
-    async fn settle(&self, c: &Checked) -> Result<SettleOutcome, ChainError> {
+    async fn settle_reporting(
+        &self,
+        c: &Checked,
+        sent: Option<tokio::sync::oneshot::Sender<String>>,
+    ) -> Result<SettleOutcome, ChainError> {
         let t = Self::transfer(c);
         let (tx, sig) = self.cosigned(t)?;
         let cfg = RpcSendTransactionConfig {
@@ -434,6 +438,9 @@ impl Chain for SolanaChain {
                 .into());
             }
             Err(e) => return Err(self.unreachable("settlement", e)),
+        }
+        if let Some(s) = sent {
+            let _ = s.send(sig.to_string());
         }
         self.confirm(t, sig).await
     }
