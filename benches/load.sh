@@ -24,7 +24,7 @@
 #        OPS=1 (0: skip the operations section)  OPS_ONLY=1 (run only it)  OPS_ROUNDS=5
 #        BLOCK_TIME=2 (the paid runs on anvil mining a block every 2 s instead of on arrival, tollgate told
 #        the interval: labels t_paid_*_bt2; each run also reports the relayer's transactions and gas;
-#        with PEERS=1 the reference stack's paid runs on the same 2 s chain: peers/x402ref-paid_bt2.jsonl)
+#        with PEERS=1 or REF_BT=1 the reference stack's paid runs on the same 2 s chain: peers/x402ref-paid_bt2.jsonl)
 #        ANSWERS="confirmed" (also "verified", "submitted": the route's answer mode; labels *_verified …)
 #   ops     — the free route and the 402 with metrics on and off, with rate limits on (a limit no
 #             request reaches), and over TLS: variants interleaved round by round (the machine's drift
@@ -78,7 +78,7 @@ if [ "${PEERS:-1}" = 1 ] && [ "$FACIL_ONLY" != 1 ]; then
   timeout 3600 ./bench-x402ref.sh 2>&1 | tail -8
   cp results/nginx.tsv results/x402ref-wrk.tsv results/x402ref-paid.jsonl "$OUT/peers/"
 fi
-if [ "${PEERS:-1}" = 1 ] && [ -n "${BLOCK_TIME:-}" ]; then
+if [ "${REF_BT:-${PEERS:-1}}" = 1 ] && [ -n "${BLOCK_TIME:-}" ]; then
   echo "== peers: reference x402, paid, on ${BLOCK_TIME} s blocks"
   ANVIL_EXTRA="--block-time $BLOCK_TIME" SKIP_WRK=1 NM_VARIANTS=1 CONCS="$CONCS" timeout 3600 ./bench-x402ref.sh 2>&1 | tail -4
   cp results/x402ref-paid.jsonl "$OUT/peers/x402ref-paid$BT_SUFFIX.jsonl"
