@@ -9,9 +9,10 @@
 //! one settles (the reconciler retries it while its authorization is valid) or expires (a recorded
 //! loss).
 //!
-//! Amounts are kept in millionths of a US dollar (USDC's own unit on every supported chain). The
-//! bounds are per gateway process; the owing payers are shared through the ledger (its `failed`
-//! rows), which every gateway reads at each reconciliation.
+//! Amounts are kept in millionths of a US dollar (USDC's own unit on every supported chain). Each
+//! gateway process holds what it answered at once, and at each reconciliation what the shared ledger
+//! shows served and unsettled by others (or before a restart); the owing payers come from the
+//! ledger's `failed` rows the same way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,6 +47,9 @@ struct Held {
     payer: String,
     network: String,
     micro_usd: u64,
+    /// Found in the ledger ([`Exposure::sync_found`]) rather than answered by this process: dropped
+    /// when the ledger no longer shows it unsettled (another gateway's reconciler settled it).
+    found: bool,
 }
 
 struct State {
@@ -106,7 +110,7 @@ impl Exposure {
         if s.total.saturating_add(micro_usd) > s.limits.total {
             return Err(Over::Total);
         }
-        s.add(key, network, micro_usd);
+        s.add(key, network, micro_usd, false);
         Ok(())
     }
 
@@ -115,7 +119,29 @@ impl Exposure {
     pub fn hold_found(&self, key: &ReplayKey, network: &str, micro_usd: u64) {
         let mut s = self.lock();
         if !s.held.contains_key(key) {
-            s.add(key, network, micro_usd);
+            s.add(key, network, micro_usd, true);
+        }
+    }
+
+    /// Makes the holds found in the ledger exactly `found` (key, network, amount): new ones are
+    /// held, and found ones the ledger no longer shows unsettled are dropped. What this process
+    /// answered itself is left alone (it releases those as they settle).
+    pub fn sync_found(&self, found: Vec<(ReplayKey, String, u64)>) {
+        let mut s = self.lock();
+        let keep: HashSet<&ReplayKey> = found.iter().map(|(k, _, _)| k).collect();
+        let gone: Vec<ReplayKey> = s
+            .held
+            .iter()
+            .filter(|(k, h)| h.found && !keep.contains(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            s.remove(k);
+        }
+        for (k, network, micro_usd) in &found {
+            if !s.held.contains_key(k) {
+                s.add(k, network, *micro_usd, true);
+            }
         }
     }
 
@@ -163,20 +189,16 @@ impl Exposure {
         self.owing_payers.store(s.owing.len(), Ordering::Release);
     }
 
-    /// Whether a payment is held here.
-    pub fn holds(&self, key: &ReplayKey) -> bool {
-        self.lock().held.contains_key(key)
-    }
-
     /// (total, the payer's) held now, in millionths of a dollar.
-    pub fn held(&self, payer: &str) -> (u64, u64) {
+    #[cfg(test)]
+    fn held(&self, payer: &str) -> (u64, u64) {
         let s = self.lock();
         (s.total, s.by_payer.get(payer).copied().unwrap_or(0))
     }
 }
 
 impl State {
-    fn add(&mut self, key: &ReplayKey, network: &str, micro_usd: u64) {
+    fn add(&mut self, key: &ReplayKey, network: &str, micro_usd: u64, found: bool) {
         self.total += micro_usd;
         *self.by_payer.entry(key.payer.clone()).or_default() += micro_usd;
         let n = self.by_network.entry(network.to_string()).or_default();
@@ -188,6 +210,7 @@ impl State {
                 payer: key.payer.clone(),
                 network: network.to_string(),
                 micro_usd,
+                found,
             },
         );
     }
@@ -285,6 +308,23 @@ mod tests {
         // Next sync: only the ledger's.
         e.sync_owing(vec![]);
         assert!(!e.owes("b"));
+    }
+
+    #[test]
+    fn holds_found_in_the_ledger_follow_it_and_leave_this_process_own_alone() {
+        let e = Exposure::new(Limits {
+            per_payer: 100,
+            total: 100,
+        });
+        e.hold(&key("own", 1), "base", 10).unwrap();
+        e.sync_found(vec![(key("x", 1), "base".into(), 20), (key("y", 1), "base".into(), 30)]);
+        assert_eq!(e.held("x"), (60, 20));
+        // Another gateway settled x's: the next reading drops it; this process's own hold stays.
+        e.sync_found(vec![(key("y", 1), "base".into(), 30)]);
+        assert_eq!(e.held("x"), (40, 0));
+        assert_eq!(e.held("own"), (40, 10));
+        e.sync_found(vec![]);
+        assert_eq!(e.held("own"), (10, 10));
     }
 
     #[test]

@@ -975,8 +975,7 @@ impl Payments {
             });
             resolved += 1;
         }
-        self.sync_exposure(now_ms.saturating_sub(stale_after.as_millis() as u64))
-            .await;
+        self.sync_exposure().await;
         Ok(resolved)
     }
 
@@ -994,22 +993,25 @@ impl Payments {
     }
 
     /// Brings the exposure up to the ledger: the payers that owe (every gateway's failed payments)
-    /// and the served, unsettled payments untouched since `before_ms` that this process does not
-    /// hold (a restart's, another gateway's).
-    async fn sync_exposure(&self, before_ms: u64) {
+    /// and the served, unsettled payments this process did not answer itself (another gateway's, or
+    /// this one's before a restart).
+    async fn sync_exposure(&self) {
         match self.store.failed_keys(10_000).await {
             Ok(keys) => self.exposure.sync_owing(keys),
             Err(e) => tracing::warn!(error = %e, "could not read the failed payments; will retry"),
         }
-        let Ok(rows) = self.store.answered_unsettled(before_ms, 10_000).await else {
+        let Ok(rows) = self.store.answered_unsettled(10_000).await else {
             return;
         };
-        for row in rows {
-            if let Some(chain) = self.chains.values().find(|c| c.network().caip2 == row.key.network) {
-                self.exposure
-                    .hold_found(&row.key, &chain.network().name, self.micro_usd(&row, chain.as_ref()));
-            }
-        }
+        let found = rows
+            .into_iter()
+            .filter_map(|row| {
+                let chain = self.chains.values().find(|c| c.network().caip2 == row.key.network)?;
+                let usd = self.micro_usd(&row, chain.as_ref());
+                Some((row.key, chain.network().name.clone(), usd))
+            })
+            .collect();
+        self.exposure.sync_found(found);
     }
 
     /// At shutdown: waits (up to `limit`) for the settlements of requests answered before them;
@@ -1128,36 +1130,32 @@ impl Settling {
         self.finish(result).await;
     }
 
-    /// A `submitted` payment whose request went away before the node had it.
+    /// Moves the payment's ledger row to `state` (the reconciler finds it if this fails).
+    async fn write(&self, state: PaymentState, tx: Option<&str>) {
+        if let Err(e) = self.store.set_state(&self.a.key, state, tx, self.clock.now_ms()).await {
+            tracing::error!(error = %e, state = state.as_str(), "could not record a settlement; reconciliation will");
+        }
+    }
+
+    /// A `submitted` payment whose request went away before the node had it: recorded as its
+    /// request would have, and owed to the same header when it may have been charged.
     async fn unanswered(self, result: Result<SettleOutcome, ChainError>) {
         let key = &self.a.key;
         self.exposure.release(key);
-        let now = self.clock.now_ms();
-        let logged = |e: crate::store::StoreError| tracing::error!(error = %e, "could not record a settlement; reconciliation will");
-        match result {
-            Ok(o) => {
-                let state = match o {
-                    SettleOutcome::Settled { .. } => PaymentState::Settled,
-                    _ => PaymentState::Pending,
-                };
-                let _ = self
-                    .store
-                    .set_state(key, state, Some(o.tx()), now)
-                    .await
-                    .map_err(logged);
-                let _ = self.store.set_delivery(key, Delivery::Owed).await.map_err(logged);
-            }
-            Err(ChainError::InDoubt { tx, .. }) => {
-                let _ = self
-                    .store
-                    .set_state(key, PaymentState::Pending, tx.as_deref(), now)
-                    .await
-                    .map_err(logged);
-                let _ = self.store.set_delivery(key, Delivery::Owed).await.map_err(logged);
-            }
+        let (state, tx) = match &result {
+            Ok(o @ SettleOutcome::Settled { .. }) => (PaymentState::Settled, Some(o.tx())),
+            Ok(o) => (PaymentState::Pending, Some(o.tx())),
+            Err(ChainError::InDoubt { tx, .. }) => (PaymentState::Pending, tx.as_deref()),
             Err(_) => {
-                let _ = self.store.release(key).await.map_err(logged);
+                if let Err(e) = self.store.release(key).await {
+                    tracing::error!(error = %e, "could not release a payment claim");
+                }
+                return;
             }
+        };
+        self.write(state, tx).await;
+        if let Err(e) = self.store.set_delivery(key, Delivery::Owed).await {
+            tracing::error!(error = %e, "could not record a payment as owed");
         }
     }
 
@@ -1167,7 +1165,6 @@ impl Settling {
         let key = &a.key;
         let net = a.offer.network.name.as_str();
         let now = self.clock.now_ms();
-        let logged = |e: crate::store::StoreError| tracing::error!(error = %e, "could not record the settlement of an answered payment; reconciliation will");
         let result = match result {
             // The chain decides: the authorization may have been spent by another transaction (anyone
             // may send a signed authorization), which paid all the same.
@@ -1182,11 +1179,7 @@ impl Settling {
         };
         match result {
             Ok(SettleOutcome::Settled { tx, gas }) => {
-                let _ = self
-                    .store
-                    .set_state(key, PaymentState::Settled, Some(&tx), now)
-                    .await
-                    .map_err(logged);
+                self.write(PaymentState::Settled, Some(&tx)).await;
                 if let (Some(tenant), true) = (&a.metered, gas > 0) {
                     let (period, _) = crate::clock::month_bounds((now / 1000) as i64);
                     self.attempts.add_gas(&self.store, tenant, period, gas).await;
@@ -1197,27 +1190,12 @@ impl Settling {
                 m.settled_amount(&self.tenant, &self.network_label, &a.checked.amount().to_string());
                 tracing::debug!(network = %net, payer = %key.payer, %tx, "answered payment settled");
             }
-            Ok(o) => {
-                // Sent, no receipt in time: pending; it stays held until reconciliation settles it.
-                let _ = self
-                    .store
-                    .set_state(key, PaymentState::Pending, Some(o.tx()), now)
-                    .await
-                    .map_err(logged);
-            }
-            Err(ChainError::InDoubt { tx, .. }) => {
-                let _ = self
-                    .store
-                    .set_state(key, PaymentState::Pending, tx.as_deref(), now)
-                    .await
-                    .map_err(logged);
-            }
+            // Sent, no receipt in time, or the node went away mid-send: pending; it stays held
+            // until reconciliation settles it.
+            Ok(o) => self.write(PaymentState::Pending, Some(o.tx())).await,
+            Err(ChainError::InDoubt { tx, .. }) => self.write(PaymentState::Pending, tx.as_deref()).await,
             Err(ChainError::Rejected(r)) => {
-                let _ = self
-                    .store
-                    .set_state(key, PaymentState::Failed, None, now)
-                    .await
-                    .map_err(logged);
+                self.write(PaymentState::Failed, None).await;
                 self.exposure.fail(key);
                 crate::metrics::METRICS.answered_early(net, "failed");
                 tracing::warn!(network = %net, payer = %key.payer, amount = %a.checked.amount(), reason = %r.reason, detail = %r.detail, "a payment answered before its settlement failed on chain; it is retried while its authorization is valid, and the payer's payments are refused until then");

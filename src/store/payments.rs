@@ -261,13 +261,12 @@ impl Store {
         Ok(rows.iter().map(row_to_claim).collect::<Result<_, _>>()?)
     }
 
-    /// Payments answered before their settlement and not settled (nor lost) yet, untouched since
-    /// `before_ms`: the exposure a restarted or another gateway left.
-    pub async fn answered_unsettled(&self, before_ms: u64, limit: i64) -> Result<Vec<ClaimRow>, StoreError> {
+    /// Payments served before their settlement and not settled (nor lost) yet, at most `limit`:
+    /// the exposure other gateways, or this one before a restart, answered.
+    pub async fn answered_unsettled(&self, limit: i64) -> Result<Vec<ClaimRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM payments WHERE delivery = 'served' AND state IN ('claimed', 'pending', 'failed') AND updated_at < $1 LIMIT $2",
+            "SELECT * FROM payments WHERE delivery = 'served' AND state IN ('claimed', 'pending', 'failed') LIMIT $1",
         )
-        .bind(before_ms.min(i64::MAX as u64) as i64)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

@@ -317,7 +317,8 @@ impl Anvil {
         (name, version)
     }
 
-    /// Whether USDC says this authorization was used (spent) on chain.
+    /// Whether USDC says this authorization was used (spent) on chain: in a mined block (anvil answers
+    /// a call without a block from its pending state, which counts transactions still in its pool).
     pub async fn authorization_used(&self, a: &tollgate::x402::Authorization) -> bool {
         let data = IFiatToken::authorizationStateCall {
             authorizer: a.from,
@@ -327,7 +328,13 @@ impl Anvil {
         let tx = TransactionRequest::default()
             .with_to(USDC)
             .with_input(Bytes::from(data));
-        IFiatToken::authorizationStateCall::abi_decode_returns(&self.provider.call(tx).await.unwrap()).unwrap()
+        let out = self
+            .provider
+            .call(tx)
+            .block(alloy::eips::BlockId::latest())
+            .await
+            .unwrap();
+        IFiatToken::authorizationStateCall::abi_decode_returns(&out).unwrap()
     }
 
     pub async fn set_automine(&self, on: bool) {
