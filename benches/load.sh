@@ -80,6 +80,8 @@ if [ "${PEERS:-1}" = 1 ] && [ "$FACIL_ONLY" != 1 ]; then
 fi
 if [ "${REF_BT:-${PEERS:-1}}" = 1 ] && [ -n "${BLOCK_TIME:-}" ]; then
   echo "== peers: reference x402, paid, on ${BLOCK_TIME} s blocks"
+  # Its closing summary reads the wrk table, which SKIP_WRK leaves as it is: make sure there is one.
+  [ -f results/x402ref-wrk.tsv ] || printf "label\trep\trps\tp50_ms\tp99_ms\trequests\tnon2xx\tsocket_errors\tload1\tcpu_busy_pct\n" > results/x402ref-wrk.tsv
   ANVIL_EXTRA="--block-time $BLOCK_TIME" SKIP_WRK=1 NM_VARIANTS=1 CONCS="$CONCS" timeout 3600 ./bench-x402ref.sh 2>&1 | tail -4
   cp results/x402ref-paid.jsonl "$OUT/peers/x402ref-paid$BT_SUFFIX.jsonl"
 fi
@@ -156,6 +158,9 @@ paid_run() { # paid_run LABEL CONC PATH START_CMD
   $start
   SRV_PORT=$TG_PORT node x402ref/pregen-p.mjs $WARMUP run/tg/h-warm.json > /dev/null
   SRV_PORT=$TG_PORT node x402ref/fire-p.mjs run/tg/h-warm.json 8 warmup > /dev/null
+  # Answered before their settlement, the warm-up's payments may still be settling: let them land
+  # before the payee's balance is read.
+  [ -n "${BLOCK_TIME:-}" ] && sleep $((BLOCK_TIME * 2))
   SRV_PORT=$TG_PORT node x402ref/pregen-p.mjs $N run/tg/h.json > /dev/null
   wait_quiet
   echo "[$label rep $r] uptime: $(uptime)"
@@ -453,3 +458,7 @@ CONF
 fi
 
 python3 "$ROOT/benches/load/summary.py" "$OUT" | tee "$OUT/latest.md"
+if [ -n "$BT_SUFFIX" ]; then
+  echo "== paid on ${BLOCK_TIME} s blocks: tollgate by answer mode beside the reference"
+  python3 "$ROOT/benches/load/blocktime.py" "$OUT" "$BT_SUFFIX" | tee "$OUT/blocktime$BT_SUFFIX.md"
+fi

@@ -461,9 +461,10 @@ impl Payments {
         };
         // Settled at once by a settler that simulates the transfer before sending it (the relayer:
         // one simulation per batch): no separate check; the batch being formed may wait for it.
-        // A route answered before its settlement is simulated first: that check is what it answers on.
+        // A `verified` route answers on the simulation, so it is made first, on its own; a `submitted`
+        // one is answered after the send, which the batch's simulation precedes.
         let at_once = pricing.settle == SettleTiming::Before
-            && pricing.answer == AnswerWhen::Confirmed
+            && pricing.answer != AnswerWhen::Verified
             && self.settler.settle_checks(chain.as_ref());
         let soon = if at_once { chain.settling_soon() } else { None };
         let checking = async {
