@@ -320,7 +320,7 @@ fn default_database() -> String {
 }
 
 /// A price: `"$0.01"`, `"10000"` (atomic units) or `10000`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum PriceValue {
     Text(String),
@@ -333,7 +333,8 @@ pub struct SettlementConfig {
     /// `local` (tollgate's relayer key sends the transfer) or `facilitator` (an x402 facilitator does).
     #[serde(default)]
     pub mode: SettlementMode,
-    /// Environment variable holding the relayer's private key (hex).
+    /// Environment variable holding the relayer's private key (hex), or several keys separated by
+    /// commas, spaces or new lines (settlement batches are spread over them).
     #[serde(default = "default_relayer_env")]
     pub relayer_key_env: String,
     /// A file holding the relayer's private key, instead of the environment.
@@ -494,7 +495,8 @@ fn default_origins() -> Vec<String> {
     vec!["*".into()]
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+/// One priced (or free) route: a `[[routes]]` table, and an element of a hosted tenant's `routes`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// `GET`, `POST`, … or `*` (the default) for any method.

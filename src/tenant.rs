@@ -14,7 +14,7 @@ use crate::routes::{MethodMatch, RouteTable};
 use crate::x402::{AmountMatch, Offer};
 
 /// When the payment is settled relative to forwarding.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SettleTiming {
     /// Settle on chain, then forward: the upstream only ever sees paid requests.
@@ -34,7 +34,7 @@ impl SettleTiming {
 }
 
 /// When a paid request is answered relative to its settlement (`answer` on a route).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AnswerWhen {
     /// Once the transfer is in a block (its receipt): no risk, about one block of latency.

@@ -326,7 +326,13 @@ pub async fn supported(axum::extract::State(api): State, headers: HeaderMap) -> 
             Family::Evm => &mut evm,
             Family::Solana => &mut svm,
         };
-        if let Some(s) = api.app().payments.chain(&n.name).and_then(|c| c.signer()) {
+        for s in api
+            .app()
+            .payments
+            .chain(&n.name)
+            .map(|c| c.signers())
+            .unwrap_or_default()
+        {
             if !list.contains(&s) {
                 list.push(s);
             }

@@ -112,6 +112,9 @@ pub struct TenantPatch {
     name: Option<String>,
     upstream: Option<String>,
     pay_to: Option<PayTo>,
+    /// The tenant's routes, each a `[[routes]]` table of the drop-in config as JSON (`answer`,
+    /// `settle`, `amount`, … as documented there); checked as a whole, every problem named.
+    #[schemars(with = "Option<Vec<crate::config::RouteConfig>>")]
     routes: Option<Value>,
 }
 

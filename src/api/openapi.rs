@@ -48,8 +48,13 @@ pub fn array(items: Value) -> Value {
     json!({"type": "array", "items": items})
 }
 
+/// `T`'s schema with its subschemas inline: a `$ref` to schemars' `$defs` would resolve from the
+/// OpenAPI document's root, where they are not.
 pub fn schema<T: schemars::JsonSchema>() -> Value {
-    serde_json::to_value(schemars::schema_for!(T)).expect("schemas serialize")
+    let generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    serde_json::to_value(generator.into_root_schema_for::<T>()).expect("schemas serialize")
 }
 
 /// The error body every refusal has.
@@ -132,4 +137,59 @@ pub fn document(docs: &[Doc]) -> Value {
         }},
         "paths": paths,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    /// Every `$ref` of the served document, with the JSON pointer it names resolved from the root.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves_from_the_document_root() {
+        let doc = crate::api::openapi_document();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        for r in &found {
+            let pointer = r
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("{r}: not a local reference"));
+            assert!(
+                doc.pointer(pointer).is_some(),
+                "{r} does not resolve from the document root"
+            );
+        }
+    }
+
+    #[test]
+    fn tenant_routes_document_the_route_fields_and_answer_modes() {
+        let doc = crate::api::openapi_document();
+        let text = doc.to_string();
+        let patch = doc
+            .pointer("/paths/~1api~1v1~1x402~1tenant/patch/requestBody/content/application~1json/schema")
+            .expect("PATCH /tenant has a body schema");
+        let route = &patch["properties"]["routes"];
+        assert!(!route.is_null(), "{patch}");
+        for word in [
+            "\"confirmed\"",
+            "\"submitted\"",
+            "\"verified\"",
+            "\"at_least\"",
+            "\"after\"",
+        ] {
+            assert!(text.contains(word), "{word} is not in the document");
+        }
+    }
 }

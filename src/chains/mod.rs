@@ -285,6 +285,11 @@ pub trait Chain: Send + Sync {
         None
     }
 
+    /// Every address that signs settlements here (several relayer keys: all of them).
+    fn signers(&self) -> Vec<String> {
+        self.signer().into_iter().collect()
+    }
+
     /// Checks whether the signer holds enough to pay for settlements (`None`: no signer here), and
     /// reports its balance in the metrics; logged at start, asked by readiness.
     async fn check_signer_funds(&self) -> Option<Result<(), String>> {

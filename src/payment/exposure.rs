@@ -189,6 +189,19 @@ impl Exposure {
         self.owing_payers.store(s.owing.len(), Ordering::Release);
     }
 
+    /// Held now per network (millionths of a dollar), and the payers that owe: for the log.
+    pub fn summary(&self) -> (Vec<(String, u64)>, usize) {
+        let s = self.lock();
+        let mut nets: Vec<(String, u64)> = s
+            .by_network
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        nets.sort();
+        (nets, s.owing.len())
+    }
+
     /// (total, the payer's) held now, in millionths of a dollar.
     #[cfg(test)]
     fn held(&self, payer: &str) -> (u64, u64) {

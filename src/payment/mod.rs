@@ -224,8 +224,8 @@ impl Payments {
             }
             match net.family {
                 Family::Evm => {
-                    let relayer = match &key {
-                        Some(k) => Ok(Relayer::from_key(k, net.chain_id)?),
+                    let relayers = match &key {
+                        Some(k) => Ok(Relayer::from_keys(k, net.chain_id)?),
                         None => Err(key_hint.clone()),
                     };
                     let opts = EvmOptions {
@@ -239,8 +239,8 @@ impl Payments {
                         batch_window: Duration::from_millis(ns.batch_window_ms),
                         block_time: Duration::from_millis(ns.block_time_ms),
                     };
-                    let chain = EvmChain::new(net.clone(), opts, relayer)?;
-                    if let Some(a) = chain.relayer_address() {
+                    let chain = EvmChain::new(net.clone(), opts, relayers)?;
+                    for a in chain.signers() {
                         tracing::info!(network = %net.name, relayer = %a, "relayer ready");
                     }
                     chains.insert(net.name.clone(), Arc::new(chain));
@@ -1013,6 +1013,16 @@ impl Payments {
             })
             .collect();
         self.exposure.sync_found(found);
+        let (nets, owing) = self.exposure.summary();
+        for (network, micro) in nets {
+            tracing::info!(%network, unsettled_usd = micro as f64 / 1e6, "answered but not yet settled (unsettled exposure)");
+        }
+        if owing > 0 {
+            tracing::warn!(
+                payers = owing,
+                "payers refused until their failed payments are collected or expire"
+            );
+        }
     }
 
     /// At shutdown: waits (up to `limit`) for the settlements of requests answered before them;

@@ -18,9 +18,31 @@ pub enum NotReady {
 }
 
 /// Parses stored or submitted route specs (a JSON array of the `[[routes]]` shape).
+/// A problem is named by its element and field: `routes[0].answer: unknown variant `soon`, …`.
 pub fn parse_routes(json: &str) -> Result<Vec<RouteConfig>, String> {
-    serde_json::from_str(json)
-        .map_err(|e| format!("routes: {e}; give an array like [{{\"path\": \"/api/*\", \"price\": \"$0.01\"}}]"))
+    const SHAPE: &str = "give an array like [{\"path\": \"/api/*\", \"price\": \"$0.01\"}]";
+    let items: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| format!("routes: {e}; {SHAPE}"))?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            serde_json::from_value::<RouteConfig>(item.clone()).map_err(|e| {
+                // The field at fault: the first that fails on its own beside a plain path.
+                let field = item.as_object().and_then(|o| {
+                    o.iter().find(|(k, v)| {
+                        let mut one = serde_json::Map::new();
+                        one.insert("path".into(), "/".into());
+                        one.insert(k.to_string(), (*v).clone());
+                        serde_json::from_value::<RouteConfig>(one.into()).is_err()
+                    })
+                });
+                match field {
+                    Some((k, _)) => format!("routes[{i}].{k}: {e}"),
+                    None => format!("routes[{i}]: {e}; {SHAPE}"),
+                }
+            })
+        })
+        .collect()
 }
 
 /// Builds a tenant's paywall from its row: plan, routes, payTo, upstream (resolved now, and
@@ -94,4 +116,24 @@ pub async fn resolve(url: &str, allow_private: bool) -> Result<Upstream, String>
         super::ssrf::check(url, &addrs)?;
     }
     Ok(u.at(first, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_routes;
+
+    #[test]
+    fn route_problems_name_the_element_and_field() {
+        let ok = parse_routes(r#"[{"path": "/a", "price": "$0.01", "answer": "verified"}]"#).unwrap();
+        assert_eq!(ok[0].answer, crate::tenant::AnswerWhen::Verified);
+        let e = parse_routes(r#"[{"path": "/a"}, {"path": "/b", "answer": "soon"}]"#).unwrap_err();
+        assert!(e.starts_with("routes[1].answer: unknown variant `soon`"), "{e}");
+        assert!(e.contains("`verified`"), "{e}");
+        let e = parse_routes(r#"[{"path": "/a", "prize": "$1"}]"#).unwrap_err();
+        assert!(e.starts_with("routes[0].prize: unknown field `prize`"), "{e}");
+        let e = parse_routes(r#"[{"price": "$1"}]"#).unwrap_err();
+        assert!(e.starts_with("routes[0]: missing field `path`"), "{e}");
+        let e = parse_routes(r#"{"path": "/a"}"#).unwrap_err();
+        assert!(e.starts_with("routes: ") && e.contains("give an array like"), "{e}");
+    }
 }

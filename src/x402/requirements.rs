@@ -9,7 +9,7 @@ use super::network::{Family, Network};
 use super::types::{PaymentRequiredV1, PaymentRequiredV2, RequirementsV1, RequirementsV2, ResourceInfo};
 
 /// How the signed value is compared with the price.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AmountMatch {
     /// The value must equal the price (what the current reference implementations require).

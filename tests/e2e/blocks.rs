@@ -127,3 +127,82 @@ async fn an_idle_gateway_settles_a_lone_payment_in_the_next_block() {
         "a lone payment goes out at once, in the next block ({next} of 3)"
     );
 }
+
+/// Anvil's account #4: a second relayer key beside [`RELAYER_KEY`].
+const RELAYER2_KEY: &str = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a";
+const RELAYER2: alloy::primitives::Address = alloy::primitives::address!("15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
+
+#[tokio::test]
+async fn several_relayer_keys_share_the_settlement_transactions() {
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let (anvil, db) = (Anvil::start().await, Db::sqlite());
+    interval_mining(&anvil).await;
+    let keys = format!("{RELAYER_KEY}, {RELAYER2_KEY}");
+    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+    spec.relayer_key = Some(&keys);
+    // Small batches, so that one block's payments need several transactions.
+    spec.settlement_extra = "receipt_timeout_secs = 20";
+    spec.networks_extra = "block_time_ms = 2000\nmax_batch = 3";
+    let tg = Tollgate::start(&spec).await;
+    let log = tg.log();
+    for a in [RELAYER, RELAYER2] {
+        assert!(
+            log.contains(&a.to_checksum(None)),
+            "each key is announced ready: {a} missing from\n{log}"
+        );
+    }
+    let (c1, c2) = (anvil.tx_count(RELAYER).await, anvil.tx_count(RELAYER2).await);
+    let payee0 = anvil.usdc_balance(PAYEE).await;
+
+    // 18 payments at once: six transactions of three.
+    let mut runs = Vec::new();
+    for i in 0..18 {
+        let url = format!("{}/paid/k{i}", tg.url);
+        let o = offers(&url, true).await.remove(0);
+        let (name, value) = tollgate::client::payment_header(&o, &tollgate::client::authorize(&o, &payer(), now()));
+        runs.push(tokio::spawn(async move {
+            http().get(&url).header(name, &value).send().await.unwrap()
+        }));
+    }
+    let mut txs = BTreeSet::new();
+    for r in runs {
+        let r = r.await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v = decode_b64_json(r.headers()["payment-response"].to_str().unwrap());
+        txs.insert(v["transaction"].as_str().unwrap().to_string());
+    }
+    let mut from = std::collections::BTreeMap::<String, usize>::new();
+    for tx in &txs {
+        let t = anvil.rpc("eth_getTransactionByHash", serde_json::json!([tx])).await;
+        *from
+            .entry(t["from"].as_str().unwrap().to_ascii_lowercase())
+            .or_default() += 1;
+    }
+    eprintln!("18 payments, {} transactions by sender: {from:?}", txs.len());
+    assert!(
+        txs.len() >= 6,
+        "batches of at most 3: at least 6 transactions, got {}",
+        txs.len()
+    );
+    for a in [RELAYER, RELAYER2] {
+        let n = from.get(&a.to_string().to_ascii_lowercase()).copied().unwrap_or(0);
+        assert!(
+            n >= 2,
+            "relayer {a} sent {n} of the {} transactions: {from:?}",
+            txs.len()
+        );
+    }
+    // Each key's nonces advanced by exactly what it sent (no gaps, no refills).
+    let sent1 = anvil.tx_count(RELAYER).await - c1;
+    let sent2 = anvil.tx_count(RELAYER2).await - c2;
+    assert_eq!(
+        sent1 + sent2,
+        txs.len() as u64,
+        "every transaction sent is one of theirs"
+    );
+    assert_eq!(
+        anvil.usdc_balance(PAYEE).await - payee0,
+        alloy::primitives::U256::from(18_000u64),
+        "every payment settled once"
+    );
+}

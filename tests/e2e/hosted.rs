@@ -626,6 +626,35 @@ chains = ["solana", "base"]
         let (st, v) = h.patch(&b, json!({"routes": [{"path": "/x", "price": "$0.0x"}]})).await;
         assert_eq!(st, 400, "{v}");
         assert!(v["error"].as_str().unwrap().contains("routes[0].price"), "{v}");
+
+        // A route's answer mode is the drop-in config's: saved, shown back, a wrong one named.
+        let (st, v) = h
+            .patch(
+                &b,
+                json!({"routes": [{"path": "/fast", "price": "$0.01", "answer": "verified"}, {"path": "/slow", "price": "$0.01"}]}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let (st, v, _) = h.call("GET", "/api/v1/x402/tenant", Auth::Key(&b), None).await;
+        assert_eq!(st, 200, "{v}");
+        let routes = v["tenant"]["routes"].as_array().unwrap_or_else(|| panic!("{v}"));
+        assert_eq!(routes[0]["answer"], json!("verified"), "{v}");
+        assert!(
+            routes[1].get("answer").is_none() || routes[1]["answer"] == json!("confirmed"),
+            "{v}"
+        );
+        let (st, v) = h
+            .patch(
+                &b,
+                json!({"routes": [{"path": "/x", "price": "$0.01", "answer": "soon"}]}),
+            )
+            .await;
+        assert_eq!(st, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("routes[0]"), "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("verified"),
+            "names the choices: {v}"
+        );
     }
 }
 

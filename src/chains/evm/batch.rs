@@ -15,6 +15,11 @@
 //! formed. Waiting until just before the block does not delay inclusion. An idle relayer (nothing in
 //! flight, no block seen lately) sends at once, and a chain that mines on arrival (a receipt back in
 //! a fraction of the interval: a dev node) is recognised and never waited for.
+//!
+//! With several relayer keys, each batch goes out from the key with the fewest transactions waiting
+//! to be mined (the first of them on a tie, then the next in turn): one account's limits — a node's
+//! slots per sender in its pool, one nonce sequence that a stuck transaction holds up — no longer
+//! bound the chain's throughput, and a busy block can carry a full batch from each key.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -51,6 +56,8 @@ pub struct Landed {
     pub receipt: Option<TransactionReceipt>,
     /// How many payments the transaction carried.
     pub batch_size: usize,
+    /// The key that sent it.
+    pub relayer: Arc<Relayer>,
 }
 
 struct Job {
@@ -62,6 +69,8 @@ struct Job {
 
 /// What the batcher needs to send and to wait.
 pub struct BatchOptions {
+    /// The network's name, for the log.
+    pub network: String,
     pub asset: Address,
     pub gas_per_transfer: u64,
     pub max_batch: usize,
@@ -87,7 +96,10 @@ struct Rhythm {
 
 struct Inner {
     provider: RootProvider,
-    relayer: Arc<Relayer>,
+    /// At least one; each with its transactions sent and not yet mined.
+    relayers: Vec<(Arc<Relayer>, std::sync::atomic::AtomicUsize)>,
+    /// The next relayer in turn, among those equally idle.
+    turn: std::sync::atomic::AtomicUsize,
     receipts: Arc<ReceiptWatcher>,
     opts: BatchOptions,
     queue: Mutex<VecDeque<Job>>,
@@ -107,16 +119,19 @@ pub struct Batcher {
 }
 
 impl Batcher {
+    /// `relayers` must not be empty.
     pub fn new(
         provider: RootProvider,
-        relayer: Arc<Relayer>,
+        relayers: Vec<Arc<Relayer>>,
         receipts: Arc<ReceiptWatcher>,
         opts: BatchOptions,
     ) -> Self {
+        assert!(!relayers.is_empty(), "a batcher needs a relayer");
         Batcher {
             inner: Arc::new(Inner {
                 provider,
-                relayer,
+                relayers: relayers.into_iter().map(|r| (r, Default::default())).collect(),
+                turn: Default::default(),
                 receipts,
                 opts,
                 queue: Mutex::new(VecDeque::new()),
@@ -271,6 +286,20 @@ impl Inner {
         }
     }
 
+    /// The key for the next transaction: the fewest in flight; on a tie, the next in turn.
+    fn pick(&self) -> usize {
+        use std::sync::atomic::Ordering;
+        let n = self.relayers.len();
+        if n == 1 {
+            return 0;
+        }
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|i| (start + i) % n)
+            .min_by_key(|&i| self.relayers[i].1.load(Ordering::Acquire))
+            .unwrap_or(0)
+    }
+
     fn take(&self, n: usize) -> Vec<Job> {
         let mut q = self.queue.lock().expect("batch lock");
         let n = q.len().min(n);
@@ -294,11 +323,12 @@ impl Inner {
     /// Simulates the batch from the relayer (one `eth_call`): payments whose transfer would revert
     /// are answered with the contract's reason and left out; the others are returned to be sent.
     async fn simulate(&self, jobs: Vec<Job>) -> Vec<Job> {
-        let from = self.relayer.address();
+        let from = self.relayers[0].0.address();
         let call = |to: Address, input: Bytes| TransactionRequest::default().from(from).to(to).input(input.into());
         if jobs.len() == 1 {
             let req = call(self.opts.asset, jobs[0].calldata.clone());
-            return match self.provider.call(req).await {
+            // The pending block: a transfer the payer already has in the mempool is seen.
+            return match self.provider.call(req).pending().await {
                 Ok(_) => jobs,
                 Err(e) => {
                     let err = match super::revert_text(&e) {
@@ -313,7 +343,7 @@ impl Inner {
             };
         }
         let input: Bytes = aggregate(self.opts.asset, &jobs).into();
-        let out = match self.provider.call(call(MULTICALL3, input)).await {
+        let out = match self.provider.call(call(MULTICALL3, input)).pending().await {
             Ok(out) => out,
             Err(e) => {
                 let err = SendError::Unreachable(e.to_string());
@@ -361,8 +391,11 @@ impl Inner {
                 self.opts.gas_per_transfer * n as u64 + BATCH_OVERHEAD_GAS,
             )
         };
-        match self.relayer.send(&self.provider, to, input, gas, &self.receipts).await {
+        let which = self.pick();
+        let relayer = self.relayers[which].0.clone();
+        match relayer.send(&self.provider, to, input, gas, &self.receipts).await {
             Ok((tx, awaited)) => {
+                self.relayers[which].1.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 let sent = std::time::Instant::now();
                 let mut jobs = jobs;
                 for j in &mut jobs {
@@ -376,6 +409,7 @@ impl Inner {
                         .receipts
                         .wait(tx, awaited, self.opts.receipt_timeout, self.opts.confirmations)
                         .await;
+                    self.relayers[which].1.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                     {
                         let mut r = self.rhythm.lock().expect("rhythm lock");
                         r.in_flight = r.in_flight.saturating_sub(1);
@@ -387,11 +421,32 @@ impl Inner {
                         }
                     }
                     self.mined.notify_waiters();
+                    match &receipt {
+                        // One line per transaction, per network: payments per transaction and gas
+                        // per payment (also the tollgate_settlement_batch_size and
+                        // tollgate_gas_per_payment histograms).
+                        Some(r) => tracing::info!(
+                            network = %self.opts.network,
+                            relayer = %relayer.address(),
+                            %tx,
+                            block = r.block_number.unwrap_or_default(),
+                            payments = n,
+                            gas_per_payment = r.gas_used / n as u64,
+                            "settlement transaction mined"
+                        ),
+                        None => tracing::warn!(
+                            network = %self.opts.network,
+                            %tx,
+                            payments = n,
+                            "settlement transaction not mined within the receipt timeout; its payments are pending"
+                        ),
+                    }
                     for j in jobs {
                         let _ = j.reply.send(Ok(Landed {
                             tx,
                             receipt: receipt.clone(),
                             batch_size: n,
+                            relayer: relayer.clone(),
                         }));
                     }
                 });

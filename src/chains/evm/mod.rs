@@ -52,7 +52,8 @@ pub struct EvmChain {
     provider: RootProvider,
     /// The RPC endpoint without path or query (which often carry API keys), for messages.
     rpc_label: String,
-    relayer: Option<Arc<Relayer>>,
+    /// The relayer keys (none: settlement unavailable; several: batches spread over them).
+    relayers: Vec<Arc<Relayer>>,
     batcher: Option<Batcher>,
     /// Why there is no relayer, as an instruction.
     no_relayer: String,
@@ -73,7 +74,11 @@ impl std::fmt::Debug for EvmChain {
 impl EvmChain {
     /// Builds the chain without contacting it: a first run works offline.
     /// `relayer` is `Err(what to configure)` when no key is set.
-    pub fn new(network: Arc<Network>, opts: EvmOptions, relayer: Result<Relayer, String>) -> Result<EvmChain, String> {
+    pub fn new(
+        network: Arc<Network>,
+        opts: EvmOptions,
+        relayers: Result<Vec<Relayer>, String>,
+    ) -> Result<EvmChain, String> {
         let asset: Address = network
             .asset
             .parse()
@@ -92,13 +97,15 @@ impl EvmChain {
             .map_err(|e| format!("cannot build the HTTP client for networks.{}: {e}", network.name))?;
         let client = ClientBuilder::default().http_with_client(http, url);
         let provider = RootProvider::new(client);
-        let (relayer, no_relayer) = match relayer {
-            Ok(r) => (Some(Arc::new(r)), String::new()),
-            Err(why) => (None, why),
+        let (relayers, no_relayer) = match relayers {
+            Ok(r) if !r.is_empty() => (r.into_iter().map(Arc::new).collect::<Vec<_>>(), String::new()),
+            Ok(_) => (Vec::new(), "the relayer key is empty".to_string()),
+            Err(why) => (Vec::new(), why),
         };
         let receipts = ReceiptWatcher::new(provider.clone(), opts.receipt_poll);
-        let batcher = relayer.as_ref().map(|r| {
+        let batcher = (!relayers.is_empty()).then(|| {
             let o = BatchOptions {
+                network: network.name.clone(),
                 asset,
                 gas_per_transfer: opts.gas_limit,
                 max_batch: opts.max_batch,
@@ -107,14 +114,14 @@ impl EvmChain {
                 receipt_timeout: opts.receipt_timeout,
                 confirmations: opts.confirmations,
             };
-            Batcher::new(provider.clone(), r.clone(), receipts.clone(), o)
+            Batcher::new(provider.clone(), relayers.clone(), receipts.clone(), o)
         });
         Ok(EvmChain {
             network,
             domain,
             provider,
             rpc_label,
-            relayer,
+            relayers,
             batcher,
             no_relayer,
             receipts,
@@ -123,8 +130,9 @@ impl EvmChain {
         })
     }
 
+    /// The first relayer's address (the one simulations are made from).
     pub fn relayer_address(&self) -> Option<Address> {
-        self.relayer.as_ref().map(|r| r.address())
+        self.relayers.first().map(|r| r.address())
     }
 
     pub fn provider(&self) -> &RootProvider {
@@ -247,7 +255,7 @@ impl Chain for EvmChain {
     }
 
     fn settle_unavailable(&self) -> Option<String> {
-        self.relayer.is_none().then(|| self.no_relayer.clone())
+        self.relayers.is_empty().then(|| self.no_relayer.clone())
     }
 
     async fn check_onchain(&self, c: &Checked) -> Result<(), ChainError> {
@@ -257,7 +265,11 @@ impl Chain for EvmChain {
             .from(from)
             .to(self.domain.asset)
             .input(Bytes::from(t.calldata()).into());
-        match self.provider.call(req).await {
+        // Against the latest block, named: nodes differ when it is left out (geth: latest; anvil:
+        // its pending block, re-executing its whole pool for each call, 2-3x the cost per check
+        // while a batch waits for its block). A payer's own transfer still in the mempool is seen
+        // by the batch's simulation before anything is sent (on Base the mempool is private anyway).
+        match self.provider.call(req).latest().await {
             Ok(_) => Ok(()),
             Err(e) => match revert_text(&e) {
                 Some(text) => {
@@ -276,7 +288,7 @@ impl Chain for EvmChain {
         sent: Option<tokio::sync::oneshot::Sender<String>>,
     ) -> Result<SettleOutcome, ChainError> {
         let t = Self::transfer(c);
-        let (Some(relayer), Some(batcher)) = (&self.relayer, &self.batcher) else {
+        let Some(batcher) = &self.batcher else {
             return Err(ChainError::Unavailable(self.no_relayer.clone()));
         };
         let landed = match batcher.settle(t.calldata().into(), sent).await {
@@ -328,7 +340,7 @@ impl Chain for EvmChain {
             None => {
                 tracing::warn!(network = %self.network.name, %tx, "no receipt within the receipt timeout; recorded as pending");
                 // If the node is not mining it because of a nonce gap, the next send closes the gap.
-                relayer.resync().await;
+                landed.relayer.resync().await;
                 Ok(SettleOutcome::Pending { tx })
             }
         }
@@ -377,37 +389,53 @@ impl Chain for EvmChain {
         self.relayer_address().map(|a| a.to_checksum(None))
     }
 
-    async fn check_signer_funds(&self) -> Option<Result<(), String>> {
-        let a = self.relayer_address()?;
-        let net = &self.network.name;
-        match self.provider.get_balance(a).await {
-            Ok(wei) => {
-                let w: u64 = wei.try_into().unwrap_or(u64::MAX);
-                crate::metrics::METRICS
-                    .signer_balance
-                    .with_label_values(&[net])
-                    .set(w.min(i64::MAX as u64) as i64);
-                if wei.is_zero() {
-                    Some(Err(format!(
-                        "the relayer {a} holds no gas on {net}: fund it with the chain's native token"
-                    )))
-                } else {
-                    Some(Ok(()))
-                }
-            }
-            Err(_) => Some(Err(format!(
-                "the relayer's balance cannot be read; check networks.{net}.rpc_url"
-            ))),
-        }
+    fn signers(&self) -> Vec<String> {
+        self.relayers.iter().map(|r| r.address().to_checksum(None)).collect()
     }
 
+    /// Every relayer key must hold gas; the metric shows the poorest one's balance.
+    async fn check_signer_funds(&self) -> Option<Result<(), String>> {
+        if self.relayers.is_empty() {
+            return None;
+        }
+        let net = &self.network.name;
+        let mut poorest: Option<u64> = None;
+        for r in &self.relayers {
+            let a = r.address();
+            let Ok(wei) = self.provider.get_balance(a).await else {
+                return Some(Err(format!(
+                    "the relayer's balance cannot be read; check networks.{net}.rpc_url"
+                )));
+            };
+            let w: u64 = wei.try_into().unwrap_or(u64::MAX);
+            poorest = Some(poorest.map_or(w, |p| p.min(w)));
+            if wei.is_zero() {
+                return Some(Err(format!(
+                    "the relayer {a} holds no gas on {net}: fund it with the chain's native token"
+                )));
+            }
+        }
+        if let Some(w) = poorest {
+            crate::metrics::METRICS
+                .signer_balance
+                .with_label_values(&[net])
+                .set(w.min(i64::MAX as u64) as i64);
+        }
+        Some(Ok(()))
+    }
+
+    /// Transactions the node holds unmined, over all relayer keys.
     async fn pending_sends(&self) -> Option<u64> {
-        let a = self.relayer_address()?;
-        let (pending, mined) = tokio::join!(
-            self.provider.get_transaction_count(a).pending(),
-            self.provider.get_transaction_count(a).latest()
-        );
-        Some(pending.ok()?.saturating_sub(mined.ok()?))
+        let mut total = 0;
+        for r in &self.relayers {
+            let a = r.address();
+            let (pending, mined) = tokio::join!(
+                self.provider.get_transaction_count(a).pending(),
+                self.provider.get_transaction_count(a).latest()
+            );
+            total += pending.ok()?.saturating_sub(mined.ok()?);
+        }
+        (!self.relayers.is_empty()).then_some(total)
     }
 
     async fn ping(&self) -> Result<(), String> {

@@ -92,6 +92,34 @@ impl Relayer {
         })
     }
 
+    /// Parses one key or several (separated by commas, spaces or new lines: one relayer each, so
+    /// that settlements can go out from several accounts). The error never contains a key.
+    pub fn from_keys(text: &str, chain_id: u64) -> Result<Vec<Relayer>, String> {
+        let keys: Vec<&str> = text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|k| !k.is_empty())
+            .collect();
+        let mut out: Vec<Relayer> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let r = Relayer::from_key(key, chain_id).map_err(|e| match keys.len() {
+                1 => e,
+                _ => format!("key {} of {} in the list: {e}", i + 1, keys.len()),
+            })?;
+            if out.iter().any(|o| o.address() == r.address()) {
+                return Err(format!(
+                    "key {} of the list is given twice (relayer {}): each key may appear once",
+                    i + 1,
+                    r.address()
+                ));
+            }
+            out.push(r);
+        }
+        if out.is_empty() {
+            return Err("the relayer key is empty".into());
+        }
+        Ok(out)
+    }
+
     pub fn address(&self) -> Address {
         self.signer.address()
     }
@@ -241,5 +269,54 @@ impl Relayer {
                 me.resync().await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K1: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+    const K2: &str = "47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a";
+
+    #[test]
+    fn one_key_or_several() {
+        let one = Relayer::from_keys(&format!("  {K1}\n"), 8453).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            one[0].address().to_checksum(None),
+            "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+        );
+        for sep in [",", ", ", "\n", " \n\t"] {
+            let two = Relayer::from_keys(&format!("{K1}{sep}{K2}"), 8453).unwrap();
+            assert_eq!(
+                two.iter().map(|r| r.address().to_checksum(None)).collect::<Vec<_>>(),
+                [
+                    "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+                    "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"
+                ],
+                "separator {sep:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_lists_are_refused_without_showing_a_key() {
+        let e = Relayer::from_keys("nothex", 1).unwrap_err();
+        assert_eq!(e, "the relayer key is not a 32-byte hex private key");
+        let e = Relayer::from_keys(&format!("{K1},{}", &K2[..20]), 1).unwrap_err();
+        assert_eq!(
+            e,
+            "key 2 of 2 in the list: the relayer key is not a 32-byte hex private key"
+        );
+        let e = Relayer::from_keys(&format!("{K1},{K1}"), 1).unwrap_err();
+        assert!(e.starts_with("key 2 of the list is given twice"), "{e}");
+        assert!(Relayer::from_keys(" , \n", 1).is_err());
+        for e in [
+            Relayer::from_keys(&format!("{K1},{K1}"), 1).unwrap_err(),
+            Relayer::from_keys(&format!("{K1},{}", &K2[..20]), 1).unwrap_err(),
+        ] {
+            assert!(!e.contains(&K1[2..12]) && !e.contains(&K2[..12]), "{e}");
+        }
     }
 }
