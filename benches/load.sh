@@ -81,6 +81,7 @@ fi
 if [ "${REF_BT:-${PEERS:-1}}" = 1 ] && [ -n "${BLOCK_TIME:-}" ]; then
   echo "== peers: reference x402, paid, on ${BLOCK_TIME} s blocks"
   # Its closing summary reads the wrk table, which SKIP_WRK leaves as it is: make sure there is one.
+  mkdir -p results
   [ -f results/x402ref-wrk.tsv ] || printf "label\trep\trps\tp50_ms\tp99_ms\trequests\tnon2xx\tsocket_errors\tload1\tcpu_busy_pct\n" > results/x402ref-wrk.tsv
   ANVIL_EXTRA="--block-time $BLOCK_TIME" SKIP_WRK=1 NM_VARIANTS=1 CONCS="$CONCS" timeout 3600 ./bench-x402ref.sh 2>&1 | tail -4
   cp results/x402ref-paid.jsonl "$OUT/peers/x402ref-paid$BT_SUFFIX.jsonl"

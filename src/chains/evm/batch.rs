@@ -14,7 +14,9 @@
 //! so that each block carries one full transaction instead of the several small ones sent as they
 //! formed. Waiting until just before the block does not delay inclusion. An idle relayer (nothing in
 //! flight, no block seen lately) sends at once, and a chain that mines on arrival (a receipt back in
-//! a fraction of the interval: a dev node) is recognised and never waited for.
+//! a fraction of the interval: a dev node) is recognised and never waited for. A batch carrying a
+//! payment whose request is answered on the send (`answer = "submitted"`) is not held: that answer
+//! is the point of the mode, and more transactions per block are its price.
 //!
 //! With several relayer keys, each batch goes out from the key with the fewest transactions waiting
 //! to be mined (the first of them on a tie, then the next in turn): one account's limits — a node's
@@ -244,6 +246,12 @@ impl Inner {
         // Never held longer than an interval and a half (a chain that stalls, a lost receipt).
         let give_up = tokio::time::Instant::now() + bt + bt / 2;
         while jobs.len() < max {
+            if jobs.iter().any(|j| j.sent.is_some()) {
+                // A request is waiting for this send to be answered (`answer = "submitted"`):
+                // holding it for the next block would cost it up to an interval. Sent now, with
+                // whatever has gathered.
+                return;
+            }
             // Listening before looking: a receipt that comes back in between is not missed.
             let mined = self.mined.notified();
             tokio::pin!(mined);
