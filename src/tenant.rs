@@ -140,6 +140,8 @@ pub struct Upstream {
     pub host: String,
     /// `host[:port]` as the Host header should carry it.
     pub authority: String,
+    /// The same, as the header value sent on every forwarded request (shared, not copied).
+    pub host_header: http::HeaderValue,
     /// A path the upstream URL carried (`http://api/v1` → `/v1`), prefixed to forwarded paths.
     pub path_prefix: String,
     pub preserve_host: bool,
@@ -192,10 +194,13 @@ impl UpstreamUrl {
 
     /// The upstream at one resolved address.
     pub fn at(self, addr: SocketAddr, preserve_host: bool) -> Upstream {
+        let host_header = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(self.authority.clone()))
+            .unwrap_or(http::HeaderValue::from_static("localhost"));
         Upstream {
             addr,
             tls: self.tls,
             host: self.host,
+            host_header,
             authority: self.authority,
             path_prefix: self.path_prefix,
             preserve_host,

@@ -140,6 +140,26 @@ async fn free_routes_pass_and_spoofed_payer_headers_are_stripped() {
     assert_eq!(seen.header("x-tollgate-payer"), None);
     assert_eq!(seen.header("host"), Some(s.up.addr.to_string().as_str()));
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(format!("127.0.0.1:{}", s.tg.port).as_str())
+    );
+
+    // A chain of proxies before this one: its address is appended, the client's own names kept.
+    let r = http()
+        .get(format!("{}/free/other", s.tg.url))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "api.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = s.up.last().unwrap();
+    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("api.example.com"));
 }
 
 #[tokio::test]

@@ -148,6 +148,16 @@ async fn https_on_the_proxy_listener_with_a_certificate_renewed_by_reload() {
     // A free request, through pingora over TLS.
     let r = c.get(format!("{base}/hello")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    let seen = up.last().unwrap();
+    assert_eq!(
+        seen.header("x-forwarded-proto"),
+        Some("https"),
+        "the upstream learns the client used TLS"
+    );
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(format!("localhost:{}", tg.port).as_str())
+    );
     // A paid one, settled on anvil.
     let (name, value) = {
         let r = c.get(format!("{base}/paid/x")).send().await.unwrap();
