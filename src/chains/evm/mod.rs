@@ -73,7 +73,7 @@ impl std::fmt::Debug for EvmChain {
 
 impl EvmChain {
     /// Builds the chain without contacting it: a first run works offline.
-    /// `relayer` is `Err(what to configure)` when no key is set.
+    /// `relayers` is `Err(what to configure)` when no key is set.
     pub fn new(
         network: Arc<Network>,
         opts: EvmOptions,
