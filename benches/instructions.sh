@@ -17,6 +17,7 @@
 #
 # Usage: benches/instructions.sh                 (N=20000 PAID_N=200 CPU_N=1000 REPS=2)
 #        ONLY="402 free"  benches/instructions.sh  (a subset: 402 free paid cpu; nginx rows come with 402/free)
+#        OUT=/tmp/x KEEP=1 (write the table elsewhere; keep the callgrind dumps)
 # Writes benches/results/instructions.md (the table) and benches/results/instructions/*.txt (the
 # top functions of one run of each, inclusive, from callgrind_annotate).
 # Needs: valgrind, nginx, python3, node (the peer side of ../shared/bench for anvil and the pre-signed
@@ -26,7 +27,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$ROOT/../shared/bench}
 N=${N:-20000}; PAID_N=${PAID_N:-200}; CPU_N=${CPU_N:-1000}; REPS=${REPS:-2}
 ONLY=${ONLY:-"402 free paid cpu"}
-OUT=$ROOT/benches/results; mkdir -p "$OUT/instructions"
+OUT=${OUT:-$ROOT/benches/results}; mkdir -p "$OUT/instructions"
 B=${BENCH_DIR:-/var/tmp/tollgate-bench}
 W=$(mktemp -d /var/tmp/tollgate-instr.XXXX)
 PIDS=()
@@ -82,26 +83,30 @@ dump() {
 }
 zero() { callgrind_control -z "$VG" > /dev/null 2>&1; }
 
-# measure NAME URL [wrk args]: prints "per_request idle_per_s load_s"
-measure() {
-  local name=$1 url=$2; shift 2
-  python3 "$ROOT/benches/load/exactly.py" "$url" 500 4 > /dev/null   # warm-up
+# count NAME REQUESTS CMD...: instructions per request while CMD sends REQUESTS requests, an idle
+# window of the same server (scaled to CMD's duration) taken off; prints "per_request idle_per_s load_s".
+# CMD's output goes to $W/NAME.sent.
+count() {
+  local name=$1 n=$2; shift 2
   zero; sleep 5; dump; local idle=$DUMP_IR
   zero
   local t0=$(date +%s.%N)
-  python3 "$ROOT/benches/load/exactly.py" "$url" "$N" 4 > "$W/$name.sent"
-  read -r sent _ < "$W/$name.sent"
-  [ "$sent" = "$N" ] || { echo "$name: sent $sent of $N: $(cat "$W/$name.sent")"; exit 1; }
+  "$@" > "$W/$name.sent"
   local t1=$(date +%s.%N)
   dump; local load=$DUMP_IR
   cp "$LAST_DUMP" "$W/$name.last.cg"
-  python3 - "$idle" "$load" "$t0" "$t1" "$N" <<'PY'
-import sys
+  python3 -c 'import sys
 idle, load, t0, t1, n = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-dur = t1 - t0
-idle_rate = idle / 5.0
-print(f"{(load - idle_rate * dur) / n:.0f} {idle_rate:.0f} {dur:.1f}")
-PY
+print(f"{(load - idle / 5.0 * (t1 - t0)) / n:.0f} {idle / 5.0:.0f} {t1 - t0:.1f}")' "$idle" "$load" "$t0" "$t1" "$n"
+}
+
+# measure NAME URL: exactly $N keep-alive GETs after a warm-up (see count).
+measure() {
+  local name=$1 url=$2
+  python3 "$ROOT/benches/load/exactly.py" "$url" 500 4 > /dev/null   # warm-up
+  count "$name" "$N" python3 "$ROOT/benches/load/exactly.py" "$url" "$N" 4
+  local sent; read -r sent _ < "$W/$name.sent"
+  [ "$sent" = "$N" ] || { echo "$name: sent $sent of $N: $(cat "$W/$name.sent")" >&2; exit 1; }
 }
 
 # top NAME: the hottest functions of the last dump, inclusive.
@@ -195,8 +200,8 @@ if has paid || has cpu; then
   [ -f run/usdc-state.json ] || { FRESH_STATE=1 ./chain.sh start > /dev/null; ./chain.sh stop > /dev/null; }
   cp "$ROOT/benches/load/multicall3.mjs" lib/
   ./chain.sh start > /dev/null && node lib/multicall3.mjs run/usdc-state.json > /dev/null && ./chain.sh stop > /dev/null
-  sed "s#\${C.SRV_URL}/paid#\${C.SRV_URL}/paid#" x402ref/fire.mjs > x402ref/fire-p.mjs
   fresh_chain() { ./chain.sh stop > /dev/null; ./chain.sh start > /dev/null; }
+  export SRV_PORT=$TG_PORT   # the pre-signer and the firer's target
   for r in $(seq 1 "$REPS"); do
     if has paid; then
       echo "== rep $r: tollgate paid (callgrind)"
@@ -204,20 +209,13 @@ if has paid || has cpu; then
       # shellcheck disable=SC2046
       vg_start tollgate_paid http://127.0.0.1:$TG_PORT/ $(tg_cmd "$W/tg.toml")
       SRV_PORT=$TG_PORT node x402ref/pregen.mjs 20 "$W/warm.json" > /dev/null
-      SRV_PORT=$TG_PORT node x402ref/fire-p.mjs "$W/warm.json" 4 warm > /dev/null
+      SRV_PORT=$TG_PORT node x402ref/fire.mjs "$W/warm.json" 4 warm > /dev/null
       SRV_PORT=$TG_PORT node x402ref/pregen.mjs "$PAID_N" "$W/paid.json" > /dev/null
-      zero; sleep 5; dump; idle=$DUMP_IR
-      zero
-      t0=$(date +%s.%N)
-      fired=$(SRV_PORT=$TG_PORT node x402ref/fire-p.mjs "$W/paid.json" 4 paid)
-      t1=$(date +%s.%N)
-      dump; load=$DUMP_IR; cp "$LAST_DUMP" "$W/tollgate_paid.last.cg"; top tollgate_paid
-      ok=$(echo "$fired" | python3 -c 'import sys,json; print(json.load(sys.stdin)["paid_ok"])')
-      [ "$ok" = "$PAID_N" ] || { echo "only $ok of $PAID_N payments settled: $fired"; exit 1; }
-      row tollgate_paid "$r" "$(python3 -c "
-import sys
-idle, load, dur, n = $idle, $load, $t1 - $t0, $PAID_N
-print(f'{(load - idle / 5.0 * dur) / n:.0f} {idle / 5.0:.0f} {dur:.1f}')")"
+      result=$(count tollgate_paid "$PAID_N" node x402ref/fire.mjs "$W/paid.json" 4 paid)
+      top tollgate_paid
+      ok=$(python3 -c 'import sys,json; print(json.load(open(sys.argv[1]))["paid_ok"])' "$W/tollgate_paid.sent")
+      [ "$ok" = "$PAID_N" ] || { echo "only $ok of $PAID_N payments settled: $(cat "$W/tollgate_paid.sent")"; exit 1; }
+      row tollgate_paid "$r" "$result"
       vg_stop
     fi
     if has cpu; then
@@ -227,11 +225,11 @@ print(f'{(load - idle / 5.0 * dur) / n:.0f} {idle / 5.0:.0f} {dur:.1f}')")"
       $(tg_cmd "$W/tg.toml") > "$W/tg-cpu.log" 2>&1 & TGP=$!; PIDS+=($TGP)
       for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:$TG_PORT/ && break; sleep 0.1; done
       SRV_PORT=$TG_PORT node x402ref/pregen.mjs 50 "$W/warm.json" > /dev/null
-      SRV_PORT=$TG_PORT node x402ref/fire-p.mjs "$W/warm.json" 8 warm > /dev/null
+      SRV_PORT=$TG_PORT node x402ref/fire.mjs "$W/warm.json" 8 warm > /dev/null
       SRV_PORT=$TG_PORT node x402ref/pregen.mjs "$CPU_N" "$W/cpu.json" > /dev/null
       sleep 1
       g0=$(awk '{print $14+$15}' /proc/$TGP/stat)
-      fired=$(SRV_PORT=$TG_PORT node x402ref/fire-p.mjs "$W/cpu.json" 32 cpu)
+      fired=$(SRV_PORT=$TG_PORT node x402ref/fire.mjs "$W/cpu.json" 32 cpu)
       g1=$(awk '{print $14+$15}' /proc/$TGP/stat)
       ok=$(echo "$fired" | python3 -c 'import sys,json; print(json.load(sys.stdin)["paid_ok"])')
       [ "$ok" = "$CPU_N" ] || { echo "only $ok of $CPU_N payments settled: $fired"; exit 1; }
