@@ -382,24 +382,29 @@ pub fn read_head(
     if tenant.hosted.as_ref().is_some_and(|h| !h.active) {
         return other();
     }
-    // The same reading as the proxy's; anything it refuses is pingora's to answer (400).
-    let request = reading::Request {
-        method,
-        target: &target.as_bytes()[found.prefix..],
-        ..Default::default()
+    let tls = client.tls;
+    // Everything that chooses and shapes the answer, as one key: answered before, the same head
+    // gets the same bytes without reading, routing and rendering again.
+    let mut key = ANSWERS.with(|a| std::mem::take(&mut a.borrow_mut().key));
+    let keyed = answer_key(&mut key, tenant, found.prefix, method, target, &seen, tls);
+    let cached = if keyed {
+        ANSWERS.with(|a| a.borrow().get(&key, tenant, settings))
+    } else {
+        None
     };
-    let Ok(read) = reading::read(&request, &tenant.rules) else {
+    let fresh = cached.is_none();
+    let Some((route_at, head, body)) = cached.or_else(|| render(settings, &found, method, target, &seen, tls)) else {
+        ANSWERS.with(|a| a.borrow_mut().key = key);
         return other();
     };
-    if !read.also.is_empty() || read.path() == crate::discovery::WELL_KNOWN {
-        return other();
-    }
-    let Some((_, route)) = tenant.route_for(&read) else {
-        return other();
-    };
-    let Some(pricing) = route.pricing.as_ref() else {
-        return other();
-    };
+    ANSWERS.with(|a| {
+        let mut a = a.borrow_mut();
+        if fresh && keyed {
+            a.insert(&key, tenant, settings, route_at, &head, &body);
+        }
+        a.key = key;
+    });
+    let route = &tenant.routes[route_at];
     // A per-IP limit counted in this process is checked here; one kept in Redis needs an await,
     // so the proxy checks it.
     if let (Some(limits), Some(ip)) = (&tenant.limits, client.ip) {
@@ -412,25 +417,6 @@ pub fn read_head(
             return Head::Limited(n);
         }
     }
-    let full;
-    let path = if found.prefix > 0 {
-        full = format!("{}{}", &target[..found.prefix], read.path());
-        full.as_str()
-    } else {
-        read.path()
-    };
-    let asked = challenge::asked_raw(
-        &read.method,
-        path,
-        settings.public_url.as_deref(),
-        seen.x_forwarded_proto.or(client.tls.then_some(b"https".as_slice())),
-        seen.x_forwarded_host,
-        seen.host,
-    );
-    let cors = challenge::allowed_origin_raw(seen.origin, &settings.cors_origins);
-    let Ok((head, body)) = challenge::unpaid_wire(pricing, &asked, cors.as_deref()) else {
-        return other();
-    };
     out.clear();
     out.extend_from_slice(&head);
     out.extend_from_slice(b"date: ");
@@ -445,6 +431,158 @@ pub fn read_head(
             .inc();
     }
     Head::Unpaid(n)
+}
+
+/// The 402 for a head the front may answer, worked out from the start: its route (an index into
+/// the tenant's routes), and the answer's head (without Date and Connection) and body; `None`
+/// when the request is not an unpaid request to a priced route, or is pingora's to answer.
+fn render(
+    settings: &crate::config::Settings,
+    found: &crate::directory::Found,
+    method: &str,
+    target: &str,
+    seen: &Seen,
+    tls: bool,
+) -> Option<(usize, bytes::Bytes, bytes::Bytes)> {
+    let tenant = &found.tenant;
+    // The same reading as the proxy's; anything it refuses is pingora's to answer (400).
+    let request = reading::Request {
+        method,
+        target: &target.as_bytes()[found.prefix..],
+        ..Default::default()
+    };
+    let read = reading::read(&request, &tenant.rules).ok()?;
+    if !read.also.is_empty() || read.path() == crate::discovery::WELL_KNOWN {
+        return None;
+    }
+    let (route_at, route) = tenant.route_for(&read)?;
+    let pricing = route.pricing.as_ref()?;
+    let full;
+    let path = if found.prefix > 0 {
+        full = format!("{}{}", &target[..found.prefix], read.path());
+        full.as_str()
+    } else {
+        read.path()
+    };
+    let asked = challenge::asked_raw(
+        &read.method,
+        path,
+        settings.public_url.as_deref(),
+        seen.x_forwarded_proto.or(tls.then_some(b"https".as_slice())),
+        seen.x_forwarded_host,
+        seen.host,
+    );
+    let cors = challenge::allowed_origin_raw(seen.origin, &settings.cors_origins);
+    let (head, body) = challenge::unpaid_wire(pricing, &asked, cors.as_deref()).ok()?;
+    Some((route_at, head, body))
+}
+
+/// Heads longer than this (in the parts that shape the answer) are rendered each time.
+const ANSWER_MAX_KEY: usize = 1024;
+/// What one worker's answers may hold (keys and bytes) before they are dropped and begun again.
+const ANSWERS_BYTES: usize = 2 << 20;
+
+/// The 402s a worker has written, by [`answer_key`].
+#[derive(Default)]
+struct Answers {
+    map: std::collections::HashMap<Box<[u8]>, Answer, foldhash::fast::RandomState>,
+    bytes: usize,
+    /// The key being worked with (kept to spare an allocation per request).
+    key: Vec<u8>,
+}
+
+/// One answer and what else it was made from: the tenant (held, so that its address in the key
+/// names it and no other), and the settings that shape the URL and CORS.
+struct Answer {
+    tenant: Arc<crate::tenant::Tenant>,
+    public_url: Option<String>,
+    cors_origins: Vec<String>,
+    route: usize,
+    head: bytes::Bytes,
+    body: bytes::Bytes,
+}
+
+thread_local! {
+    static ANSWERS: std::cell::RefCell<Answers> = std::cell::RefCell::new(Answers::default());
+}
+
+impl Answers {
+    fn get(
+        &self,
+        key: &[u8],
+        tenant: &Arc<crate::tenant::Tenant>,
+        settings: &crate::config::Settings,
+    ) -> Option<(usize, bytes::Bytes, bytes::Bytes)> {
+        let a = self.map.get(key)?;
+        (Arc::ptr_eq(&a.tenant, tenant)
+            && a.public_url == settings.public_url
+            && a.cors_origins == settings.cors_origins)
+            .then(|| (a.route, a.head.clone(), a.body.clone()))
+    }
+
+    fn insert(
+        &mut self,
+        key: &[u8],
+        tenant: &Arc<crate::tenant::Tenant>,
+        settings: &crate::config::Settings,
+        route: usize,
+        head: &bytes::Bytes,
+        body: &bytes::Bytes,
+    ) {
+        let size = key.len() + head.len() + body.len() + 256;
+        if self.bytes + size > ANSWERS_BYTES {
+            self.map.clear();
+            self.bytes = 0;
+        }
+        let answer = Answer {
+            tenant: tenant.clone(),
+            public_url: settings.public_url.clone(),
+            cors_origins: settings.cors_origins.clone(),
+            route,
+            head: head.clone(),
+            body: body.clone(),
+        };
+        if self.map.insert(key.into(), answer).is_none() {
+            self.bytes += size;
+        }
+    }
+}
+
+/// Writes into `key` everything [`render`] reads (the tenant, its prefix, whether over TLS, the
+/// method, the target, and the Host, X-Forwarded-Host, X-Forwarded-Proto and Origin values), each
+/// length-prefixed so that no two heads share a key; `false` when too long to keep.
+fn answer_key(
+    key: &mut Vec<u8>,
+    tenant: &Arc<crate::tenant::Tenant>,
+    prefix: usize,
+    method: &str,
+    target: &str,
+    seen: &Seen,
+    tls: bool,
+) -> bool {
+    key.clear();
+    key.extend_from_slice(&(Arc::as_ptr(tenant) as usize).to_ne_bytes());
+    key.extend_from_slice(&(prefix as u32).to_ne_bytes());
+    key.push(tls as u8);
+    let parts = [
+        Some(method.as_bytes()),
+        Some(target.as_bytes()),
+        seen.host,
+        seen.x_forwarded_host,
+        seen.x_forwarded_proto,
+        seen.origin,
+    ];
+    for part in parts {
+        match part {
+            Some(p) if p.len() <= ANSWER_MAX_KEY => {
+                key.extend_from_slice(&(p.len() as u32).to_ne_bytes());
+                key.extend_from_slice(p);
+            }
+            Some(_) => return false,
+            None => key.extend_from_slice(&u32::MAX.to_ne_bytes()),
+        }
+    }
+    key.len() <= ANSWER_MAX_KEY
 }
 
 /// Where the head at the start of `buf` ends (after its blank line; httparse also accepts bare LF
@@ -600,6 +738,106 @@ mod tests {
         assert_eq!(
             request_len(100, &[h("content-length", "99999999999999999999999")]),
             None
+        );
+    }
+
+    fn drop_in(extra: &str) -> (crate::config::Settings, crate::directory::Directory) {
+        let text = format!(
+            r#"{extra}
+upstream = "http://127.0.0.1:8080"
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+[networks.base]
+rpc_url = "http://127.0.0.1:8545"
+[[routes]]
+path = "/paid/*"
+price = "$0.01"
+[[routes]]
+path = "/free"
+price = "free"
+"#
+        );
+        let (settings, tenant) = crate::config::build(toml::from_str(&text).unwrap()).unwrap();
+        (settings, crate::directory::Directory::One(Arc::new(tenant)))
+    }
+
+    /// The answer's bytes without its Date line (which moves with the clock).
+    fn answer(d: &crate::directory::Directory, s: &crate::config::Settings, tls: bool, head: &str) -> Option<String> {
+        let mut out = Vec::new();
+        let client = Client { ip: None, tls };
+        match read_head(d, s, client, head.as_bytes(), &mut out) {
+            Head::Unpaid(n) => assert_eq!(n, head.len()),
+            _ => return None,
+        }
+        let text = String::from_utf8(out).unwrap();
+        Some(
+            text.lines()
+                .filter(|l| !l.starts_with("date: "))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    }
+
+    fn resource(answer: &str) -> String {
+        let body = &answer[answer.find("\n{").unwrap() + 1..];
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        v["accepts"][0]["resource"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn answers_given_again_are_those_rendered_for_the_same_head() {
+        let (s, d) = drop_in("");
+        let get = |host: &str, extra: &str, path: &str, tls: bool| {
+            let head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
+            answer(&d, &s, tls, &head)
+        };
+        let first = get("a.example", "", "/paid/x", false).unwrap();
+        assert_eq!(resource(&first), "http://a.example/paid/x");
+        // Served again (from the worker's table), the same bytes.
+        assert_eq!(get("a.example", "", "/paid/x", false).unwrap(), first);
+        // Every part that shapes the answer makes its own.
+        assert_eq!(
+            resource(&get("b.example", "", "/paid/x", false).unwrap()),
+            "http://b.example/paid/x"
+        );
+        assert_eq!(
+            resource(&get("a.example", "", "/paid/y", false).unwrap()),
+            "http://a.example/paid/y"
+        );
+        assert_eq!(
+            resource(&get("a.example", "", "/paid/x", true).unwrap()),
+            "https://a.example/paid/x"
+        );
+        assert_eq!(
+            resource(&get("a.example", "X-Forwarded-Host: c.example\r\n", "/paid/x", false).unwrap()),
+            "http://c.example/paid/x"
+        );
+        assert_eq!(
+            resource(&get("a.example", "X-Forwarded-Proto: https\r\n", "/paid/x", false).unwrap()),
+            "https://a.example/paid/x"
+        );
+        // Parts that run together differently are different heads.
+        assert_eq!(
+            resource(&get("a.exampl", "X-Forwarded-Proto: ehttps\r\n", "/paid/x", false).unwrap()),
+            "http://a.exampl/paid/x"
+        );
+        // A free route is never the front's, answered before or not.
+        assert_eq!(get("a.example", "", "/free", false), None);
+        assert_eq!(get("a.example", "", "/free", false), None);
+        // Another configuration (a reload): its own answers, not the last one's.
+        let (s2, d2) = drop_in(r#"public_url = "https://api.example.com""#);
+        let head = "GET /paid/x HTTP/1.1\r\nHost: a.example\r\n\r\n";
+        assert_eq!(
+            resource(&answer(&d2, &s2, false, head).unwrap()),
+            "https://api.example.com/paid/x"
+        );
+        assert_eq!(
+            resource(&answer(&d, &s, false, head).unwrap()),
+            "http://a.example/paid/x"
+        );
+        // The same tenant under other settings (public_url, CORS) is answered under those.
+        assert_eq!(
+            resource(&answer(&d, &s2, false, head).unwrap()),
+            "https://api.example.com/paid/x"
         );
     }
 
