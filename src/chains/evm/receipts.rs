@@ -141,14 +141,26 @@ impl ReceiptWatcher {
         let mut next: Option<u64> = None;
         let mut block_receipts = true;
         let mut quick = 0u32;
+        // Woken from idle since the last scan.
+        let mut resumed = false;
         loop {
             if self.is_idle() {
-                next = None;
                 self.wake.notified().await;
+                resumed = true;
                 continue;
             }
             if let Ok(head) = self.provider.get_block_number().await {
-                let mut from = next.unwrap_or(head.saturating_sub(RESUME_BACK));
+                // Blocks already scanned are not scanned again after an idle spell: a transaction
+                // registered since was sent since, and cannot be in them (scanning the last
+                // RESUME_BACK blocks at every wake was most of this loop's work under light load).
+                let back = head.saturating_sub(RESUME_BACK);
+                let mut from = match next {
+                    // A chain that went back (a reset node): start again near its head.
+                    Some(n) if n > head + 1 => back,
+                    Some(n) if resumed => n.max(back),
+                    Some(n) => n,
+                    None => back,
+                };
                 if head >= from && head - from > MAX_SCAN {
                     from = head - MAX_SCAN;
                 }
@@ -166,6 +178,7 @@ impl ReceiptWatcher {
                     scanned += 1;
                 }
                 next = Some(scanned);
+                resumed = false;
                 if !block_receipts {
                     self.poll_each().await;
                 }
