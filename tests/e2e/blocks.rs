@@ -206,3 +206,59 @@ async fn several_relayer_keys_share_the_settlement_transactions() {
         "every payment settled once"
     );
 }
+
+/// One key out of gas does not pause payments while another key has gas: the node refuses the
+/// empty key's transaction before anything is sent, and the next key sends it.
+#[tokio::test]
+async fn a_key_out_of_gas_hands_its_transactions_to_the_other_keys() {
+    let up = Upstream::start("127.0.0.1:0").await.unwrap();
+    let (anvil, db) = (Anvil::start().await, Db::sqlite());
+    let keys = format!("{RELAYER_KEY}, {RELAYER2_KEY}");
+    let mut spec = GatewaySpec::new(up.url(), anvil.url.clone(), &db.url);
+    spec.relayer_key = Some(&keys);
+    spec.networks_extra = "max_batch = 2";
+    let mport = free_port();
+    let top = format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"");
+    spec.top_extra = &top;
+    let tg = Tollgate::start(&spec).await;
+    anvil.set_balance(RELAYER, alloy::primitives::U256::ZERO).await;
+    // Still ready: another key has gas.
+    let (st, v) = health(mport, "/status/ready").await;
+    assert_eq!(st, 200, "{v}");
+    let (c1, c2) = (anvil.tx_count(RELAYER).await, anvil.tx_count(RELAYER2).await);
+    let payee0 = anvil.usdc_balance(PAYEE).await;
+
+    let mut runs = Vec::new();
+    for i in 0..8 {
+        let url = format!("{}/paid/g{i}", tg.url);
+        let o = offers(&url, true).await.remove(0);
+        let (name, value) = tollgate::client::payment_header(&o, &tollgate::client::authorize(&o, &payer(), now()));
+        runs.push(tokio::spawn(async move {
+            http().get(&url).header(name, &value).send().await.unwrap()
+        }));
+    }
+    for r in runs {
+        let r = r.await.unwrap();
+        assert_eq!(r.status(), 200, "{}", tg.log());
+    }
+    assert_eq!(anvil.tx_count(RELAYER).await, c1, "the empty key sent nothing");
+    assert!(
+        anvil.tx_count(RELAYER2).await > c2,
+        "the other key sent the transactions"
+    );
+    assert_eq!(
+        anvil.usdc_balance(PAYEE).await - payee0,
+        alloy::primitives::U256::from(8_000u64),
+        "every payment settled once"
+    );
+    let log = tg.log();
+    assert!(
+        log.contains("its transactions go out from the other keys"),
+        "the empty key is named in the log:\n{log}"
+    );
+    assert!(
+        !log.contains(RELAYER2_KEY.trim_start_matches("0x")),
+        "no key in the log"
+    );
+    assert_eq!(up.count(), 8);
+}

@@ -96,12 +96,17 @@ struct Rhythm {
     instant: bool,
 }
 
+/// How long a relayer refused for want of gas is tried after the others.
+const EMPTY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 struct Inner {
     provider: RootProvider,
     /// At least one; each with its transactions sent and not yet mined.
     relayers: Vec<(Arc<Relayer>, std::sync::atomic::AtomicUsize)>,
     /// The next relayer in turn, among those equally idle.
     turn: std::sync::atomic::AtomicUsize,
+    /// When each relayer was last refused for want of gas (tried last for a while after).
+    empty: Vec<Mutex<Option<std::time::Instant>>>,
     receipts: Arc<ReceiptWatcher>,
     opts: BatchOptions,
     queue: Mutex<VecDeque<Job>>,
@@ -132,6 +137,7 @@ impl Batcher {
         Batcher {
             inner: Arc::new(Inner {
                 provider,
+                empty: relayers.iter().map(|_| Mutex::new(None)).collect(),
                 relayers: relayers.into_iter().map(|r| (r, Default::default())).collect(),
                 turn: Default::default(),
                 receipts,
@@ -308,6 +314,25 @@ impl Inner {
             .unwrap_or(0)
     }
 
+    /// The keys to try for the next transaction, in order: [`Self::pick`]'s, then the others by
+    /// fewest in flight; keys refused for want of gas in the last [`EMPTY_FOR`] come last.
+    fn candidates(&self) -> Vec<usize> {
+        use std::sync::atomic::Ordering;
+        let first = self.pick();
+        let mut order: Vec<usize> = std::iter::once(first)
+            .chain((0..self.relayers.len()).filter(|&i| i != first))
+            .collect();
+        order[1..].sort_by_key(|&i| self.relayers[i].1.load(Ordering::Acquire));
+        // A stable sort: the order above holds among the keys with gas, and among those without.
+        order.sort_by_key(|&i| {
+            self.empty[i]
+                .lock()
+                .expect("empty lock")
+                .is_some_and(|at| at.elapsed() < EMPTY_FOR)
+        });
+        order
+    }
+
     fn take(&self, n: usize) -> Vec<Job> {
         let mut q = self.queue.lock().expect("batch lock");
         let n = q.len().min(n);
@@ -399,9 +424,30 @@ impl Inner {
                 self.opts.gas_per_transfer * n as u64 + BATCH_OVERHEAD_GAS,
             )
         };
-        let which = self.pick();
-        let relayer = self.relayers[which].0.clone();
-        match relayer.send(&self.provider, to, input, gas, &self.receipts).await {
+        // A key without gas is refused by the node before anything is sent: the next key takes
+        // the transaction, and the network pauses only when every key is out of gas.
+        let order = self.candidates();
+        let mut tried = 0;
+        let (which, relayer, result) = loop {
+            let which = order[tried];
+            tried += 1;
+            let relayer = self.relayers[which].0.clone();
+            let result = relayer
+                .send(&self.provider, to, input.clone(), gas, &self.receipts)
+                .await;
+            let out_of_gas = matches!(result, Err(SendError::OutOfGas { .. }));
+            *self.empty[which].lock().expect("empty lock") = out_of_gas.then(std::time::Instant::now);
+            if out_of_gas && tried < order.len() {
+                tracing::warn!(
+                    network = %self.opts.network,
+                    relayer = %relayer.address(),
+                    "relayer is out of gas: fund it with the chain's native token; its transactions go out from the other keys until then"
+                );
+                continue;
+            }
+            break (which, relayer, result);
+        };
+        match result {
             Ok((tx, awaited)) => {
                 self.relayers[which].1.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 let sent = std::time::Instant::now();

@@ -400,6 +400,7 @@ impl Chain for EvmChain {
         }
         let net = &self.network.name;
         let mut poorest: Option<u64> = None;
+        let mut empty = Vec::new();
         for r in &self.relayers {
             let a = r.address();
             let Ok(wei) = self.provider.get_balance(a).await else {
@@ -410,9 +411,7 @@ impl Chain for EvmChain {
             let w: u64 = wei.try_into().unwrap_or(u64::MAX);
             poorest = Some(poorest.map_or(w, |p| p.min(w)));
             if wei.is_zero() {
-                return Some(Err(format!(
-                    "the relayer {a} holds no gas on {net}: fund it with the chain's native token"
-                )));
+                empty.push(a);
             }
         }
         if let Some(w) = poorest {
@@ -420,6 +419,18 @@ impl Chain for EvmChain {
                 .signer_balance
                 .with_label_values(&[net])
                 .set(w.min(i64::MAX as u64) as i64);
+        }
+        // Settlements go out from any key with gas: the network is unready only when none has
+        // any (an empty key among several shows in tollgate_signer_balance and in the log).
+        if empty.len() == self.relayers.len() {
+            let which = match empty.as_slice() {
+                [one] => format!("the relayer {one} holds no gas"),
+                _ => format!("none of the {} relayer keys holds any gas", empty.len()),
+            };
+            return Some(Err(format!("{which} on {net}: fund it with the chain's native token")));
+        }
+        for a in empty {
+            tracing::warn!(network = %net, relayer = %a, "a relayer key holds no gas: fund it with the chain's native token; the other keys send its share until then");
         }
         Some(Ok(()))
     }
