@@ -10,12 +10,12 @@
 #
 #   unpaid → 402    tollgate's priced route without payment   vs nginx `return 402` (the same 586-byte body shape)
 #   free route      tollgate's unpriced route, proxied        vs nginx `proxy_pass` with upstream keepalive
-#   paid request    tollgate settling on anvil (Circle's USDC), PAID_N pre-signed payments at concurrency 4
+#   paid request    tollgate settling on anvil (Circle's USDC), PAID_N pre-signed payments at concurrency PAID_C (4)
 #                   (gateway instructions only; the chain is another process)
 # and, without valgrind, the paid request's CPU time per payment (utime+stime of the gateway over
 # CPU_N payments): the issue's "ms of CPU per payment".
 #
-# Usage: benches/instructions.sh                 (N=20000 PAID_N=200 CPU_N=1000 REPS=2)
+# Usage: benches/instructions.sh                 (N=20000 PAID_N=200 PAID_C=4 CPU_N=1000 REPS=2)
 #        ONLY="402 free"  benches/instructions.sh  (a subset: 402 free paid cpu; nginx rows come with 402/free)
 #        OUT=/tmp/x KEEP=1 (write the table elsewhere; keep the callgrind dumps)
 # Writes benches/results/instructions.md (the table) and benches/results/instructions/*.txt (the
@@ -25,7 +25,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$ROOT/../shared/bench}
-N=${N:-20000}; PAID_N=${PAID_N:-200}; CPU_N=${CPU_N:-1000}; REPS=${REPS:-2}
+N=${N:-20000}; PAID_N=${PAID_N:-200}; CPU_N=${CPU_N:-1000}; PAID_C=${PAID_C:-4}; REPS=${REPS:-2}
 ONLY=${ONLY:-"402 free paid cpu"}
 OUT=${OUT:-$ROOT/benches/results}; mkdir -p "$OUT/instructions"
 B=${BENCH_DIR:-/var/tmp/tollgate-bench}
@@ -211,7 +211,7 @@ if has paid || has cpu; then
       SRV_PORT=$TG_PORT node x402ref/pregen.mjs 20 "$W/warm.json" > /dev/null
       SRV_PORT=$TG_PORT node x402ref/fire.mjs "$W/warm.json" 4 warm > /dev/null
       SRV_PORT=$TG_PORT node x402ref/pregen.mjs "$PAID_N" "$W/paid.json" > /dev/null
-      result=$(count tollgate_paid "$PAID_N" node x402ref/fire.mjs "$W/paid.json" 4 paid)
+      result=$(count tollgate_paid "$PAID_N" node x402ref/fire.mjs "$W/paid.json" "$PAID_C" paid)
       top tollgate_paid
       ok=$(python3 -c 'import sys,json; print(json.load(open(sys.argv[1]))["paid_ok"])' "$W/tollgate_paid.sent")
       [ "$ok" = "$PAID_N" ] || { echo "only $ok of $PAID_N payments settled: $(cat "$W/tollgate_paid.sent")"; exit 1; }
