@@ -71,6 +71,37 @@ pub struct Attempt {
 
 const COLS: usize = 18;
 const BATCH: usize = 256;
+/// The rows of each insert statement, largest first (ending in 1, so that every batch divides).
+const ROWS_PER_INSERT: [usize; 4] = [64, 16, 4, 1];
+
+/// The insert statement for `ROWS_PER_INSERT[i]` rows, built once.
+fn insert_sql(i: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    &SQL.get_or_init(|| {
+        ROWS_PER_INSERT
+            .iter()
+            .map(|&rows| {
+                let mut sql = String::from(
+                    "INSERT INTO attempts (id, at_ms, tenant, route, method, path, x402_version, network, payer, amount, nonce, tx_hash, outcome, reason, settle_mode, verify_us, settle_us, total_us) VALUES ",
+                );
+                for r in 0..rows {
+                    if r > 0 {
+                        sql.push(',');
+                    }
+                    sql.push('(');
+                    for c in 0..COLS {
+                        if c > 0 {
+                            sql.push(',');
+                        }
+                        sql.push_str(&format!("${}", r * COLS + c + 1));
+                    }
+                    sql.push(')');
+                }
+                sql
+            })
+            .collect()
+    })[i]
+}
 
 fn new_id() -> String {
     let b: [u8; 16] = rand::random();
@@ -78,50 +109,51 @@ fn new_id() -> String {
 }
 
 impl Store {
-    /// Writes attempts in one statement.
+    /// Writes attempts in one transaction, as multi-row inserts of a few fixed sizes
+    /// ([`ROWS_PER_INSERT`]): each size is one statement the connection prepares once and keeps.
+    /// (One statement of the batch's own size made a new statement for nearly every batch: preparing
+    /// a 200-row insert cost SQLite millions of instructions, and the sizes pushed the payment path's
+    /// own statements out of the connection's statement cache.)
     pub async fn insert_attempts(&self, batch: &[Attempt]) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut sql = String::from(
-            "INSERT INTO attempts (id, at_ms, tenant, route, method, path, x402_version, network, payer, amount, nonce, tx_hash, outcome, reason, settle_mode, verify_us, settle_us, total_us) VALUES ",
-        );
-        for i in 0..batch.len() {
-            if i > 0 {
-                sql.push(',');
+        let mut tx = self.pool.begin().await?;
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let (i, rows) = ROWS_PER_INSERT
+                .iter()
+                .copied()
+                .enumerate()
+                .find(|&(_, n)| n <= rest.len())
+                .expect("the smallest size is one row");
+            let (now, later) = rest.split_at(rows);
+            let mut q = sqlx::query(insert_sql(i));
+            for a in now {
+                q = q
+                    .bind(new_id())
+                    .bind(a.at_ms as i64)
+                    .bind(a.tenant.clone())
+                    .bind(a.route.clone())
+                    .bind(a.method.clone())
+                    .bind(a.path.clone())
+                    .bind(a.x402_version as i32)
+                    .bind(a.network.clone())
+                    .bind(a.payer.clone())
+                    .bind(a.amount.clone())
+                    .bind(a.nonce.clone())
+                    .bind(a.tx_hash.clone())
+                    .bind(a.outcome.unwrap_or(Outcome::Error).as_str())
+                    .bind(a.reason.clone())
+                    .bind(a.settle_mode)
+                    .bind(a.verify_us.map(|v| v as i64))
+                    .bind(a.settle_us.map(|v| v as i64))
+                    .bind(a.total_us as i64);
             }
-            sql.push('(');
-            for c in 0..COLS {
-                if c > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("${}", i * COLS + c + 1));
-            }
-            sql.push(')');
+            q.execute(&mut *tx).await?;
+            rest = later;
         }
-        let mut q = sqlx::query(&sql);
-        for a in batch {
-            q = q
-                .bind(new_id())
-                .bind(a.at_ms as i64)
-                .bind(a.tenant.clone())
-                .bind(a.route.clone())
-                .bind(a.method.clone())
-                .bind(a.path.clone())
-                .bind(a.x402_version as i32)
-                .bind(a.network.clone())
-                .bind(a.payer.clone())
-                .bind(a.amount.clone())
-                .bind(a.nonce.clone())
-                .bind(a.tx_hash.clone())
-                .bind(a.outcome.unwrap_or(Outcome::Error).as_str())
-                .bind(a.reason.clone())
-                .bind(a.settle_mode)
-                .bind(a.verify_us.map(|v| v as i64))
-                .bind(a.settle_us.map(|v| v as i64))
-                .bind(a.total_us as i64);
-        }
-        q.execute(&self.pool).await?;
+        tx.commit().await?;
         Ok(())
     }
 

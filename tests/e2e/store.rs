@@ -158,6 +158,30 @@ async fn attempts_are_written_in_batches_on_both_databases() {
             .unwrap();
         assert_eq!(store.count_attempts(Outcome::Settled).await.unwrap(), 100, "{}", db.url);
         assert_eq!(store.count_attempts(Outcome::Rejected).await.unwrap(), 200);
+        // A batch of every statement size at once (64 + 16 + 4 + 1 rows), each row its own.
+        let odd: Vec<Attempt> = (0..85i64)
+            .map(|i| Attempt {
+                at_ms: 1_000_000 + i as u64,
+                tenant: "default".into(),
+                outcome: Some(Outcome::Error),
+                settle_mode: "before",
+                ..Default::default()
+            })
+            .collect();
+        store.insert_attempts(&odd).await.unwrap();
+        assert_eq!(store.count_attempts(Outcome::Error).await.unwrap(), 85, "{}", db.url);
+        let (n, sum): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(DISTINCT at_ms), CAST(SUM(at_ms) AS BIGINT) FROM attempts WHERE at_ms >= 1000000",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            (n, sum),
+            (85, (0..85).map(|i| 1_000_000 + i).sum::<i64>()),
+            "{}",
+            db.url
+        );
     }
 }
 
