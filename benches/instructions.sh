@@ -231,14 +231,17 @@ if has paid || has cpu; then
       SRV_PORT=$TG_PORT node x402ref/fire.mjs "$W/warm.json" 8 warm > /dev/null
       SRV_PORT=$TG_PORT node x402ref/pregen.mjs "$CPU_N" "$W/cpu.json" > /dev/null
       sleep 1
-      g0=$(awk '{print $14+$15}' /proc/$TGP/stat)
+      g0=$(awk '{print $14+$15}' /proc/$TGP/stat); s0=$(awk '{print $15}' /proc/$TGP/stat)
       fired=$(SRV_PORT=$TG_PORT node x402ref/fire.mjs "$W/cpu.json" 32 cpu)
-      g1=$(awk '{print $14+$15}' /proc/$TGP/stat)
+      g1=$(awk '{print $14+$15}' /proc/$TGP/stat); s1=$(awk '{print $15}' /proc/$TGP/stat)
+      # CPU ticks by thread (user, kernel) since the gateway started: where the time goes.
+      for t in /proc/$TGP/task/*; do printf '%s\t%s\n' "$(cat "$t/comm")" "$(awk '{print $14, $15}' "$t/stat")"; done \
+        | sort | awk -F'\t' '{split($2, c, " "); u[$1] += c[1]; k[$1] += c[2]; n[$1]++} END {for (x in u) printf "    thread %s (x%d): user %d, kernel %d ticks\n", x, n[x], u[x], k[x]}' | sort -t: -k2 | tee -a "$W/threads.txt"
       ok=$(echo "$fired" | python3 -c 'import sys,json; print(json.load(sys.stdin)["paid_ok"])')
       [ "$ok" = "$CPU_N" ] || { echo "only $ok of $CPU_N payments settled: $fired"; exit 1; }
       hz=$(getconf CLK_TCK)
       ms=$(python3 -c "print(f'{($g1 - $g0) / $hz * 1000 / $CPU_N:.3f}')")
-      printf 'tollgate_paid_cpu_ms\t%s\t%s - -\n' "$r" "$ms" >> "$ROWS"; echo "  CPU per payment rep $r: $ms ms"
+      printf 'tollgate_paid_cpu_ms\t%s\t%s - -\n' "$r" "$ms" >> "$ROWS"; echo "  CPU per payment rep $r: $ms ms (of which kernel: $(python3 -c "print(f'{($s1 - $s0) / $hz * 1000 / $CPU_N:.3f}')") ms)"
       kill $TGP; wait $TGP 2>/dev/null || true
     fi
   done
