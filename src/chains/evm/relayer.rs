@@ -77,6 +77,13 @@ impl std::fmt::Debug for Relayer {
     }
 }
 
+impl Drop for Relayer {
+    // The key does not outlive the relayer in this memory (k256's key, used before, wiped itself).
+    fn drop(&mut self) {
+        self.secret.non_secure_erase();
+    }
+}
+
 impl Relayer {
     /// Parses a hex private key. The error never contains the key.
     pub fn from_key(key: &str, chain_id: u64) -> Result<Relayer, String> {
@@ -84,8 +91,15 @@ impl Relayer {
             .trim()
             .parse()
             .map_err(|_| "the relayer key is not a 32-byte hex private key".to_string())?;
-        let secret = secp256k1::SecretKey::from_byte_array(signer.to_bytes().0)
-            .map_err(|_| "the relayer key is not a valid secp256k1 private key".to_string())?;
+        let mut bytes = signer.to_bytes().0;
+        let secret = secp256k1::SecretKey::from_byte_array(bytes)
+            .map_err(|_| "the relayer key is not a valid secp256k1 private key".to_string());
+        // The key's copy on the stack is wiped (the parsed signer wipes its own on drop).
+        for b in bytes.iter_mut() {
+            // SAFETY: a valid, aligned, exclusive reference to a byte.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+        let secret = secret?;
         Ok(Relayer {
             secret,
             address: signer.address(),
