@@ -839,6 +839,16 @@ price = "free"
             resource(&answer(&d, &s2, false, head).unwrap()),
             "https://api.example.com/paid/x"
         );
+        // The Origin is part of the answer when the settings allow it, and of its key.
+        let (s3, d3) = drop_in(r#"cors = { allow_origins = ["https://app.example"] }"#);
+        let with = |origin: &str| {
+            let head = format!("GET /paid/x HTTP/1.1\r\nHost: a.example\r\nOrigin: {origin}\r\n\r\n");
+            answer(&d3, &s3, false, &head).unwrap()
+        };
+        let allowed = "access-control-allow-origin: https://app.example";
+        assert!(with("https://app.example").contains(allowed));
+        assert!(!with("https://other.example").contains("access-control-allow-origin"));
+        assert!(with("https://app.example").contains(allowed), "answered again");
     }
 
     #[test]
