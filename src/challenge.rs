@@ -316,19 +316,22 @@ pub fn drop_underscored_headers(up: &mut RequestHeader, keep_others: bool) {
     let doomed: Vec<HeaderName> = up
         .headers
         .keys()
-        .filter(|k| {
-            let k = k.as_str();
-            k.contains('_') && {
-                !keep_others || {
-                    let folded = k.replace('_', "-");
-                    OWN_PREFIXES.iter().any(|p| folded.starts_with(p)) || folded == "host"
-                }
-            }
-        })
+        .filter(|k| underscored_dropped(k.as_str(), keep_others))
         .cloned()
         .collect();
     for k in doomed {
         up.remove_header(&k);
+    }
+}
+
+/// Whether a header name is dropped on its way to the upstream for its `_`s
+/// ([`drop_underscored_headers`]); the front's forwarding path asks the same.
+pub fn underscored_dropped(name: &str, keep_others: bool) -> bool {
+    name.contains('_') && {
+        !keep_others || {
+            let folded = name.to_ascii_lowercase().replace('_', "-");
+            OWN_PREFIXES.iter().any(|p| folded.starts_with(p)) || folded == "host"
+        }
     }
 }
 
@@ -788,7 +791,7 @@ pub fn forwarding_headers(session: &Session, up: &mut RequestHeader, upstream: &
 
 /// A client address as a header value; the last one each thread formatted is reused (a keep-alive
 /// connection's requests all come from one address).
-fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
+pub(crate) fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
     thread_local! {
         static LAST: RefCell<Option<(std::net::IpAddr, HeaderValue)>> = const { RefCell::new(None) };
     }

@@ -1074,6 +1074,7 @@ pub fn build_any(file: FileConfig) -> Result<(Settings, Option<Tenant>), Vec<Str
         hosted: None,
         number: crate::ratelimit::tenant_number("default"),
         limits: rate_limits,
+        served_free: Default::default(),
     };
     Ok((settings, Some(tenant)))
 }

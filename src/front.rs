@@ -147,6 +147,9 @@ pub enum Head {
     Unpaid(usize),
     /// The same, over its tenant's per-IP rate limit: `out` holds the 429.
     Limited(usize),
+    /// A plain bodiless request to a free route (or none), `n` bytes long, for the front to forward
+    /// ([`crate::forward`]): `out` holds the head its upstream gets.
+    Free(usize, Free),
     /// Not all of the head has arrived.
     Partial,
     /// Anything else: pingora's. With the request's length in bytes (head and body) when the head
@@ -154,8 +157,30 @@ pub enum Head {
     Other(Option<usize>),
 }
 
+/// The tenant whose upstream a [`Head::Free`] request goes to.
+#[derive(Clone)]
+pub struct Free {
+    pub tenant: Arc<crate::tenant::Tenant>,
+}
+
+impl PartialEq for Free {
+    fn eq(&self, other: &Free) -> bool {
+        Arc::ptr_eq(&self.tenant, &other.tenant)
+    }
+}
+
+impl Eq for Free {}
+
+impl std::fmt::Debug for Free {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Free({})", self.tenant.id)
+    }
+}
+
 enum Step {
     Answered,
+    /// Forward the request whose upstream head is in `out` (the client's bytes are consumed).
+    Forward(Free),
     /// Hand the request at the start of the buffer to pingora; its length when known.
     Delegate(Option<usize>),
     Close,
@@ -204,6 +229,8 @@ impl Front {
         // A new connection owes its client an answer to its first request: a shutdown (or an
         // upgrade handing the socket to the next process) waits for it, briefly.
         let mut fresh = Some(self.conns.working());
+        // The client's copy of forwarded answers (made on the first).
+        let mut relayed = Vec::new();
         loop {
             let step = self
                 .step(&mut conn, peer, fresh.is_some(), &mut buf, &mut out, &mut shutdown)
@@ -212,6 +239,27 @@ impl Front {
             match step {
                 Step::Answered => continue,
                 Step::Close => return,
+                Step::Forward(free) => {
+                    let _busy = self.conns.working();
+                    let keep = !*shutdown.borrow();
+                    let done = crate::forward::forward(
+                        &mut conn,
+                        &mut buf,
+                        limits.max_head_bytes,
+                        &free.tenant.upstream,
+                        &out,
+                        keep,
+                        &mut relayed,
+                    )
+                    .await;
+                    count_forwarded(&free.tenant, &done);
+                    if relayed.capacity() > 64 * 1024 {
+                        relayed = Vec::new();
+                    }
+                    if !done.keep {
+                        return;
+                    }
+                }
                 Step::Delegate(len) => {
                     let _busy = self.conns.working();
                     // pingora reads the request from the start, as the client sent it, and nothing
@@ -242,6 +290,24 @@ impl Front {
     }
 }
 
+/// Counts a request the front forwarded, as the proxy's `logging` counts one it forwarded.
+fn count_forwarded(tenant: &crate::tenant::Tenant, done: &crate::forward::Forwarded) {
+    let m = &crate::metrics::METRICS;
+    if !m.enabled() {
+        return;
+    }
+    if let Some(t) = done.upstream {
+        m.upstream_seconds.observe(t.as_secs_f64());
+    }
+    match crate::proxy::free_outcome(done.status) {
+        "free" => tenant
+            .served_free
+            .get_or_init(|| m.request_counter(&tenant.id, "none", "free"))
+            .inc(),
+        outcome => m.request(&tenant.id, "none", outcome),
+    }
+}
+
 /// The answer to a connection over the cap, written without waiting and followed by a close.
 pub const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 93\r\nretry-after: 1\r\nconnection: close\r\n\r\n{\"error\":\"too_many_connections\",\"detail\":\"the gateway holds its most connections; try again\"}";
 
@@ -266,6 +332,10 @@ impl Front {
             if !buf.is_empty() {
                 let app = self.live.load();
                 match read_head(&app.directory, &app.settings, peer, buf, out) {
+                    Head::Free(n, free) => {
+                        buf.advance(n);
+                        return Step::Forward(free);
+                    }
                     Head::Unpaid(n) | Head::Limited(n) => {
                         let _busy = self.conns.working();
                         buf.advance(n);
@@ -393,29 +463,50 @@ pub fn read_head(
         None
     };
     let fresh = cached.is_none();
-    let Some((route_at, head, body)) = cached.or_else(|| render(settings, &found, method, target, &seen, tls)) else {
-        ANSWERS.with(|a| a.borrow_mut().key = key);
-        return other();
+    let rendered = match cached {
+        Some((route_at, head, body)) => Some(Rendered::Priced(route_at, head, body)),
+        None => render(settings, &found, method, target, &seen, tls),
     };
-    ANSWERS.with(|a| {
-        let mut a = a.borrow_mut();
-        if fresh && keyed {
-            a.insert(&key, tenant, settings, route_at, &head, &body);
+    let (route_at, head, body) = match rendered {
+        Some(Rendered::Priced(route_at, head, body)) => {
+            ANSWERS.with(|a| {
+                let mut a = a.borrow_mut();
+                if fresh && keyed {
+                    a.insert(&key, tenant, settings, route_at, &head, &body);
+                }
+                a.key = key;
+            });
+            (route_at, head, body)
         }
-        a.key = key;
-    });
-    let route = &tenant.routes[route_at];
-    // A per-IP limit counted in this process is checked here; one kept in Redis needs an await,
-    // so the proxy checks it.
-    if let (Some(limits), Some(ip)) = (&tenant.limits, client.ip) {
-        if !limits.ip_is_local() {
+        Some(Rendered::Free(forwarded)) => {
+            ANSWERS.with(|a| a.borrow_mut().key = key);
+            // Forwarded by the front only to a plain-HTTP upstream; TLS upstreams are pingora's.
+            if tenant.upstream.tls {
+                return other();
+            }
+            if let Some(limited) = ip_limit(tenant, client, "none", n, out) {
+                return limited.unwrap_or_else(other);
+            }
+            crate::forward::upstream_head(
+                out,
+                method,
+                forwarded.as_deref().unwrap_or(target),
+                headers,
+                &tenant.upstream,
+                tenant.rules.keep_underscored_headers,
+                tls,
+                client.ip,
+            );
+            return Head::Free(n, Free { tenant: tenant.clone() });
+        }
+        None => {
+            ANSWERS.with(|a| a.borrow_mut().key = key);
             return other();
         }
-        if let Err(d) = limits.check_ip_local(tenant.number, ip) {
-            d.wire(out);
-            crate::metrics::METRICS.request(&tenant.id, route.label(), "rate_limited");
-            return Head::Limited(n);
-        }
+    };
+    let route = &tenant.routes[route_at];
+    if let Some(limited) = ip_limit(tenant, client, route.label(), n, out) {
+        return limited.unwrap_or_else(other);
     }
     out.clear();
     out.extend_from_slice(&head);
@@ -433,9 +524,42 @@ pub fn read_head(
     Head::Unpaid(n)
 }
 
-/// The 402 for a head the front may answer, worked out from the start: its route (an index into
-/// the tenant's routes), and the answer's head (without Date and Connection) and body; `None`
-/// when the request is not an unpaid request to a priced route, or is pingora's to answer.
+/// The tenant's per-IP rate limit for a request the front would answer or forward: `None` when
+/// it lets the request through; `Some(Some(Limited))` with the 429 in `out` when over it;
+/// `Some(None)` when the limit is kept in Redis (which needs an await: the proxy checks it).
+fn ip_limit(
+    tenant: &crate::tenant::Tenant,
+    client: Client,
+    label: &str,
+    n: usize,
+    out: &mut Vec<u8>,
+) -> Option<Option<Head>> {
+    let (Some(limits), Some(ip)) = (&tenant.limits, client.ip) else {
+        return None;
+    };
+    if !limits.ip_is_local() {
+        return Some(None);
+    }
+    let Err(d) = limits.check_ip_local(tenant.number, ip) else {
+        return None;
+    };
+    d.wire(out);
+    crate::metrics::METRICS.request(&tenant.id, label, "rate_limited");
+    Some(Some(Head::Limited(n)))
+}
+
+/// What [`render`] makes of a head.
+enum Rendered {
+    /// An unpaid request to a priced route: the route (an index into the tenant's routes), and the
+    /// 402's head (without Date and Connection) and body.
+    Priced(usize, bytes::Bytes, bytes::Bytes),
+    /// A request to a free route, or to none: forwarded, under its canonical target when that is
+    /// not the target sent.
+    Free(Option<String>),
+}
+
+/// What the front does with a head it may answer, worked out from the start: the 402 of a priced
+/// route, or forwarding for a free one; `None` when it is pingora's to answer.
 fn render(
     settings: &crate::config::Settings,
     found: &crate::directory::Found,
@@ -443,7 +567,7 @@ fn render(
     target: &str,
     seen: &Seen,
     tls: bool,
-) -> Option<(usize, bytes::Bytes, bytes::Bytes)> {
+) -> Option<Rendered> {
     let tenant = &found.tenant;
     // The same reading as the proxy's; anything it refuses is pingora's to answer (400).
     let request = reading::Request {
@@ -455,8 +579,12 @@ fn render(
     if !read.also.is_empty() || read.path() == crate::discovery::WELL_KNOWN {
         return None;
     }
-    let (route_at, route) = tenant.route_for(&read)?;
-    let pricing = route.pricing.as_ref()?;
+    let Some((route_at, route)) = tenant.route_for(&read) else {
+        return Some(Rendered::Free(read_target(&read, found.prefix)));
+    };
+    let Some(pricing) = route.pricing.as_ref() else {
+        return Some(Rendered::Free(read_target(&read, found.prefix)));
+    };
     let full;
     let path = if found.prefix > 0 {
         full = format!("{}{}", &target[..found.prefix], read.path());
@@ -474,7 +602,13 @@ fn render(
     );
     let cors = challenge::allowed_origin_raw(seen.origin, &settings.cors_origins);
     let (head, body) = challenge::unpaid_wire(pricing, &asked, cors.as_deref()).ok()?;
-    Some((route_at, head, body))
+    Some(Rendered::Priced(route_at, head, body))
+}
+
+/// The target a free request is forwarded under: the reading's canonical one when it differs
+/// from what was sent (or the request came under a tenant prefix), as the proxy forwards it.
+fn read_target(read: &reading::Reading, prefix: usize) -> Option<String> {
+    (read.rewritten() || prefix > 0).then(|| read.target.to_string())
 }
 
 /// Heads longer than this (in the parts that shape the answer) are rendered each time.

@@ -16,6 +16,7 @@ pub mod directory;
 pub mod discovery;
 pub mod facilitator;
 pub mod fenced;
+pub mod forward;
 pub mod front;
 pub mod health;
 pub mod metrics;

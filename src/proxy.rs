@@ -26,8 +26,8 @@ use crate::x402::identifier::{self, IdPolicy};
 use crate::x402::reason;
 use base64::Engine as _;
 
-const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-const UPSTREAM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = crate::forward::CONNECT_TIMEOUT;
+const UPSTREAM_READ_TIMEOUT: std::time::Duration = crate::forward::IO_TIMEOUT;
 
 /// The proxy: one per process.
 pub struct Proxy {
@@ -340,7 +340,7 @@ impl ProxyHttp for Proxy {
     }
 
     /// Settle-after happens here, once the upstream's status is known; then the payment response header.
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         let app = ctx.app.clone();
         if let Some(sent) = ctx.upstream_sent.take() {
             let m = &crate::metrics::METRICS;
@@ -384,6 +384,19 @@ impl ProxyHttp for Proxy {
                     crate::x402::encode_header(&a.settle_response()),
                 )?;
             }
+        }
+        // An upstream switching protocols unasked would make the client's connection a tunnel to
+        // it (pingora passes such a 101 on): a 502, as the front's forwarding path answers.
+        if resp.status.as_u16() == 101 && !session.req_header().headers.contains_key(http::header::UPGRADE) {
+            return Err(Error::explain(
+                pingora_core::ErrorType::InvalidHTTPHeader,
+                "the upstream switched protocols for a request that asked for no upgrade",
+            )
+            .into_up());
+        }
+        // It describes the upstream's connection, not the client's (hop-by-hop, RFC 9110 7.6.1).
+        if resp.headers.contains_key("keep-alive") {
+            resp.remove_header("keep-alive");
         }
         if ctx.pricing.is_some() {
             challenge::add_cors(resp, ctx.cors.as_deref())?;
@@ -573,6 +586,20 @@ fn request_outcome(status: u16, ctx: &Ctx) -> &'static str {
         _ if ctx.pricing.is_some() && ctx.served && ctx.accepted.is_some() => "paid",
         _ if ctx.pricing.is_none() && ctx.served => "free",
         _ => "other",
+    }
+}
+
+/// What became of a request to a free route (or none) that got `status` (0: none was written), for
+/// `tollgate_requests_total`: [`request_outcome`] for a request without a payment, as the front's
+/// forwarding path counts it.
+pub fn free_outcome(status: u16) -> &'static str {
+    match status {
+        0 => "other",
+        402 => "challenged",
+        429 => "over_quota",
+        503 => "unavailable",
+        502 | 504 => "upstream_failed",
+        _ => "free",
     }
 }
 

@@ -242,6 +242,9 @@ pub struct Tenant {
     pub number: u64,
     /// Its rate limits (the drop-in `[rate_limits]`, or its plan's).
     pub limits: Option<Arc<crate::ratelimit::PlanLimits>>,
+    /// Its `tollgate_requests_total{route="none",outcome="free"}` series, resolved on the first
+    /// request the front forwards (one atomic add per request after that).
+    pub served_free: std::sync::OnceLock<prometheus::IntCounter>,
 }
 
 /// Who a payment is for, as the pipeline needs it: the tenant's id, and its monthly allowance when it

@@ -94,6 +94,7 @@ pub async fn tenant(row: &TenantRow, settings: &Settings) -> Result<Tenant, NotR
         rules: settings.rules.clone(),
         number: crate::ratelimit::tenant_number(&row.id),
         limits: plan.limits.clone(),
+        served_free: Default::default(),
         hosted: Some(Hosting {
             slug: row.slug.clone(),
             plan,

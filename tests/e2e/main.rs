@@ -6,6 +6,7 @@ mod blocks;
 mod common;
 mod facilitator;
 mod faults;
+mod forwarding;
 mod front;
 mod gateway;
 mod hosted;
