@@ -5,7 +5,8 @@
 //! does not need (a boxed session with its modules and phases, a header map, the response header
 //! built and serialised again). The front reads each request head itself and, when it is exactly
 //! that case, writes the worker's cached 402 bytes straight back (README, Performance, has what
-//! that changed). Every other request (paid, free, preflight, anything with a body or
+//! that changed). A plain bodiless request to a free route it forwards itself
+//! ([`crate::forward`]). Every other request (paid, preflight, anything with a body or
 //! anything unusual) is handed to the pingora proxy with the bytes already read
 //! ([`crate::fenced::Fenced`]), so pingora sees exactly what the client sent; when pingora is done
 //! with it, the connection comes back here for its next request.
