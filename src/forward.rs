@@ -551,10 +551,17 @@ fn take(addr: SocketAddr) -> Option<UpConn> {
 }
 
 fn put(addr: SocketAddr, mut c: UpConn) {
-    c.since = Instant::now();
+    let now = Instant::now();
+    c.since = now;
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        if p.len() >= POOL_MAX {
+        // Oldest first: those idle too long (an upstream no longer used after a reload, say) go as
+        // the pool is used, and the oldest when it is full.
+        while p
+            .first()
+            .is_some_and(|(_, c)| now.duration_since(c.since) > POOL_IDLE_MAX)
+            || p.len() >= POOL_MAX
+        {
             p.remove(0);
         }
         p.push((addr, c));
