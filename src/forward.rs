@@ -616,7 +616,9 @@ pub async fn forward(
     let addr = up.addr;
     let mut retried = false;
     'attempt: loop {
-        let (mut c, reused) = match take(addr) {
+        // A retry goes on a new connection: the pool's others may be as stale as the first.
+        let kept = if retried { None } else { take(addr) };
+        let (mut c, reused) = match kept {
             Some(c) => (c, true),
             None => match connect(addr).await {
                 Ok(c) => (c, false),
@@ -654,9 +656,8 @@ pub async fn forward(
             }
             let status = relay.status().unwrap_or(0);
             match fed {
-                Err(bad) if !received && reused && !retried => {
+                Err(_) if !received && reused && !retried => {
                     // Nothing came back on a kept connection: it was closed before our request.
-                    let _ = bad;
                     retried = true;
                     continue 'attempt;
                 }
