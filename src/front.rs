@@ -786,8 +786,8 @@ impl<'a> Seen<'a> {
             slot.get_or_insert(value);
         };
         if is("host") {
-            // Two Hosts is a malformed request: pingora's to refuse.
-            if self.host.is_some() {
+            // Two Hosts, or userinfo in one, is a malformed request: pingora's to refuse (400).
+            if self.host.is_some() || value.contains(&b'@') {
                 return false;
             }
             self.host = Some(value);
@@ -832,6 +832,7 @@ mod tests {
             assert!(!note_all(&[("Host", "a"), bad]), "{bad:?}");
         }
         assert!(!note_all(&[("Host", "a"), ("host", "b")]), "two Hosts");
+        assert!(!note_all(&[("Host", "user@a")]), "userinfo in Host");
     }
 
     #[test]

@@ -303,6 +303,20 @@ async fn free_requests_reach_the_upstream_as_the_proxy_sends_them() {
 }
 
 #[tokio::test]
+async fn heads_pingora_refuses_are_not_forwarded_by_the_front() {
+    let s = setup().await;
+    for head in [
+        "GET /free/x HTTP/1.1\r\nHost: user@api.test\r\n\r\n",
+        "GET /free/x HTTP/1.1\r\nHost: api.test\r\nHost: other.test\r\n\r\n",
+    ] {
+        let mut c = Conn::open(s.tg.port).await;
+        c.send(head.as_bytes()).await;
+        assert_eq!(answer(&mut c).await.status, 400, "{head:?}");
+    }
+    assert!(s.up.all().is_empty(), "{:?}", s.up.all());
+}
+
+#[tokio::test]
 async fn answers_are_framed_as_the_proxy_frames_them() {
     let s = setup().await;
     for name in [
