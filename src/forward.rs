@@ -261,10 +261,9 @@ impl Relay {
             }
             Body::Chunked(state) => {
                 let mut state = state;
-                let mut fault = None;
-                chunk(out, |o| fault = Some(dechunk(&mut state, buf, o)));
+                let read = chunk(out, |o| dechunk(&mut state, buf, o));
                 self.body = Some(Body::Chunked(state));
-                match fault.expect("ran") {
+                match read {
                     Err(b) => Err(b),
                     Ok(true) => {
                         out.extend_from_slice(b"0\r\n\r\n");
@@ -433,24 +432,25 @@ fn last_token(v: &[u8]) -> &[u8] {
     v.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii()
 }
 
-/// Appends one chunk holding whatever `fill` appends to `out` (nothing when it appends nothing).
-/// The size is written with leading zeros into room kept before the data, so the data is copied
-/// once.
-fn chunk(out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) {
+/// Appends one chunk holding whatever `fill` appends to `out` (nothing when it appends nothing),
+/// and gives back what `fill` returned. The size is written with leading zeros into room kept
+/// before the data, so the data is copied once.
+fn chunk<T>(out: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>) -> T) -> T {
     const ROOM: usize = 10; // 8 hex digits and CRLF: chunks up to 4 GiB, more than one read holds
     let at = out.len();
     out.extend_from_slice(b"00000000\r\n");
-    fill(out);
+    let filled = fill(out);
     let len = out.len() - at - ROOM;
     if len == 0 {
         out.truncate(at);
-        return;
+        return filled;
     }
     let hex = b"0123456789abcdef";
     for i in 0..8 {
         out[at + 7 - i] = hex[(len >> (4 * i)) & 0xf];
     }
     out.extend_from_slice(b"\r\n");
+    filled
 }
 
 /// Decodes chunked framing from `buf` into `out` (the data only); `Ok(true)` at its end (after

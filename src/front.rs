@@ -913,6 +913,59 @@ price = "free"
         )
     }
 
+    /// The heads the front forwards itself, and the upstream head it writes: only plain bodiless
+    /// requests to a free route (or none) of a plain-HTTP upstream (the e2e comparisons in
+    /// tests/e2e/forwarding.rs rest on this: they would pass as well if nothing were forwarded).
+    #[test]
+    fn plain_free_heads_are_forwarded_by_the_front() {
+        let (s, d) = drop_in("");
+        let client = Client {
+            ip: Some("10.0.0.7".parse().unwrap()),
+            tls: false,
+        };
+        let read = |head: &str| {
+            let mut out = Vec::new();
+            let h = read_head(&d, &s, client, head.as_bytes(), &mut out);
+            (h, String::from_utf8(out).unwrap())
+        };
+        for head in [
+            "GET /free HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            "DELETE /nowhere/./x HTTP/1.1\r\nHost: api.test\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let (h, out) = read(head);
+            assert!(matches!(h, Head::Free(n, _) if n == head.len()), "{head:?}: {h:?}");
+            assert!(out.contains("\r\nHost: 127.0.0.1:8080\r\n"), "{out}");
+            assert!(out.contains("\r\nX-Forwarded-For: 10.0.0.7\r\n"), "{out}");
+        }
+        assert!(read("DELETE /nowhere/./x HTTP/1.1\r\nHost: a\r\n\r\n")
+            .1
+            .starts_with("DELETE /nowhere/x HTTP/1.1\r\n"));
+        // A body, a payment, HEAD, or a TLS upstream: pingora's. A priced route: the 402.
+        for head in [
+            "POST /free HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",
+            "GET /free HTTP/1.1\r\nHost: a\r\nX-PAYMENT: e30=\r\n\r\n",
+            "HEAD /free HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(matches!(read(head).0, Head::Other(_)), "{head:?}");
+        }
+        assert!(matches!(
+            read("GET /paid/x HTTP/1.1\r\nHost: a\r\n\r\n").0,
+            Head::Unpaid(_)
+        ));
+        let (s, d) = {
+            let (s, d) = drop_in("");
+            let crate::directory::Directory::One(t) = d else {
+                unreachable!()
+            };
+            let mut t = Arc::try_unwrap(t).unwrap();
+            t.upstream = crate::tenant::Upstream::parse("https://127.0.0.1:8443", false).unwrap();
+            (s, crate::directory::Directory::One(Arc::new(t)))
+        };
+        let mut out = Vec::new();
+        let h = read_head(&d, &s, client, b"GET /free HTTP/1.1\r\nHost: a\r\n\r\n", &mut out);
+        assert!(matches!(h, Head::Other(_)), "a TLS upstream is pingora's: {h:?}");
+    }
+
     fn resource(answer: &str) -> String {
         let body = &answer[answer.find("\n{").unwrap() + 1..];
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
